@@ -1,0 +1,306 @@
+//! The agent loop shared by `run` and `watch`: sources → state → debounce/splay → outputs →
+//! actions. In `run` the actions go to the supervised child; in `watch` to other processes
+//! found by pidfile or name, or to hooks.
+
+use std::collections::BTreeSet;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+use crate::config::{Action, Config, Mode};
+use crate::debounce::Debouncer;
+use crate::output::{EnvVars, Output};
+use crate::signal::Signal;
+use crate::source::{self, SourceError, SourceSpec, watch::SourceWatcher};
+use crate::state::{Entries, Layers, changed_keys};
+use crate::supervisor::{self, ChildSpec, Control, Exit, Reaper, Supervisor};
+use crate::target;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Watch(#[from] source::watch::WatchError),
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
+    #[error(transparent)]
+    Spawn(#[from] supervisor::SpawnError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Where actions go.
+enum Sink {
+    Child(Supervisor),
+    External,
+}
+
+struct Agent {
+    cfg: Config,
+    layers: Layers,
+    outputs: Vec<Output>,
+    applied: Entries,
+    env: EnvVars,
+    debouncer: Debouncer,
+    reaper: Reaper,
+    hooks: mpsc::UnboundedSender<(Vec<String>, Vec<String>)>,
+    _watcher: SourceWatcher,
+    source_rx: mpsc::UnboundedReceiver<usize>,
+}
+
+/// Run the agent until the child exits (run) or TERM/INT (watch). Returns the exit code.
+pub async fn run(cfg: Config) -> Result<i32, AgentError> {
+    // Handlers first: nothing sent to tether from here on is lost or fatal.
+    let signal_rx = install_signals(&cfg)?;
+    let reaper = Reaper::start().map_err(AgentError::Signals)?;
+    if cfg.mode == Mode::Run && std::process::id() != 1 {
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!(error = %e, "cannot become a subreaper; orphans of the child go to init");
+        }
+    }
+
+    // Watch before the first read so no change can fall between the two.
+    let (source_tx, source_rx) = mpsc::unbounded_channel();
+    let watcher = source::watch::watch(&cfg.sources, source_tx)?;
+    let mut layers = Layers::new(cfg.sources.len());
+    for (i, spec) in cfg.sources.iter().enumerate() {
+        layers.set(i, source::load(spec)?);
+    }
+    let applied = layers.merged();
+    let mut outputs: Vec<Output> = cfg.outputs.iter().cloned().map(Output::new).collect();
+    for o in &mut outputs {
+        o.apply(&applied)?;
+    }
+    let env = render_env(&cfg, &applied);
+    tracing::info!(
+        entries = applied.len(),
+        outputs = outputs.len(),
+        "first render complete"
+    );
+
+    let hooks = spawn_hook_runner(reaper.clone(), cfg.exec_timeout);
+    let mut agent = Agent {
+        debouncer: Debouncer::new(cfg.debounce, cfg.max_wait, cfg.splay),
+        cfg,
+        layers,
+        outputs,
+        applied,
+        env,
+        reaper,
+        hooks,
+        _watcher: watcher,
+        source_rx,
+    };
+    let code = agent.serve(signal_rx).await;
+    if !agent.cfg.keep_outputs {
+        for o in &agent.outputs {
+            o.remove();
+        }
+    }
+    code
+}
+
+fn render_env(cfg: &Config, entries: &Entries) -> EnvVars {
+    let Some(spec) = &cfg.env else {
+        return EnvVars::new();
+    };
+    let (vars, skipped) = spec.render(entries);
+    for s in skipped {
+        tracing::error!(key = %s.name, reason = s.reason, "entry not injected into the environment");
+    }
+    vars
+}
+
+/// Every signal tether handles, delivered as one stream.
+fn install_signals(cfg: &Config) -> Result<mpsc::UnboundedReceiver<Signal>, AgentError> {
+    let mut set: BTreeSet<i32> = [Signal::TERM, Signal::INT]
+        .iter()
+        .map(|s| s.number())
+        .collect();
+    if cfg.mode == Mode::Run {
+        set.extend(cfg.forward_signals.iter().map(|s| s.number()));
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    for n in set {
+        let mut stream = signal(SignalKind::from_raw(n)).map_err(AgentError::Signals)?;
+        let tx = tx.clone();
+        let Ok(sig) = nix::sys::signal::Signal::try_from(n) else {
+            continue;
+        };
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send(Signal(sig)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(rx)
+}
+
+/// Hooks run one at a time, in order.
+fn spawn_hook_runner(
+    reaper: Reaper,
+    limit: std::time::Duration,
+) -> mpsc::UnboundedSender<(Vec<String>, Vec<String>)> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<String>, Vec<String>)>();
+    tokio::spawn(async move {
+        while let Some((argv, changed)) = rx.recv().await {
+            target::run_hook(&reaper, &argv, &changed, limit).await;
+        }
+    });
+    tx
+}
+
+impl Agent {
+    async fn serve(
+        &mut self,
+        mut signals: mpsc::UnboundedReceiver<Signal>,
+    ) -> Result<i32, AgentError> {
+        let (sink, mut done) = match self.cfg.mode {
+            Mode::Run => {
+                let spec = ChildSpec::new(self.cfg.command.clone());
+                let opts = supervisor::Options {
+                    stop_signal: self.cfg.stop_signal,
+                    stop_timeout: self.cfg.stop_timeout,
+                    restart_on_exit: self.cfg.restart_on_exit,
+                };
+                let (sup, done) =
+                    Supervisor::start(spec, self.env.clone(), opts, self.reaper.clone())?;
+                (Sink::Child(sup), Some(done))
+            }
+            Mode::Watch => (Sink::External, None),
+        };
+        loop {
+            let deadline = self.debouncer.deadline();
+            tokio::select! {
+                Some(first) = self.source_rx.recv() => {
+                    let mut dirty = BTreeSet::from([first]);
+                    while let Ok(i) = self.source_rx.try_recv() {
+                        dirty.insert(i);
+                    }
+                    if self.reload(dirty) {
+                        self.debouncer.kick(Instant::now());
+                    }
+                }
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.debouncer.reset();
+                    self.apply(&sink);
+                }
+                Some(sig) = signals.recv() => {
+                    let terminating = sig == Signal::TERM || sig == Signal::INT;
+                    match &sink {
+                        Sink::Child(sup) if terminating => {
+                            let fwd = if self.cfg.forward_signals.contains(&sig) { sig } else { self.cfg.stop_signal };
+                            tracing::info!(signal = %sig, "stopping: signal forwarded to the child");
+                            sup.send(Control::Terminate(fwd));
+                        }
+                        Sink::Child(sup) => {
+                            tracing::debug!(signal = %sig, "forwarding signal");
+                            sup.send(Control::Signal(sig));
+                        }
+                        Sink::External => {
+                            tracing::info!(signal = %sig, "stopping");
+                            return Ok(0);
+                        }
+                    }
+                }
+                exit = async { done.as_mut().expect("guarded").await }, if done.is_some() => {
+                    let exit = exit.unwrap_or(Exit::Code(1));
+                    tracing::info!(%exit, code = exit.code(), "tether exits with the child's status");
+                    return Ok(exit.code());
+                }
+            }
+        }
+    }
+
+    /// Re-read the dirty sources. Returns whether the merged view now differs from what
+    /// was last applied.
+    fn reload(&mut self, dirty: BTreeSet<usize>) -> bool {
+        for i in dirty {
+            let spec: &SourceSpec = &self.cfg.sources[i];
+            match source::load(spec) {
+                Ok(entries) => {
+                    if self.layers.set(i, entries) {
+                        tracing::debug!(source = %spec, "source changed");
+                    }
+                }
+                Err(e) if e.is_missing() => {
+                    tracing::warn!(source = %spec, "source is gone; keeping its last values until it returns");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "source not applied; keeping its last good values");
+                }
+            }
+        }
+        self.layers.merged() != self.applied
+    }
+
+    /// Render outputs and act on what changed.
+    fn apply(&mut self, sink: &Sink) {
+        let merged = self.layers.merged();
+        let changed = changed_keys(&self.applied, &merged);
+        if changed.is_empty() {
+            return;
+        }
+        tracing::info!(keys = ?changed, "configuration changed");
+        let mut restart = false;
+        let mut signals: Vec<Signal> = Vec::new();
+        let mut hooks: Vec<Vec<String>> = Vec::new();
+        for o in &mut self.outputs {
+            match o.apply(&merged) {
+                Ok(false) => {}
+                Ok(true) => match &o.spec.on_change {
+                    Action::Restart => restart = true,
+                    Action::Signal(s) if !signals.contains(s) => signals.push(*s),
+                    Action::Signal(_) | Action::None => {}
+                    Action::Exec(argv) if !hooks.contains(argv) => hooks.push(argv.clone()),
+                    Action::Exec(_) => {}
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "output not updated; it keeps its previous content")
+                }
+            }
+        }
+        if self.cfg.env.is_some() {
+            let env = render_env(&self.cfg, &merged);
+            if env != self.env {
+                // The child can only see a new environment by starting again.
+                restart = true;
+                self.env = env;
+            }
+        }
+        if self.outputs.is_empty() && self.cfg.env.is_none() {
+            match &self.cfg.on_change {
+                Action::Signal(s) => signals.push(*s),
+                Action::Exec(argv) => hooks.push(argv.clone()),
+                Action::Restart => restart = true,
+                Action::None => {}
+            }
+        }
+        self.applied = merged;
+
+        match sink {
+            Sink::Child(sup) if restart => {
+                tracing::info!("restarting the child");
+                sup.send(Control::Restart(self.env.clone()));
+            }
+            Sink::Child(sup) => {
+                for s in signals {
+                    tracing::info!(signal = %s, "signalling the child");
+                    sup.send(Control::Signal(s));
+                }
+            }
+            Sink::External => {
+                for s in signals {
+                    target::signal_targets(&self.cfg.target, s);
+                }
+            }
+        }
+        for argv in hooks {
+            let _ = self.hooks.send((argv, changed.clone()));
+        }
+    }
+}

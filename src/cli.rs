@@ -1,0 +1,179 @@
+//! Command-line definitions (clap). Flags are raw strings here; `config` validates them
+//! together with the config file so every problem is reported at once.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tether",
+    version,
+    about = "Keep a running program in step with live configuration",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Supervise CMD: render values to files and/or its environment, signal or restart it on change.
+    Run(RunArgs),
+    /// Sidecar: render values to files and signal another process (pidfile or name) or run a hook.
+    Watch(WatchArgs),
+    /// Validate a config file; print every problem with its key, or the effective config.
+    Check(CheckArgs),
+    /// Measure change-to-signal latency, peak memory and idle CPU; prints figures.
+    Bench(BenchArgs),
+    /// Internal: the child process that `tether bench` and the tests supervise.
+    #[command(hide = true, name = "bench-child")]
+    BenchChild(BenchChildArgs),
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct LogArgs {
+    /// Log level or filter (error, warn, info, debug, trace); falls back to TETHER_LOG.
+    #[arg(long, value_name = "LEVEL", global = true)]
+    pub log_level: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, value_name = "FORMAT", env = "TETHER_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct AgentArgs {
+    /// TOML config file; flags and TETHER_* variables override its values.
+    #[arg(long, short = 'c', value_name = "FILE", env = "TETHER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// A source of values: file:PATH (dotenv or JSON by extension), dotenv:PATH, json:PATH,
+    /// dir:PATH (one file per key). Repeatable; later sources override earlier ones key by key.
+    #[arg(
+        long = "source",
+        short = 's',
+        value_name = "KIND:PATH",
+        env = "TETHER_SOURCE",
+        value_delimiter = ','
+    )]
+    pub sources: Vec<String>,
+    /// Write the values to PATH (a bare file name goes under the tmpfs runtime dir).
+    #[arg(long, short = 'o', value_name = "PATH", env = "TETHER_OUTPUT")]
+    pub output: Option<String>,
+    /// Format of --output: dotenv, json, shell or dir.
+    #[arg(long, value_name = "FORMAT", env = "TETHER_FORMAT")]
+    pub format: Option<String>,
+    /// File mode of --output, octal (default 0600).
+    #[arg(long, value_name = "MODE", env = "TETHER_MODE")]
+    pub mode: Option<String>,
+    /// Owner of --output: USER[:GROUP] or UID[:GID].
+    #[arg(long, value_name = "USER[:GROUP]", env = "TETHER_OWNER")]
+    pub owner: Option<String>,
+    /// What a change does: restart, signal[:SIG], exec:CMD or none.
+    #[arg(long, value_name = "ACTION", env = "TETHER_ON_CHANGE")]
+    pub on_change: Option<String>,
+    /// Inject values into the child's environment (default in run).
+    #[arg(long = "env", overrides_with = "no_env")]
+    pub env: bool,
+    /// Do not inject values into the child's environment.
+    #[arg(long = "no-env", overrides_with = "env")]
+    pub no_env: bool,
+    /// Signal that asks the child to stop (default TERM).
+    #[arg(long, value_name = "SIG", env = "TETHER_STOP_SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// Grace period after the stop signal before SIGKILL (default 10s).
+    #[arg(long, value_name = "DURATION", env = "TETHER_STOP_TIMEOUT")]
+    pub stop_timeout: Option<String>,
+    /// Quiet window: act once no change arrived for this long (default 100ms).
+    #[arg(long, value_name = "DURATION", env = "TETHER_DEBOUNCE")]
+    pub debounce: Option<String>,
+    /// Act at most this long after the first change of a burst (default 2s).
+    #[arg(long, value_name = "DURATION", env = "TETHER_MAX_WAIT")]
+    pub max_wait: Option<String>,
+    /// Random extra delay up to this long before acting, to spread a fleet (default 0).
+    #[arg(long, value_name = "DURATION", env = "TETHER_SPLAY")]
+    pub splay: Option<String>,
+    /// Restart the child when it exits on its own: never, on-failure or always.
+    #[arg(long, value_name = "POLICY", env = "TETHER_RESTART_ON_EXIT")]
+    pub restart_on_exit: Option<String>,
+    /// Leave output files in place on exit.
+    #[arg(long, env = "TETHER_KEEP_OUTPUTS")]
+    pub keep_outputs: bool,
+    /// Signals forwarded to the child's process group (comma list).
+    #[arg(
+        long,
+        value_name = "SIGS",
+        env = "TETHER_FORWARD_SIGNALS",
+        value_delimiter = ','
+    )]
+    pub forward_signals: Vec<String>,
+    /// Timeout of an exec hook (default 30s).
+    #[arg(long, value_name = "DURATION", env = "TETHER_EXEC_TIMEOUT")]
+    pub exec_timeout: Option<String>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// The command to supervise (executed directly, no shell).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// Signal the process whose pid is in this file.
+    #[arg(long, value_name = "PATH", env = "TETHER_SIGNAL_PIDFILE")]
+    pub signal_pidfile: Option<PathBuf>,
+    /// Signal every process with this name (found through /proc).
+    #[arg(long, value_name = "NAME", env = "TETHER_SIGNAL_PROCESS")]
+    pub signal_process: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// The config file to validate.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: PathBuf,
+    /// Validate for this mode: run or watch.
+    #[arg(long, default_value = "run")]
+    pub mode: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Changes to time.
+    #[arg(long, default_value_t = 1000)]
+    pub changes: usize,
+    /// Entries in the source file.
+    #[arg(long, default_value_t = 1000)]
+    pub entries: usize,
+    /// Seconds of idle time to measure CPU over.
+    #[arg(long, default_value_t = 60)]
+    pub idle_secs: u64,
+    /// Directory for the bench's files (default: a fresh dir under /dev/shm).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchChildArgs {
+    /// Append one line per received signal (`SIGNAME`) to this file; write the env at start.
+    #[arg(long)]
+    pub record: Option<PathBuf>,
+    /// Write the environment (KEY=VALUE lines) to this file at start.
+    #[arg(long)]
+    pub env_file: Option<PathBuf>,
+    /// Ignore SIGTERM (for grace-period tests).
+    #[arg(long)]
+    pub ignore_term: bool,
+    /// Exit with this code after this many milliseconds.
+    #[arg(long, num_args = 2, value_names = ["MS", "CODE"])]
+    pub exit_after: Vec<u64>,
+}

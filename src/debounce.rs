@@ -1,0 +1,111 @@
+//! Debounce and splay: act once changes have been quiet for a window, but no later than a
+//! maximum wait after the first change of a burst, plus a random delay drawn per burst.
+
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+
+#[derive(Debug)]
+pub struct Debouncer {
+    quiet: Duration,
+    max_wait: Duration,
+    splay: Duration,
+    burst: Option<Burst>,
+}
+
+#[derive(Debug)]
+struct Burst {
+    first: Instant,
+    offset: Duration,
+    deadline: Instant,
+}
+
+impl Debouncer {
+    pub fn new(quiet: Duration, max_wait: Duration, splay: Duration) -> Self {
+        Debouncer {
+            quiet,
+            max_wait: max_wait.max(quiet),
+            splay,
+            burst: None,
+        }
+    }
+
+    /// A change arrived at `now`.
+    pub fn kick(&mut self, now: Instant) {
+        let splay = self.splay;
+        let burst = self.burst.get_or_insert_with(|| Burst {
+            first: now,
+            offset: if splay.is_zero() {
+                Duration::ZERO
+            } else {
+                rand::thread_rng().gen_range(Duration::ZERO..splay)
+            },
+            deadline: now,
+        });
+        let settle = (now + self.quiet).min(burst.first + self.max_wait);
+        burst.deadline = settle + burst.offset;
+    }
+
+    /// When to act, if a burst is pending.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.burst.as_ref().map(|b| b.deadline)
+    }
+
+    /// The action ran: the next change starts a new burst.
+    pub fn reset(&mut self) {
+        self.burst = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::{advance, pause};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[tokio::test]
+    async fn quiet_window_extends_until_max_wait() {
+        pause();
+        let mut d = Debouncer::new(100 * MS, 250 * MS, Duration::ZERO);
+        assert_eq!(d.deadline(), None);
+        let t0 = Instant::now();
+        d.kick(t0);
+        assert_eq!(d.deadline(), Some(t0 + 100 * MS));
+        advance(80 * MS).await;
+        d.kick(Instant::now());
+        assert_eq!(d.deadline(), Some(t0 + 180 * MS));
+        advance(80 * MS).await;
+        d.kick(Instant::now());
+        // 160 + 100 would pass the max wait of 250 after the first change.
+        assert_eq!(d.deadline(), Some(t0 + 250 * MS));
+        d.reset();
+        assert_eq!(d.deadline(), None);
+    }
+
+    #[tokio::test]
+    async fn zero_debounce_acts_at_once() {
+        pause();
+        let mut d = Debouncer::new(Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let t0 = Instant::now();
+        d.kick(t0);
+        assert_eq!(d.deadline(), Some(t0));
+    }
+
+    #[tokio::test]
+    async fn splay_is_drawn_once_per_burst_within_bounds() {
+        pause();
+        for _ in 0..50 {
+            let mut d = Debouncer::new(10 * MS, 100 * MS, 1000 * MS);
+            let t0 = Instant::now();
+            d.kick(t0);
+            let first = d.deadline().unwrap() - (t0 + 10 * MS);
+            assert!(first < 1000 * MS);
+            advance(5 * MS).await;
+            d.kick(Instant::now());
+            let second = d.deadline().unwrap() - (t0 + 15 * MS);
+            assert_eq!(first, second, "offset is kept for the whole burst");
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Outputs: where rendered values go (files in dotenv, json, shell or dir format, and the
+//! child's environment), written atomically and only when their bytes change.
+
+pub mod atomic;
+pub mod env;
+pub mod render;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use atomic::Owner;
+pub use env::{EnvSpec, EnvVars};
+pub use render::{Format, Rendered, Skipped, valid_env_name};
+
+use crate::config::OutputSpec;
+use crate::state::Entries;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("output {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: atomic::WriteError,
+    },
+    #[error("output {path}: cannot create its directory: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One output file or directory and what it last held.
+pub struct Output {
+    pub spec: OutputSpec,
+    last: Option<Rendered>,
+}
+
+impl Output {
+    pub fn new(spec: OutputSpec) -> Self {
+        let probe = spec.path.parent().unwrap_or(Path::new("/"));
+        if !atomic::is_tmpfs(probe) {
+            tracing::warn!(
+                path = %spec.path.display(),
+                "output is not on tmpfs: secret values will reach the disk"
+            );
+        }
+        Output { spec, last: None }
+    }
+
+    /// Render `entries` and write them if the bytes differ from what the output holds.
+    /// Returns whether anything was written.
+    pub fn apply(&mut self, entries: &Entries) -> Result<bool, OutputError> {
+        let (rendered, skipped) = render::render(self.spec.format, entries);
+        for s in &skipped {
+            tracing::error!(key = %s.name, output = %self.spec.path.display(), reason = s.reason, "entry skipped");
+        }
+        if self.last.is_none() {
+            // Left by an earlier run (--keep-outputs): identical content is not rewritten.
+            self.last = self.read_existing();
+        }
+        if self.last.as_ref() == Some(&rendered) {
+            return Ok(false);
+        }
+        self.write(&rendered)?;
+        self.last = Some(rendered);
+        Ok(true)
+    }
+
+    fn read_existing(&self) -> Option<Rendered> {
+        match self.spec.format {
+            Format::Dir => atomic::read_published(&self.spec.path).map(Rendered::Dir),
+            _ => std::fs::read(&self.spec.path).ok().map(Rendered::File),
+        }
+    }
+
+    fn write(&self, rendered: &Rendered) -> Result<(), OutputError> {
+        let path = &self.spec.path;
+        let err = |source| OutputError::Write {
+            path: path.clone(),
+            source,
+        };
+        if let Some(parent) = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|source| OutputError::Dir {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        match rendered {
+            Rendered::File(bytes) => {
+                atomic::write_atomic(path, bytes, self.spec.mode, self.spec.owner).map_err(err)
+            }
+            Rendered::Dir(files) => {
+                atomic::publish_dir(path, files, self.spec.mode, self.spec.owner).map_err(err)
+            }
+        }
+    }
+
+    /// Remove what this output wrote (on a clean exit).
+    pub fn remove(&self) {
+        let res = match self.spec.format {
+            Format::Dir => atomic::remove_published(&self.spec.path).map_err(|e| e.to_string()),
+            _ => match std::fs::remove_file(&self.spec.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+                _ => Ok(()),
+            },
+        };
+        if let Err(error) = res {
+            tracing::warn!(path = %self.spec.path.display(), %error, "cannot remove output");
+        }
+    }
+}
+
+/// Where outputs named by a bare file name go: a tmpfs runtime directory.
+pub fn default_dir() -> PathBuf {
+    use nix::unistd::{AccessFlags, access};
+    if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| Path::new(x).is_dir()) {
+        return Path::new(&xdg).join("tether");
+    }
+    let run = Path::new("/run");
+    if run.join("tether").is_dir()
+        || access(run, AccessFlags::W_OK).is_ok() && atomic::is_tmpfs(run)
+    {
+        return run.join("tether");
+    }
+    PathBuf::from("/dev/shm/tether")
+}
+
+/// A bare file name goes under [`default_dir`]; anything with a `/` is taken as given.
+pub fn resolve_path(s: &str) -> PathBuf {
+    if s.contains('/') {
+        PathBuf::from(s)
+    } else {
+        default_dir().join(s)
+    }
+}
+
+impl Owner {
+    /// `USER[:GROUP]`, `UID[:GID]`, or `:GROUP`.
+    pub fn parse(s: &str) -> Result<Owner, String> {
+        use nix::unistd::{Group, User};
+        let (user, group) = match s.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (s, None),
+        };
+        let uid = match user {
+            "" => None,
+            u => Some(match u.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => match User::from_name(u) {
+                    Ok(Some(user)) => user.uid.as_raw(),
+                    _ => return Err(format!("no such user {u:?}")),
+                },
+            }),
+        };
+        let gid = match group {
+            None | Some("") => None,
+            Some(g) => Some(match g.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => match Group::from_name(g) {
+                    Ok(Some(group)) => group.gid.as_raw(),
+                    _ => return Err(format!("no such group {g:?}")),
+                },
+            }),
+        };
+        if uid.is_none() && gid.is_none() {
+            return Err("owner needs a user, a group or both (USER:GROUP)".into());
+        }
+        Ok(Owner { uid, gid })
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(u) = self.uid {
+            write!(f, "{u}")?;
+        }
+        if let Some(g) = self.gid {
+            write!(f, ":{g}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Action;
+    use crate::state::entries;
+
+    fn spec(path: PathBuf, format: Format) -> OutputSpec {
+        OutputSpec {
+            path,
+            format,
+            mode: 0o640,
+            owner: None,
+            on_change: Action::None,
+        }
+    }
+
+    #[test]
+    fn unchanged_content_is_not_rewritten() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("sub/app.env");
+        let mut out = Output::new(spec(path.clone(), Format::Dotenv));
+        assert!(out.apply(&entries(&[("A", "1")])).unwrap());
+        let ino = std::fs::metadata(&path)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap();
+        assert!(!out.apply(&entries(&[("A", "1")])).unwrap());
+        let again = std::fs::metadata(&path)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap();
+        assert_eq!(ino, again, "not rewritten");
+        assert!(out.apply(&entries(&[("A", "2")])).unwrap());
+
+        // A fresh output over a file with the same content leaves it alone.
+        let mut fresh = Output::new(spec(path.clone(), Format::Dotenv));
+        assert!(!fresh.apply(&entries(&[("A", "2")])).unwrap());
+        fresh.remove();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn unwritable_directory_is_a_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("file"), "x").unwrap();
+        let mut out = Output::new(spec(d.path().join("file/app.env"), Format::Dotenv));
+        let err = out
+            .apply(&entries(&[("A", "s3cr3t")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("file/app.env"), "{err}");
+        assert!(!err.contains("s3cr3t"));
+    }
+
+    #[test]
+    fn owner_syntax() {
+        assert_eq!(
+            Owner::parse("0:0"),
+            Ok(Owner {
+                uid: Some(0),
+                gid: Some(0)
+            })
+        );
+        assert_eq!(
+            Owner::parse("root"),
+            Ok(Owner {
+                uid: Some(0),
+                gid: None
+            })
+        );
+        assert_eq!(
+            Owner::parse(":65534"),
+            Ok(Owner {
+                uid: None,
+                gid: Some(65534)
+            })
+        );
+        assert!(Owner::parse("no-such-user-xyz").is_err());
+        assert!(Owner::parse(":").is_err());
+    }
+
+    #[test]
+    fn bare_names_go_to_the_runtime_dir() {
+        assert_eq!(resolve_path("/etc/x.env"), PathBuf::from("/etc/x.env"));
+        assert!(resolve_path("x.env").ends_with("tether/x.env"));
+    }
+}

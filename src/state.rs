@@ -1,0 +1,114 @@
+//! The agent's view of configuration: named entries merged from several sources, and the
+//! diff between two views.
+
+use std::collections::BTreeMap;
+
+use crate::secret::Value;
+
+/// One configuration entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Value,
+    /// Marked secret by its source. Every value is redacted when printed; this flag decides
+    /// who may read it (network sources) and how `check` describes it.
+    pub secret: bool,
+}
+
+/// Names to entries, in name order (so renders are deterministic).
+pub type Entries = BTreeMap<String, Entry>;
+
+/// The last good entries of each source, in precedence order (later overrides earlier).
+#[derive(Debug, Default)]
+pub struct Layers {
+    layers: Vec<Option<Entries>>,
+}
+
+impl Layers {
+    pub fn new(count: usize) -> Self {
+        Layers {
+            layers: vec![None; count],
+        }
+    }
+
+    /// Replace one source's entries. Returns whether they differ from what it had.
+    pub fn set(&mut self, index: usize, entries: Entries) -> bool {
+        let slot = &mut self.layers[index];
+        if slot.as_ref() == Some(&entries) {
+            return false;
+        }
+        *slot = Some(entries);
+        true
+    }
+
+    /// True once every source has delivered at least once.
+    pub fn complete(&self) -> bool {
+        self.layers.iter().all(Option::is_some)
+    }
+
+    /// Merge all layers key by key; a later source wins.
+    pub fn merged(&self) -> Entries {
+        let mut out = Entries::new();
+        for layer in self.layers.iter().flatten() {
+            for (k, v) in layer {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        out
+    }
+}
+
+/// Names added, removed or changed between two views, in name order.
+pub fn changed_keys(old: &Entries, new: &Entries) -> Vec<String> {
+    let mut keys: Vec<String> = old
+        .iter()
+        .filter(|(k, v)| new.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    keys.extend(new.keys().filter(|k| !old.contains_key(*k)).cloned());
+    keys.sort();
+    keys
+}
+
+#[cfg(test)]
+pub(crate) fn entries(pairs: &[(&str, &str)]) -> Entries {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Entry {
+                    value: Value::from(*v),
+                    secret: true,
+                },
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_layer_wins_key_by_key() {
+        let mut l = Layers::new(2);
+        assert!(!l.complete());
+        assert!(l.set(0, entries(&[("A", "1"), ("B", "1")])));
+        assert!(!l.complete());
+        assert!(l.set(1, entries(&[("B", "2"), ("C", "2")])));
+        assert!(l.complete());
+        assert_eq!(l.merged(), entries(&[("A", "1"), ("B", "2"), ("C", "2")]));
+        assert!(
+            !l.set(1, entries(&[("B", "2"), ("C", "2")])),
+            "same entries are no change"
+        );
+    }
+
+    #[test]
+    fn diff_names_added_removed_changed() {
+        let old = entries(&[("A", "1"), ("B", "1"), ("C", "1")]);
+        let new = entries(&[("A", "1"), ("B", "2"), ("D", "1")]);
+        assert_eq!(changed_keys(&old, &new), ["B", "C", "D"]);
+        assert!(changed_keys(&new, &new).is_empty());
+    }
+}

@@ -1,0 +1,143 @@
+//! The one place that calls `waitpid`: a process-wide thread reaps every child on SIGCHLD
+//! (our own children and, as PID 1 or a subreaper, every orphan) and hands each registered
+//! child its exit status. Nothing else in tether may wait for a child.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::process::Command;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use nix::errno::Errno;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use signal_hook::consts::SIGCHLD;
+use signal_hook::iterator::Signals;
+use tokio::sync::oneshot;
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signaled(i32),
+}
+
+impl Exit {
+    /// The exit code tether passes through: the code, or 128+N for death by signal N.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signaled(n) => 128 + n,
+        }
+    }
+
+    pub fn success(self) -> bool {
+        self == Exit::Code(0)
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit code {c}"),
+            Exit::Signaled(n) => match nix::sys::signal::Signal::try_from(*n) {
+                Ok(s) => write!(f, "killed by {}", s.as_str()),
+                Err(_) => write!(f, "killed by signal {n}"),
+            },
+        }
+    }
+}
+
+type Waiters = Arc<Mutex<HashMap<i32, oneshot::Sender<Exit>>>>;
+
+/// Cheap handle: spawn children whose exit status is delivered by the reaper task.
+#[derive(Clone)]
+pub struct Reaper {
+    waiters: Waiters,
+}
+
+static GLOBAL: Mutex<Option<Reaper>> = Mutex::new(None);
+
+impl Reaper {
+    /// The process's reaper, started on first use (SIGCHLD handler and reaping thread).
+    pub fn start() -> std::io::Result<Reaper> {
+        let mut global = GLOBAL.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(r) = global.as_ref() {
+            return Ok(r.clone());
+        }
+        let mut signals = Signals::new([SIGCHLD])?;
+        let waiters: Waiters = Arc::default();
+        let w = waiters.clone();
+        std::thread::Builder::new()
+            .name("tether-reaper".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                reap_all(&w);
+                for _ in signals.forever() {
+                    reap_all(&w);
+                }
+            })?;
+        let r = Reaper { waiters };
+        *global = Some(r.clone());
+        Ok(r)
+    }
+
+    /// Spawn `cmd` and register it before the reaper can see it exit.
+    pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<(Pid, oneshot::Receiver<Exit>)> {
+        let (tx, rx) = oneshot::channel();
+        let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        let child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        waiters.insert(pid, tx);
+        // The std handle is dropped without waiting: the reaper owns waitpid.
+        drop(child);
+        Ok((Pid::from_raw(pid), rx))
+    }
+}
+
+fn reap_all(waiters: &Waiters) {
+    loop {
+        let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signaled(sig as i32)),
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+            Ok(_) => continue,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "waitpid failed");
+                return;
+            }
+        };
+        let waiter = waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&pid.as_raw());
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(exit);
+            }
+            None => tracing::debug!(pid = pid.as_raw(), %exit, "reaped an orphan"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn delivers_exit_codes_and_signals() {
+        let r = Reaper::start().unwrap();
+        let (_, rx) = r.spawn(Command::new("sh").args(["-c", "exit 7"])).unwrap();
+        assert_eq!(rx.await.unwrap(), Exit::Code(7));
+        let (_, rx) = r
+            .spawn(Command::new("sh").args(["-c", "kill -USR1 $$"]))
+            .unwrap();
+        let exit = rx.await.unwrap();
+        assert_eq!(exit, Exit::Signaled(libc_sigusr1()));
+        assert_eq!(exit.code(), 128 + libc_sigusr1());
+    }
+
+    fn libc_sigusr1() -> i32 {
+        nix::sys::signal::Signal::SIGUSR1 as i32
+    }
+}
