@@ -1,0 +1,4 @@
+//! Integration tests: the real `tether` binary against real processes and files.
+//! Every wait waits on a condition with a deadline.
+
+mod support;

@@ -1,0 +1,254 @@
+//! Test harness: a temp workspace, the real binary started in a clean environment, and
+//! waits on conditions with deadlines. On failure the command, stdout and stderr are printed.
+
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tether");
+/// Generous: CI machines are small and may be busy.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Wait until `cond` holds, or panic with `what` after the deadline.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    wait_for_within(what, DEADLINE, &mut cond)
+}
+
+pub fn wait_for_within(what: &str, deadline: Duration, cond: &mut dyn FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A scratch directory (under /dev/shm so fsync is cheap) with helpers to write sources.
+pub struct Work {
+    pub dir: tempfile::TempDir,
+}
+
+impl Work {
+    pub fn new() -> Work {
+        let dir = tempfile::Builder::new()
+            .prefix("tether-it-")
+            .tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .expect("temp dir");
+        Work { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Replace a file atomically (write temp + rename), as editors and tools do.
+    pub fn write(&self, name: &str, content: &str) {
+        let path = self.path(name);
+        let tmp = self.path(&format!(".{name}.tmp"));
+        fs::write(&tmp, content).expect("write temp");
+        fs::rename(&tmp, &path).expect("rename");
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+
+    /// Lines of the fixture's record file (`start PID`, `SIGHUP PID`, `exit PID CODE`).
+    pub fn record(&self) -> Vec<String> {
+        self.read("record").lines().map(str::to_owned).collect()
+    }
+
+    /// Pids the fixture reported at each start, in order.
+    pub fn starts(&self) -> Vec<i32> {
+        self.record()
+            .iter()
+            .filter_map(|l| l.strip_prefix("start ")?.trim().parse().ok())
+            .collect()
+    }
+
+    /// Signals received by the fixture, as names (`SIGHUP`), in order.
+    pub fn signals(&self) -> Vec<String> {
+        self.record()
+            .iter()
+            .filter(|l| l.starts_with("SIG"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    }
+
+    /// The fixture's environment at its latest start, as KEY=VALUE lines.
+    pub fn child_env(&self) -> Vec<String> {
+        self.read("env").lines().map(str::to_owned).collect()
+    }
+
+    /// The fixture command line: `tether bench-child --record R --env-file E [extra...]`.
+    pub fn child_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut v = vec![
+            BIN.to_string(),
+            "bench-child".into(),
+            "--record".into(),
+            self.path("record").display().to_string(),
+            "--env-file".into(),
+            self.path("env").display().to_string(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    }
+}
+
+/// A running tether process whose output is captured to files (read on failure).
+pub struct Tether {
+    pub child: Option<Child>,
+    pub cmdline: String,
+    out: PathBuf,
+    err: PathBuf,
+    _logs: tempfile::TempDir,
+}
+
+impl Tether {
+    /// Start `tether ARGS` in a clean environment (only PATH, plus `envs`), in `cwd`.
+    pub fn start<I, S>(cwd: &Path, args: I, envs: &[(&str, &str)]) -> Tether
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let logs = tempfile::tempdir().expect("log dir");
+        let out = logs.path().join("stdout");
+        let err = logs.path().join("stderr");
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .current_dir(cwd)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("XDG_RUNTIME_DIR", cwd)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out).expect("stdout file"))
+            .stderr(fs::File::create(&err).expect("stderr file"));
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let cmdline = format!("{cmd:?}");
+        let child = cmd.spawn().expect("spawn tether");
+        Tether {
+            child: Some(child),
+            cmdline,
+            out,
+            err,
+            _logs: logs,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal tether");
+    }
+
+    /// Wait for tether to exit (with the deadline) and return its status.
+    pub fn wait(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                return st;
+            }
+            if start.elapsed() > DEADLINE {
+                self.dump();
+                panic!("tether did not exit within {DEADLINE:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Like [`wait_for`], but prints tether's output if the condition never holds.
+    pub fn wait_for(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            if start.elapsed() > DEADLINE {
+                self.dump();
+                panic!("timed out after {DEADLINE:?} waiting for: {what}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn dump(&self) {
+        eprintln!("--- command: {}", self.cmdline);
+        eprintln!("--- stdout:\n{}", self.stdout());
+        eprintln!("--- stderr:\n{}", self.stderr());
+    }
+}
+
+impl Drop for Tether {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if std::thread::panicking() {
+                self.dump();
+            }
+            if c.try_wait().ok().flatten().is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Run tether to completion (for `check` and bad-usage cases).
+pub fn run_to_end(cwd: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tether");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("tether {args:?} did not exit within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut err);
+    }
+    (status.code().unwrap_or(-1), out, err)
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
