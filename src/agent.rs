@@ -11,7 +11,9 @@ use tokio::time::{Instant, sleep_until};
 use crate::config::{Action, Config, Mode};
 use crate::debounce::Debouncer;
 use crate::output::{EnvVars, Output};
+use crate::protocol::Position;
 use crate::signal::Signal;
+use crate::source::net::{NetSource, NetUpdate};
 use crate::source::{self, SourceError, SourceSpec, watch::SourceWatcher};
 use crate::state::{Entries, Layers, changed_keys};
 use crate::supervisor::{self, ChildSpec, Control, Exit, Reaper, Supervisor};
@@ -29,6 +31,8 @@ pub enum AgentError {
     Spawn(#[from] supervisor::SpawnError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("network source: {0}")]
+    Net(String),
 }
 
 /// Where actions go.
@@ -48,12 +52,15 @@ struct Agent {
     hooks: mpsc::UnboundedSender<(Vec<String>, Vec<String>)>,
     _watcher: SourceWatcher,
     source_rx: mpsc::UnboundedReceiver<usize>,
+    /// The network source (the last layer) and the position still to acknowledge.
+    net: Option<NetSource>,
+    net_pending: Option<Position>,
 }
 
 /// Run the agent until the child exits (run) or TERM/INT (watch). Returns the exit code.
 pub async fn run(cfg: Config) -> Result<i32, AgentError> {
     // Handlers first: nothing sent to tether from here on is lost or fatal.
-    let signal_rx = install_signals(&cfg)?;
+    let mut signal_rx = install_signals(&cfg)?;
     let reaper = Reaper::start().map_err(AgentError::Signals)?;
     if cfg.mode == Mode::Run && std::process::id() != 1 {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -64,14 +71,40 @@ pub async fn run(cfg: Config) -> Result<i32, AgentError> {
     // Watch before the first read so no change can fall between the two.
     let (source_tx, source_rx) = mpsc::unbounded_channel();
     let watcher = source::watch::watch(&cfg.sources, source_tx)?;
-    let mut layers = Layers::new(cfg.sources.len());
+    let mut layers = Layers::new(cfg.sources.len() + usize::from(cfg.net.is_some()));
     for (i, spec) in cfg.sources.iter().enumerate() {
         layers.set(i, source::load(spec)?);
     }
+
+    // The network source is the last layer; the first render waits for its first state.
+    let mut net = match &cfg.net {
+        Some(spec) => Some(source::net::start(spec.clone()).map_err(AgentError::Net)?),
+        None => None,
+    };
+    let mut net_pending = None;
+    if let Some(n) = net.as_mut() {
+        tracing::info!("waiting for the first state from a node");
+        let first = tokio::select! {
+            u = n.updates.recv() => u.ok_or_else(|| AgentError::Net("the network source stopped".into()))?,
+            Some(sig) = signal_rx.recv() => {
+                tracing::info!(signal = %sig, "stopped before the first state arrived");
+                return Ok(128 + sig.number());
+            }
+        };
+        log_net_update(&first);
+        net_pending = Some(first.position);
+        layers.set(cfg.sources.len(), first.entries);
+    }
+
     let applied = layers.merged();
     let mut outputs: Vec<Output> = cfg.outputs.iter().cloned().map(Output::new).collect();
     for o in &mut outputs {
-        o.apply(&applied)?;
+        if let Err(e) = o.apply(&applied) {
+            if let (Some(n), Some(p)) = (&net, net_pending) {
+                n.ack(p, Err(e.to_string()));
+            }
+            return Err(e.into());
+        }
     }
     let env = render_env(&cfg, &applied);
     tracing::info!(
@@ -92,7 +125,10 @@ pub async fn run(cfg: Config) -> Result<i32, AgentError> {
         hooks,
         _watcher: watcher,
         source_rx,
+        net,
+        net_pending,
     };
+    agent.ack(Ok(()));
     let code = agent.serve(signal_rx).await;
     if !agent.cfg.keep_outputs {
         for o in &agent.outputs {
@@ -100,6 +136,14 @@ pub async fn run(cfg: Config) -> Result<i32, AgentError> {
         }
     }
     code
+}
+
+fn log_net_update(u: &NetUpdate) {
+    if u.degraded {
+        tracing::warn!(position = %u.position, entries = u.entries.len(), "DEGRADED: running on saved state");
+    } else {
+        tracing::debug!(position = %u.position, entries = u.entries.len(), "state from node");
+    }
 }
 
 fn render_env(cfg: &Config, entries: &Entries) -> EnvVars {
@@ -185,6 +229,18 @@ impl Agent {
                         self.debouncer.kick(Instant::now());
                     }
                 }
+                Some(update) = async { self.net.as_mut().expect("guarded").updates.recv().await }, if self.net.is_some() => {
+                    log_net_update(&update);
+                    self.net_pending = Some(update.position);
+                    let layer = self.cfg.sources.len();
+                    self.layers.set(layer, update.entries);
+                    if self.layers.merged() != self.applied {
+                        self.debouncer.kick(Instant::now());
+                    } else if self.debouncer.deadline().is_none() {
+                        // Nothing this agent renders changed: applied as it stands.
+                        self.ack(Ok(()));
+                    }
+                }
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.debouncer.reset();
                     self.apply(&sink);
@@ -238,13 +294,22 @@ impl Agent {
         self.layers.merged() != self.applied
     }
 
+    /// Acknowledge the network source's latest position, once.
+    fn ack(&mut self, result: Result<(), String>) {
+        if let (Some(net), Some(p)) = (&self.net, self.net_pending.take()) {
+            net.ack(p, result);
+        }
+    }
+
     /// Render outputs and act on what changed.
     fn apply(&mut self, sink: &Sink) {
         let merged = self.layers.merged();
         let changed = changed_keys(&self.applied, &merged);
         if changed.is_empty() {
+            self.ack(Ok(()));
             return;
         }
+        let mut failures: Vec<String> = Vec::new();
         tracing::info!(keys = ?changed, "configuration changed");
         let mut restart = false;
         let mut signals: Vec<Signal> = Vec::new();
@@ -260,7 +325,8 @@ impl Agent {
                     Action::Exec(_) => {}
                 },
                 Err(e) => {
-                    tracing::error!(error = %e, "output not updated; it keeps its previous content")
+                    tracing::error!(error = %e, "output not updated; it keeps its previous content");
+                    failures.push(e.to_string());
                 }
             }
         }
@@ -302,5 +368,10 @@ impl Agent {
         for argv in hooks {
             let _ = self.hooks.send((argv, changed.clone()));
         }
+        self.ack(if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        });
     }
 }

@@ -13,6 +13,11 @@ pub fn run(cli: Cli) -> i32 {
         Command::Run(args) => config::for_run(&args),
         Command::Watch(args) => config::for_watch(&args),
         Command::Check(args) => return check(&args),
+        Command::Serve(args) => return serve(&args),
+        Command::Put(args) => return client(crate::client::put(&args)),
+        Command::Get(args) => return client(crate::client::get(&args)),
+        Command::Rm(args) => return client(crate::client::rm(&args)),
+        Command::Status(args) => return client(crate::client::status(&args)),
         Command::Bench(args) => return finish(block_on(crate::bench::run(args))),
         Command::BenchChild(args) => {
             return finish(block_on(async { Ok(crate::fixture::run(args).await?) }));
@@ -30,6 +35,58 @@ fn finish(r: anyhow::Result<anyhow::Result<i32>>) -> i32 {
     match r.and_then(|inner| inner) {
         Ok(code) => code,
         Err(e) => report(e),
+    }
+}
+
+fn client(r: Result<i32, crate::client::ClientError>) -> i32 {
+    match r {
+        Ok(code) => code,
+        Err(crate::client::ClientError::Usage(m)) => {
+            eprintln!("tether: {m}");
+            EXIT_USAGE
+        }
+        Err(e) => report(e.into()),
+    }
+}
+
+fn serve(args: &crate::cli::ServeArgs) -> i32 {
+    if let Some(crate::cli::ServeAction::HashToken) = args.action {
+        let mut token = String::new();
+        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut token) {
+            return report(e.into());
+        }
+        if token.trim().is_empty() {
+            eprintln!(
+                "tether: give the token on stdin, e.g. `printf %s \"$TOKEN\" | tether serve hash-token`"
+            );
+            return EXIT_USAGE;
+        }
+        println!("{}", crate::server::auth::hash_token(&token));
+        return 0;
+    }
+    let cfg = match crate::server::config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => return usage(e),
+    };
+    crate::logging::init(cfg.log_level.as_deref(), cfg.log_format);
+    finish(block_on(async {
+        crate::server::run(cfg, shutdown_signal()).await?;
+        Ok(0)
+    }))
+}
+
+/// Resolves on the first TERM or INT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
 }
 

@@ -28,6 +28,16 @@ pub enum Command {
     Check(CheckArgs),
     /// Measure change-to-signal latency, peak memory and idle CPU; prints figures.
     Bench(BenchArgs),
+    /// A node of the change-notification cluster: HTTP API and WebSocket for agents.
+    Serve(ServeArgs),
+    /// Set entries in an environment, as one atomic change set.
+    Put(PutArgs),
+    /// Print an environment (or one entry's value).
+    Get(GetArgs),
+    /// Delete entries from an environment, as one atomic change set.
+    Rm(RmArgs),
+    /// Rollout status: how many agents are on which version.
+    Status(StatusArgs),
     /// Internal: the child process that `tether bench` and the tests supervise.
     #[command(hide = true, name = "bench-child")]
     BenchChild(BenchChildArgs),
@@ -73,12 +83,33 @@ pub struct AgentArgs {
     /// What a change does: restart, signal[:SIG], exec:CMD or none.
     #[arg(long, value_name = "ACTION", env = "TETHER_ON_CHANGE")]
     pub on_change: Option<String>,
-    /// Inject values into the child's environment (default in run).
-    #[arg(long = "env", overrides_with = "no_env")]
-    pub env: bool,
+    /// Alone: inject values into the child's environment (the default in run). With a
+    /// NAME: the environment to follow on the --server nodes.
+    #[arg(long = "env", value_name = "NAME", num_args = 0..=1, env = "TETHER_ENV")]
+    pub env: Option<Option<String>>,
     /// Do not inject values into the child's environment.
-    #[arg(long = "no-env", overrides_with = "env")]
+    #[arg(long = "no-env")]
     pub no_env: bool,
+    /// A tether node (http(s):// or ws(s):// base URL); repeatable, any node will do.
+    #[arg(
+        long = "server",
+        value_name = "URL",
+        env = "TETHER_SERVER",
+        value_delimiter = ','
+    )]
+    pub servers: Vec<String>,
+    /// File holding the bearer token for the nodes (else TETHER_TOKEN).
+    #[arg(long, value_name = "PATH", env = "TETHER_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM file of the CA that signs the nodes' certificates.
+    #[arg(long, value_name = "PATH", env = "TETHER_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Where the last applied state is kept (0600), to resume and to start without a node.
+    #[arg(long, value_name = "DIR", env = "TETHER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Start from the saved state while no node is reachable (reported as degraded).
+    #[arg(long, env = "TETHER_START_WITHOUT_SERVER")]
+    pub start_without_server: bool,
     /// Signal that asks the child to stop (default TERM).
     #[arg(long, value_name = "SIG", env = "TETHER_STOP_SIGNAL")]
     pub stop_signal: Option<String>,
@@ -176,4 +207,117 @@ pub struct BenchChildArgs {
     /// Exit with this code after this many milliseconds.
     #[arg(long, num_args = 2, value_names = ["MS", "CODE"])]
     pub exit_after: Vec<u64>,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    #[command(subcommand)]
+    pub action: Option<ServeAction>,
+    /// TOML config file of the node (tokens, TLS...); flags override it.
+    #[arg(long, short = 'c', value_name = "FILE", env = "TETHER_SERVE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:7070).
+    #[arg(long, value_name = "ADDR", env = "TETHER_LISTEN")]
+    pub listen: Option<String>,
+    /// Directory of the embedded store (default ./tether-data).
+    #[arg(long, value_name = "DIR", env = "TETHER_DATA")]
+    pub data: Option<PathBuf>,
+    /// This node's name in status and logs (default HOSTNAME-PID).
+    #[arg(long, value_name = "NAME", env = "TETHER_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Change sets kept per environment for catch-up (default 1000).
+    #[arg(long, value_name = "N", env = "TETHER_HISTORY")]
+    pub history: Option<u64>,
+    /// Heartbeat interval to agents (default 15s).
+    #[arg(long, value_name = "DURATION", env = "TETHER_HEARTBEAT")]
+    pub heartbeat: Option<String>,
+    /// Largest frame accepted from an agent, in bytes (default 1048576).
+    #[arg(long, value_name = "BYTES", env = "TETHER_MAX_FRAME")]
+    pub max_frame: Option<usize>,
+    /// PEM certificate chain for https/wss.
+    #[arg(long, value_name = "PATH", env = "TETHER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for https/wss.
+    #[arg(long, value_name = "PATH", env = "TETHER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ServeAction {
+    /// Print the `sha256:…` hash of a token (read from stdin) for the server config.
+    HashToken,
+}
+
+/// How admin verbs reach a node.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ClientArgs {
+    /// Node base URL (http(s):// or ws(s)://); repeatable, the first that answers is used.
+    #[arg(
+        long = "server",
+        value_name = "URL",
+        env = "TETHER_SERVER",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub servers: Vec<String>,
+    /// File holding the bearer token (else TETHER_TOKEN).
+    #[arg(long, value_name = "PATH", env = "TETHER_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM file of the CA that signs the nodes' certificates.
+    #[arg(long, value_name = "PATH", env = "TETHER_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PutArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The environment.
+    #[arg(long, value_name = "NAME", env = "TETHER_ENV")]
+    pub env: String,
+    /// Mark the values secret.
+    #[arg(long)]
+    pub secret: bool,
+    /// Commit only if the environment is at this version.
+    #[arg(long, value_name = "VERSION")]
+    pub expect_version: Option<u64>,
+    /// NAME=VALUE pairs (NAME=@FILE reads the value from FILE, NAME=- from stdin).
+    #[arg(required = true, value_name = "NAME=VALUE")]
+    pub pairs: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long, value_name = "NAME", env = "TETHER_ENV")]
+    pub env: String,
+    /// Print only this entry's value.
+    pub name: Option<String>,
+    /// Print as JSON (position and entries).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RmArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long, value_name = "NAME", env = "TETHER_ENV")]
+    pub env: String,
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long, value_name = "NAME", env = "TETHER_ENV")]
+    pub env: Option<String>,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
 }

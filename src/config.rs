@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::cli::{AgentArgs, RunArgs, WatchArgs};
 use crate::output::{EnvSpec, Format, Owner};
+use crate::secret::Value;
 use crate::signal::Signal;
 use crate::source::{SourceKind, SourceSpec};
 
@@ -38,6 +39,15 @@ pub struct RawConfig {
     pub signal_process: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
+    /// Nodes to follow (network source), any of which will do.
+    #[serde(rename = "server")]
+    pub servers: Option<Vec<String>>,
+    /// The environment to follow on those nodes.
+    pub environment: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub start_without_server: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -137,9 +147,22 @@ pub struct WatchTarget {
     pub process: Option<String>,
 }
 
+/// The network source: nodes and the environment to follow.
+#[derive(Clone, Debug)]
+pub struct NetSpec {
+    /// Base URLs as given (http(s):// or ws(s)://).
+    pub servers: Vec<String>,
+    pub env: String,
+    pub token: Option<Value>,
+    pub ca_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub start_without_server: bool,
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
+    pub net: Option<NetSpec>,
     pub mode: Mode,
     pub command: Vec<OsString>,
     pub sources: Vec<SourceSpec>,
@@ -243,8 +266,22 @@ impl RawConfig {
             }
         }
         set(&mut self.on_change, &a.on_change);
-        if a.env || a.no_env {
-            self.env.get_or_insert_with(RawEnv::default).enabled = Some(a.env);
+        if a.no_env {
+            self.env.get_or_insert_with(RawEnv::default).enabled = Some(false);
+        } else if a.env == Some(None) {
+            self.env.get_or_insert_with(RawEnv::default).enabled = Some(true);
+        }
+        if let Some(Some(name)) = &a.env {
+            self.environment = Some(name.clone());
+        }
+        if !a.servers.is_empty() {
+            self.servers = Some(a.servers.clone());
+        }
+        set(&mut self.token_file, &a.token_file);
+        set(&mut self.ca_file, &a.ca_file);
+        set(&mut self.state_dir, &a.state_dir);
+        if a.start_without_server {
+            self.start_without_server = Some(true);
         }
         set(&mut self.stop_signal, &a.stop_signal);
         set(&mut self.stop_timeout, &a.stop_timeout);
@@ -315,10 +352,11 @@ pub fn validate(raw: &RawConfig, mode: Mode) -> Result<Config, ConfigError> {
         .enumerate()
         .filter_map(|(i, s)| p.check(&format!("source[{i}]"), parse_source(s)))
         .collect();
-    if sources.is_empty() {
+    let net = parse_net(raw, &mut p);
+    if sources.is_empty() && net.is_none() {
         p.push(
             "source",
-            "at least one source is required (e.g. --source file:/etc/app.env)",
+            "at least one source is required (--source file:/etc/app.env, or --server URL --env NAME)",
         );
     }
 
@@ -487,6 +525,7 @@ pub fn validate(raw: &RawConfig, mode: Mode) -> Result<Config, ConfigError> {
     }
 
     p.finish(Config {
+        net,
         mode,
         command,
         sources,
@@ -630,6 +669,68 @@ fn parse_output(
     })
 }
 
+fn parse_net(raw: &RawConfig, p: &mut Problems) -> Option<NetSpec> {
+    let servers = raw.servers.clone().unwrap_or_default();
+    let servers: Vec<String> = servers
+        .into_iter()
+        .filter(|s| !s.trim().is_empty())
+        .collect();
+    if servers.is_empty() {
+        if raw.environment.is_some() {
+            p.push("server", "--env NAME needs at least one --server URL");
+        }
+        return None;
+    }
+    for (i, s) in servers.iter().enumerate() {
+        if let Err(e) = crate::source::net::ws_url(s) {
+            p.push(&format!("server[{i}]"), e);
+        }
+    }
+    let Some(env) = raw.environment.clone() else {
+        p.push(
+            "environment",
+            "--server needs the environment to follow: --env NAME",
+        );
+        return None;
+    };
+    if let Err(e) = crate::server::store::validate_name("environment", &env) {
+        p.push("environment", e.to_string());
+    }
+    let token = match &raw.token_file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) if !t.trim().is_empty() => Some(Value::from(t.trim())),
+            Ok(_) => {
+                p.push("token_file", format!("{} is empty", path.display()));
+                None
+            }
+            Err(e) => {
+                p.push("token_file", format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        },
+        None => std::env::var("TETHER_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| Value::from(t.trim())),
+    };
+    if let Some(ca) = &raw.ca_file {
+        if !ca.is_file() {
+            p.push(
+                "ca_file",
+                format!("{} is not a readable file", ca.display()),
+            );
+        }
+    }
+    Some(NetSpec {
+        servers,
+        env,
+        token,
+        ca_file: raw.ca_file.clone(),
+        state_dir: raw.state_dir.clone(),
+        start_without_server: raw.start_without_server.unwrap_or(false),
+    })
+}
+
 fn parse_mode(s: &str) -> Result<u32, String> {
     let digits = s.trim().trim_start_matches("0o");
     match u32::from_str_radix(digits, 8) {
@@ -684,6 +785,23 @@ impl Config {
             "source".into(),
             V::Array(self.sources.iter().map(|x| s(x.to_string())).collect()),
         );
+        if let Some(net) = &self.net {
+            t.insert(
+                "server".into(),
+                V::Array(net.servers.iter().cloned().map(s).collect()),
+            );
+            t.insert("environment".into(), s(net.env.clone()));
+            if let Some(ca) = &net.ca_file {
+                t.insert("ca_file".into(), s(ca.display().to_string()));
+            }
+            if let Some(dir) = &net.state_dir {
+                t.insert("state_dir".into(), s(dir.display().to_string()));
+            }
+            t.insert(
+                "start_without_server".into(),
+                V::Boolean(net.start_without_server),
+            );
+        }
         t.insert("on_change".into(), s(self.on_change.to_string()));
         t.insert("stop_signal".into(), s(self.stop_signal.to_string()));
         t.insert("stop_timeout".into(), d(self.stop_timeout));

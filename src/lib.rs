@@ -10,18 +10,25 @@
 //! - `supervisor`: the child's owner task, the reaper, spawning and stopping.
 //! - `target`: watch mode's pidfile/process-name targets and exec hooks.
 //! - `agent`: the loop tying sources to outputs and actions.
+//! - `protocol`: the wire types between agents and nodes, and the position rules.
+//! - `source::net`: the agent's network source (follows an environment on the nodes).
+//! - `server`: `tether serve`: HTTP API, WebSocket, hub, auth, store.
+//! - `client`: the admin verbs (`put`, `get`, `rm`, `status`) over HTTP.
 //! - `app`: the verbs, as called from `main`.
 
 pub mod agent;
 pub mod app;
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod debounce;
 pub mod fixture;
 pub mod logging;
 pub mod output;
+pub mod protocol;
 pub mod secret;
+pub mod server;
 pub mod signal;
 pub mod source;
 pub mod state;

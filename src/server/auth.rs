@@ -1,0 +1,248 @@
+//! Bearer tokens: stored as SHA-256 hashes in the server config, each with a role (read,
+//! write, admin), environment patterns and whether it may read secret values. Comparison is
+//! constant-time. With no tokens the node runs in an explicit dev mode (loopback only).
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Read,
+    Write,
+    Admin,
+}
+
+/// A token as written in the server config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    /// `sha256:<64 hex>` as printed by `tether serve hash-token`.
+    pub hash: String,
+    pub role: Role,
+    /// Environment name patterns (globs); default: all.
+    #[serde(default)]
+    pub envs: Vec<String>,
+    /// Whether secret values are sent to this token (default true).
+    #[serde(default = "yes")]
+    pub secrets: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a request may do.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub name: String,
+    pub role: Role,
+    envs: Option<GlobSet>,
+    pub secrets: bool,
+}
+
+impl Grant {
+    pub fn dev() -> Grant {
+        Grant {
+            name: "dev-mode".into(),
+            role: Role::Admin,
+            envs: None,
+            secrets: true,
+        }
+    }
+
+    pub fn covers(&self, env: &str) -> bool {
+        self.envs.as_ref().is_none_or(|g| g.is_match(env))
+    }
+
+    pub fn can_read(&self, env: &str) -> bool {
+        self.covers(env)
+    }
+
+    pub fn can_write(&self, env: &str) -> bool {
+        self.role >= Role::Write && self.covers(env)
+    }
+}
+
+struct Token {
+    hash: [u8; 32],
+    grant: Grant,
+}
+
+/// The node's token table.
+pub struct Auth {
+    tokens: Vec<Token>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing bearer token (send `Authorization: Bearer <token>`)")]
+    Missing,
+    #[error("invalid token")]
+    Invalid,
+}
+
+impl Auth {
+    /// Build the table; returns every problem found, keyed by token position.
+    pub fn new(tokens: &[TokenConfig]) -> Result<Auth, Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        let mut out = Vec::new();
+        for (i, t) in tokens.iter().enumerate() {
+            let key = format!("token[{i}]");
+            let hash = match parse_hash(&t.hash) {
+                Ok(h) => h,
+                Err(e) => {
+                    problems.push((format!("{key}.hash"), e));
+                    continue;
+                }
+            };
+            let envs = if t.envs.is_empty() {
+                None
+            } else {
+                let mut b = GlobSetBuilder::new();
+                for p in &t.envs {
+                    match Glob::new(p) {
+                        Ok(g) => {
+                            b.add(g);
+                        }
+                        Err(e) => problems
+                            .push((format!("{key}.envs"), format!("bad pattern {p:?}: {e}"))),
+                    }
+                }
+                b.build().ok()
+            };
+            out.push(Token {
+                hash,
+                grant: Grant {
+                    name: t.name.clone(),
+                    role: t.role,
+                    envs,
+                    secrets: t.secrets,
+                },
+            });
+        }
+        if problems.is_empty() {
+            Ok(Auth { tokens: out })
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn dev_mode(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Check an `Authorization` header value.
+    pub fn check(&self, header: Option<&str>) -> Result<Grant, AuthError> {
+        if self.dev_mode() {
+            return Ok(Grant::dev());
+        }
+        let token = header
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::Missing)?;
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // Compare against every token so timing says nothing about which one matched.
+        let mut found = None;
+        for t in &self.tokens {
+            if bool::from(t.hash.ct_eq(&presented)) {
+                found = Some(&t.grant);
+            }
+        }
+        found.cloned().ok_or(AuthError::Invalid)
+    }
+}
+
+/// `sha256:<hex>` for a token, as the server config stores it.
+pub fn hash_token(token: &str) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(token.trim().as_bytes()))
+    )
+}
+
+fn parse_hash(s: &str) -> Result<[u8; 32], String> {
+    let hexpart = s
+        .strip_prefix("sha256:")
+        .ok_or("must start with \"sha256:\" (see `tether serve hash-token`)")?;
+    let bytes = hex::decode(hexpart).map_err(|_| "is not hex".to_string())?;
+    bytes
+        .try_into()
+        .map_err(|_| "must be 64 hex digits".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Auth {
+        Auth::new(&[
+            TokenConfig {
+                name: "agents".into(),
+                hash: hash_token("read-token"),
+                role: Role::Read,
+                envs: vec!["prod".into(), "staging-*".into()],
+                secrets: true,
+            },
+            TokenConfig {
+                name: "ci".into(),
+                hash: hash_token("write-token"),
+                role: Role::Write,
+                envs: vec![],
+                secrets: false,
+            },
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn bearer_tokens_by_hash() {
+        let a = table();
+        assert!(!a.dev_mode());
+        assert_eq!(a.check(None).unwrap_err(), AuthError::Missing);
+        assert_eq!(a.check(Some("Basic x")).unwrap_err(), AuthError::Missing);
+        assert_eq!(
+            a.check(Some("Bearer nope")).unwrap_err(),
+            AuthError::Invalid
+        );
+        let g = a.check(Some("Bearer read-token")).unwrap();
+        assert!(g.can_read("prod") && g.can_read("staging-eu") && !g.can_read("dev"));
+        assert!(!g.can_write("prod"));
+        let w = a.check(Some("Bearer write-token")).unwrap();
+        assert!(w.can_write("anything") && !w.secrets);
+    }
+
+    #[test]
+    fn bad_config_reports_every_problem() {
+        let bad = TokenConfig {
+            name: "x".into(),
+            hash: "md5:abc".into(),
+            role: Role::Read,
+            envs: vec![],
+            secrets: true,
+        };
+        let worse = TokenConfig {
+            hash: "sha256:zz".into(),
+            ..bad.clone()
+        };
+        let errs = Auth::new(&[bad, worse]).err().unwrap();
+        assert_eq!(errs.len(), 2);
+    }
+
+    #[test]
+    fn hash_format() {
+        let h = hash_token("abc");
+        assert_eq!(
+            h,
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(parse_hash(&h).is_ok());
+    }
+}

@@ -1,0 +1,194 @@
+//! The node's configuration: TOML file (`deny_unknown_fields`) overlaid by flags and
+//! `TETHER_*` variables, validated with every problem reported; and the TLS acceptor.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::auth::{Auth, TokenConfig};
+
+use crate::cli::ServeArgs;
+use crate::config::{ConfigError, LogFormat, Problem, parse_duration};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServeConfig {
+    pub listen: Option<String>,
+    pub data: Option<PathBuf>,
+    pub node_id: Option<String>,
+    pub history: Option<u64>,
+    pub heartbeat: Option<String>,
+    pub max_frame: Option<usize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    #[serde(default, rename = "token")]
+    pub tokens: Vec<TokenConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data: PathBuf,
+    pub node_id: String,
+    pub history: u64,
+    pub heartbeat: Duration,
+    pub max_frame: usize,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tokens: Vec<TokenConfig>,
+    pub log_level: Option<String>,
+    pub log_format: LogFormat,
+}
+
+/// Build the node config from flags and the optional file.
+pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
+    let raw = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| one("config", format!("cannot read {}: {e}", path.display())))?;
+            toml::from_str::<RawServeConfig>(&text).map_err(|e| {
+                one(
+                    "config",
+                    format!("{}: {}", path.display(), e.message().trim()),
+                )
+            })?
+        }
+        None => RawServeConfig::default(),
+    };
+    let mut problems = Vec::new();
+    let mut push = |key: &str, message: String| {
+        problems.push(Problem {
+            key: key.into(),
+            message,
+        })
+    };
+    let listen_s = args
+        .listen
+        .clone()
+        .or(raw.listen)
+        .unwrap_or_else(|| "127.0.0.1:7070".into());
+    let listen = match listen_s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            push(
+                "listen",
+                format!("{listen_s:?} is not an address like 127.0.0.1:7070 or [::1]:7070"),
+            );
+            None
+        }
+    };
+    let heartbeat = match args.heartbeat.as_ref().or(raw.heartbeat.as_ref()) {
+        Some(s) => parse_duration(s)
+            .map_err(|m| push("heartbeat", m))
+            .ok()
+            .unwrap_or_default(),
+        None => Duration::from_secs(15),
+    };
+    if heartbeat < Duration::from_millis(10) {
+        push("heartbeat", "must be at least 10ms".into());
+    }
+    let max_frame = args.max_frame.or(raw.max_frame).unwrap_or(1024 * 1024);
+    if max_frame < 4096 {
+        push("max_frame", "must be at least 4096 bytes".into());
+    }
+    let history = args.history.or(raw.history).unwrap_or(1000);
+    if history == 0 {
+        push("history", "must keep at least one change set".into());
+    }
+    let tls_cert = args.tls_cert.clone().or(raw.tls_cert);
+    let tls_key = args.tls_key.clone().or(raw.tls_key);
+    if tls_cert.is_some() != tls_key.is_some() {
+        push("tls_cert", "tls_cert and tls_key go together".into());
+    }
+    if let Err(errs) = Auth::new(&raw.tokens) {
+        for (k, m) in errs {
+            push(&k, m);
+        }
+    }
+    if let Some(addr) = listen {
+        if raw.tokens.is_empty() && !addr.ip().is_loopback() {
+            push(
+                "token",
+                format!(
+                    "no tokens configured: dev mode only listens on loopback, not {addr} (add [[token]] entries, see `tether serve hash-token`)"
+                ),
+            );
+        }
+    }
+    let log_format = match args.log.log_format.as_deref().or(raw.log_format.as_deref()) {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(o) => {
+            push("log_format", format!("{o:?} is not one of text, json"));
+            LogFormat::Text
+        }
+    };
+    let node_id = args
+        .node_id
+        .clone()
+        .or(raw.node_id)
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    if !problems.is_empty() {
+        return Err(ConfigError(problems));
+    }
+    Ok(ServeConfig {
+        listen: listen.unwrap_or_else(|| unreachable!()),
+        data: args
+            .data
+            .clone()
+            .or(raw.data)
+            .unwrap_or_else(|| PathBuf::from("tether-data")),
+        node_id,
+        history,
+        heartbeat,
+        max_frame,
+        tls_cert,
+        tls_key,
+        tokens: raw.tokens,
+        log_level: args.log.log_level.clone().or(raw.log_level),
+        log_format,
+    })
+}
+
+fn one(key: &str, message: String) -> ConfigError {
+    ConfigError(vec![Problem {
+        key: key.into(),
+        message,
+    }])
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "node".into())
+}
+
+/// A rustls acceptor from PEM files.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad certificate in {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read key {}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| e.to_string())?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,204 @@
+//! `tether serve`: a node of the change-notification cluster. One port serves the HTTP API
+//! and the agents' WebSocket; the store is embedded SQLite. The node's `serve` takes its
+//! listener and its shutdown trigger as arguments, so tests run it on port 0.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod store;
+pub mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::ServeConfig;
+use store::{ChangeSet, Store};
+
+/// Read buffer of an agent's WebSocket: small, since agents send little.
+pub const WS_READ_BUFFER: usize = 2048;
+
+/// Shared state of one node.
+pub struct Node {
+    pub id: String,
+    pub store: Store,
+    pub hub: hub::Hub,
+    pub auth: auth::Auth,
+    pub heartbeat: Duration,
+    pub max_frame: usize,
+    pub shutdown: CancellationToken,
+}
+
+impl Node {
+    pub fn new(cfg: &ServeConfig, store: Store, auth: auth::Auth) -> Node {
+        Node {
+            id: cfg.node_id.clone(),
+            store,
+            hub: hub::Hub::new(4096),
+            auth,
+            heartbeat: cfg.heartbeat,
+            max_frame: cfg.max_frame,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Deliver a committed change set to the agents of this node.
+    pub async fn publish(&self, set: ChangeSet) {
+        self.hub.publish(set);
+    }
+
+    /// Ready to serve: the store answers.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.store
+            .list()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("config: {0}")]
+    Config(String),
+}
+
+/// Open the store and listen, per the config; then serve until `shutdown`.
+pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let store = Store::Sqlite(Arc::new(store::sqlite::SqliteStore::open(
+        &cfg.data,
+        cfg.history,
+    )?));
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(config::tls_acceptor(cert, key).map_err(ServeError::Tls)?),
+        _ => None,
+    };
+    let auth = auth::Auth::new(&cfg.tokens).map_err(|e| ServeError::Config(format!("{e:?}")))?;
+    let node = Arc::new(Node::new(&cfg, store, auth));
+    if node.auth.dev_mode() {
+        tracing::warn!(
+            listen = %cfg.listen,
+            "DEV MODE: no tokens configured, any client may read and write everything; loopback only"
+        );
+    }
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    tracing::info!(%addr, node = %node.id, tls = tls.is_some(), data = %cfg.data.display(), "node listening");
+    serve(listener, node, tls, shutdown).await;
+    Ok(())
+}
+
+/// Accept connections until `shutdown`, then close agent sockets and drain for up to 5s.
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let app = http::router(node.clone());
+    let tracker = TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let app = app.clone();
+                    let tls = tls.clone();
+                    let cancel = node.shutdown.clone();
+                    tracker.spawn(async move {
+                        if let Err(e) = connection(stream, app, tls, cancel).await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    node.shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 5s; leaving");
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    app: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    cancel: CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let _ = stream.set_nodelay(true);
+    let svc = hyper_util::service::TowerToHyperService::new(app);
+    match tls {
+        None => serve_http(TokioIo::new(stream), svc, cancel).await,
+        Some(acceptor) => {
+            let s =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await??;
+            serve_http(TokioIo::new(s), svc, cancel).await
+        }
+    }
+}
+
+async fn serve_http<I, S>(
+    io: I,
+    svc: S,
+    cancel: CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(io, svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r.map_err(Into::into),
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The store contract every backend keeps: environments of entries, one version per
+//! committed change set, an epoch per history, and the last N change sets for catch-up.
+//! The embedded default is SQLite; cluster mode puts the same contract in Redis.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use crate::protocol::{Position, WireChange, WireEntry};
+
+/// One committed change set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeSet {
+    pub env: String,
+    pub position: Position,
+    pub changes: Vec<WireChange>,
+}
+
+/// A whole environment at a position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub env: String,
+    pub position: Position,
+    pub entries: Vec<WireEntry>,
+}
+
+/// What an agent at some position needs to be current.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    UpToDate,
+    Changes(Vec<ChangeSet>),
+    Snapshot(Snapshot),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EnvInfo {
+    pub env: String,
+    pub position: Position,
+    pub entries: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid change: {0}")]
+    Invalid(String),
+    #[error("version conflict: environment is at {actual}, change expected {expected}")]
+    Conflict { expected: u64, actual: u64 },
+}
+
+/// The store behind a node.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(Arc<sqlite::SqliteStore>),
+}
+
+impl Store {
+    /// Commit one change set atomically; `expect` makes it conditional on the current version.
+    pub async fn commit(
+        &self,
+        env: &str,
+        changes: Vec<WireChange>,
+        expect: Option<u64>,
+    ) -> Result<ChangeSet, StoreError> {
+        validate_changes(env, &changes)?;
+        match self {
+            Store::Sqlite(s) => {
+                let s = s.clone();
+                let env = env.to_string();
+                blocking(move || s.commit(&env, &changes, expect)).await
+            }
+        }
+    }
+
+    pub async fn snapshot(&self, env: &str) -> Result<Snapshot, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let s = s.clone();
+                let env = env.to_string();
+                blocking(move || s.snapshot(&env)).await
+            }
+        }
+    }
+
+    pub async fn catch_up(&self, env: &str, from: Option<Position>) -> Result<CatchUp, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let s = s.clone();
+                let env = env.to_string();
+                blocking(move || s.catch_up(&env, from)).await
+            }
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<EnvInfo>, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let s = s.clone();
+                blocking(move || s.list()).await
+            }
+        }
+    }
+
+    pub async fn positions(
+        &self,
+        envs: Vec<String>,
+    ) -> Result<Vec<(String, Position)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let s = s.clone();
+                blocking(move || {
+                    envs.into_iter()
+                        .map(|e| s.position(&e).map(|p| (e, p)))
+                        .collect()
+                })
+                .await
+            }
+        }
+    }
+
+    pub async fn healthy(&self) -> bool {
+        self.list().await.is_ok()
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+}
+
+/// Largest value accepted, and largest change set (so it always fits one frame).
+pub const MAX_VALUE: usize = 512 * 1024;
+pub const MAX_CHANGE_SET: usize = 900 * 1024;
+
+/// Names that are safe everywhere an agent may put them: non-empty, at most 256 bytes, no
+/// NUL, no `/`, no `=`, not `.` or `..`.
+pub fn validate_name(kind: &str, name: &str) -> Result<(), StoreError> {
+    let bad = |why: &str| Err(StoreError::Invalid(format!("{kind} name {name:?} {why}")));
+    if name.is_empty() {
+        return bad("is empty");
+    }
+    if name.len() > 256 {
+        return bad("is longer than 256 bytes");
+    }
+    if name.contains(['\0', '/', '=']) {
+        return bad("contains '/', '=' or NUL");
+    }
+    if name == "." || name == ".." {
+        return bad("is not allowed");
+    }
+    if name.chars().any(char::is_control) {
+        return bad("contains a control character");
+    }
+    Ok(())
+}
+
+fn validate_changes(env: &str, changes: &[WireChange]) -> Result<(), StoreError> {
+    validate_name("environment", env)?;
+    if changes.is_empty() {
+        return Err(StoreError::Invalid(
+            "a change set needs at least one change".into(),
+        ));
+    }
+    let mut total = 0;
+    let mut seen = std::collections::HashSet::new();
+    for c in changes {
+        validate_name("entry", &c.name)?;
+        if !seen.insert(c.name.as_str()) {
+            return Err(StoreError::Invalid(format!(
+                "entry {:?} appears twice in one change set",
+                c.name
+            )));
+        }
+        match (&c.value, c.delete) {
+            (Some(_), true) => {
+                return Err(StoreError::Invalid(format!(
+                    "entry {:?} has both a value and delete",
+                    c.name
+                )));
+            }
+            (None, false) => {
+                return Err(StoreError::Invalid(format!(
+                    "entry {:?} has no value",
+                    c.name
+                )));
+            }
+            (Some(v), false) if v.len() > MAX_VALUE => {
+                return Err(StoreError::Invalid(format!(
+                    "value of {:?} is {} bytes, over the {MAX_VALUE}-byte limit",
+                    c.name,
+                    v.len()
+                )));
+            }
+            _ => {}
+        }
+        total += c.name.len() + c.value.as_ref().map_or(0, |v| v.len());
+    }
+    if total > MAX_CHANGE_SET {
+        return Err(StoreError::Invalid(format!(
+            "change set is {total} bytes, over the {MAX_CHANGE_SET}-byte limit"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["A", "db.url", "TLS_CERT", "x-y"] {
+            assert!(validate_name("entry", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "a=b", "a\0b", "a\nb"] {
+            assert!(validate_name("entry", bad).is_err(), "{bad:?}");
+        }
+    }
+}

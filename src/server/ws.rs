@@ -1,0 +1,365 @@
+//! One agent connection: hello, catch-up from the agent's position, then live change sets
+//! in order without duplicates, heartbeats with current positions, acknowledgements into
+//! the rollout registry. Generic over `Sink`/`Stream` so it is tested without a socket.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, close_code};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use super::Node;
+use super::auth::Grant;
+use super::hub::{self, AckState, AgentInfo, Counters};
+use super::store::{CatchUp, StoreError};
+use crate::protocol::{
+    ClientMsg, EnvPosition, Position, ServerMsg, Subscription, Verdict, judge_change,
+};
+
+/// How long an agent has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+enum End {
+    /// Close with this code and reason.
+    Close(u16, String),
+    /// The peer went away.
+    Gone,
+}
+
+struct Conn<S> {
+    socket: S,
+    node: Arc<Node>,
+    grant: Grant,
+    /// Last position sent per subscribed environment.
+    sent: BTreeMap<String, Option<Position>>,
+    id: u64,
+}
+
+/// Serve one agent until it leaves, misbehaves, or the node shuts down.
+pub async fn serve<S, E>(socket: S, node: Arc<Node>, grant: Grant, shutdown: CancellationToken)
+where
+    S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+    E: std::fmt::Display,
+{
+    Counters::inc(&node.hub.counters.connections);
+    let mut conn = Conn {
+        socket,
+        node: node.clone(),
+        grant,
+        sent: BTreeMap::new(),
+        id: 0,
+    };
+    let end = conn.run(shutdown).await;
+    if conn.id != 0 {
+        node.hub.unregister(conn.id);
+    }
+    if let End::Close(code, reason) = end {
+        tracing::debug!(code, reason = %reason, "closing agent connection");
+        let _ = conn
+            .socket
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from(reason),
+            })))
+            .await;
+    }
+}
+
+impl<S, E> Conn<S>
+where
+    S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+    E: std::fmt::Display,
+{
+    async fn send(&mut self, frame: Utf8Bytes) -> Result<(), End> {
+        Counters::inc(&self.node.hub.counters.frames_sent);
+        self.socket
+            .send(Message::Text(frame))
+            .await
+            .map_err(|_| End::Gone)
+    }
+
+    async fn send_msg(&mut self, msg: &ServerMsg) -> Result<(), End> {
+        self.send(hub::encode(msg)).await
+    }
+
+    /// Next text frame from the agent; pings are answered by the WebSocket layer.
+    async fn next_text(&mut self) -> Result<Utf8Bytes, End> {
+        loop {
+            match self.socket.next().await {
+                None | Some(Err(_)) => return Err(End::Gone),
+                Some(Ok(Message::Text(t))) => return Ok(t),
+                Some(Ok(Message::Close(_))) => return Err(End::Gone),
+                Some(Ok(Message::Binary(_))) => {
+                    return Err(End::Close(
+                        close_code::UNSUPPORTED,
+                        "binary frames are not part of the protocol".into(),
+                    ));
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    async fn run(&mut self, shutdown: CancellationToken) -> End {
+        match self.run_inner(shutdown).await {
+            Ok(()) => End::Close(close_code::AWAY, "node shutting down".into()),
+            Err(end) => end,
+        }
+    }
+
+    async fn run_inner(&mut self, shutdown: CancellationToken) -> Result<(), End> {
+        let first = tokio::time::timeout(HELLO_TIMEOUT, self.next_text())
+            .await
+            .map_err(|_| End::Close(close_code::POLICY, "no hello within 10s".into()))??;
+        let (agent, subs) = match parse(&first)? {
+            Parsed::Msg(ClientMsg::Hello { agent, subscribe }) => (agent, subscribe),
+            _ => {
+                return Err(End::Close(
+                    close_code::POLICY,
+                    "the first frame must be hello".into(),
+                ));
+            }
+        };
+        let mut subs_ok: Vec<Subscription> = Vec::new();
+        for s in subs {
+            if super::store::validate_name("environment", &s.env).is_err()
+                || !self.grant.can_read(&s.env)
+            {
+                Counters::inc(&self.node.hub.counters.rejected);
+                self.send_msg(&ServerMsg::Error {
+                    code: "forbidden".into(),
+                    message: format!(
+                        "token {:?} may not read environment {:?}",
+                        self.grant.name, s.env
+                    ),
+                })
+                .await?;
+                continue;
+            }
+            subs_ok.push(s);
+        }
+        if subs_ok.is_empty() {
+            return Err(End::Close(
+                close_code::POLICY,
+                "no environment this token may read".into(),
+            ));
+        }
+        self.id = self.node.hub.register(AgentInfo {
+            agent: agent.chars().take(200).collect(),
+            token: self.grant.name.clone(),
+            envs: subs_ok.iter().map(|s| (s.env.clone(), None)).collect(),
+        });
+        self.send_msg(&ServerMsg::Welcome {
+            node: self.node.id.clone(),
+            heartbeat_ms: self.node.heartbeat.as_millis() as u64,
+        })
+        .await?;
+        // Subscribe before reading the store, so nothing committed in between is missed.
+        let mut live = self.node.hub.subscribe();
+        for s in subs_ok {
+            self.sent.insert(s.env.clone(), s.position);
+            self.catch_up(&s.env, s.position).await?;
+        }
+        let mut heartbeat = tokio::time::interval(self.node.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                msg = live.recv() => match msg {
+                    Ok(p) => {
+                        let Some(&sent) = self.sent.get(&p.set.env) else { continue };
+                        match judge_change(sent, p.set.position) {
+                            Verdict::Apply => {
+                                self.send(p.frame(self.grant.secrets)).await?;
+                                self.sent.insert(p.set.env.clone(), Some(p.set.position));
+                            }
+                            Verdict::Drop => {}
+                            Verdict::Resync => {
+                                let env = p.set.env.clone();
+                                self.catch_up(&env, sent).await?;
+                            }
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "agent connection lagged; catching up from the store");
+                        let envs: Vec<(String, Option<Position>)> = self.sent.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                        for (env, pos) in envs {
+                            self.catch_up(&env, pos).await?;
+                        }
+                    }
+                    Err(RecvError::Closed) => return Ok(()),
+                },
+                _ = heartbeat.tick() => {
+                    let positions = self
+                        .sent
+                        .keys()
+                        .filter_map(|env| self.node.hub.position(env).map(|position| EnvPosition { env: env.clone(), position }))
+                        .collect();
+                    self.send_msg(&ServerMsg::Heartbeat { positions }).await?;
+                }
+                text = self.next_text() => {
+                    let text = text?;
+                    self.handle(&text).await?;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, text: &str) -> Result<(), End> {
+        let msg = match parse(text)? {
+            Parsed::Msg(m) => m,
+            Parsed::Unknown(kind) => {
+                return self
+                    .send_msg(&ServerMsg::Error {
+                        code: "unknown_type".into(),
+                        message: format!("unknown message type {kind:?}"),
+                    })
+                    .await;
+            }
+        };
+        match msg {
+            ClientMsg::Hello { .. } => {
+                self.send_msg(&ServerMsg::Error {
+                    code: "unexpected".into(),
+                    message: "hello was already received".into(),
+                })
+                .await?;
+            }
+            ClientMsg::Ack {
+                env,
+                position,
+                ok,
+                error,
+            } => {
+                if !ok {
+                    tracing::warn!(env = %env, %position, error = error.as_deref().unwrap_or(""), "agent failed to apply");
+                }
+                self.node.hub.ack(
+                    self.id,
+                    &env,
+                    AckState {
+                        position,
+                        ok,
+                        error: error.map(|e| e.chars().take(500).collect()),
+                    },
+                );
+            }
+            ClientMsg::Resync { env, position } => {
+                if !self.sent.contains_key(&env) {
+                    self.send_msg(&ServerMsg::Error {
+                        code: "not_subscribed".into(),
+                        message: format!(
+                            "resync of {env:?}, which this connection does not follow"
+                        ),
+                    })
+                    .await?;
+                    return Ok(());
+                }
+                Counters::inc(&self.node.hub.counters.resyncs);
+                self.catch_up(&env, position).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Send what an agent at `from` is missing in `env`, then `synced`, and remember where
+    /// it now stands.
+    async fn catch_up(&mut self, env: &str, from: Option<Position>) -> Result<(), End> {
+        self.send_catch_up(env, from).await?;
+        if let Some(Some(position)) = self.sent.get(env).copied() {
+            self.send_msg(&ServerMsg::Synced {
+                env: env.to_string(),
+                position,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn send_catch_up(&mut self, env: &str, from: Option<Position>) -> Result<(), End> {
+        let result = self.node.store.catch_up(env, from).await;
+        match result {
+            Ok(CatchUp::UpToDate) => {
+                if let Some(p) = from {
+                    self.sent.insert(env.to_string(), Some(p));
+                }
+            }
+            Ok(CatchUp::Changes(sets)) => {
+                for set in sets {
+                    let frame = hub::change_frame(&set, self.grant.secrets);
+                    self.send(frame).await?;
+                    self.node.hub.note_position(env, set.position);
+                    self.sent.insert(env.to_string(), Some(set.position));
+                }
+            }
+            Ok(CatchUp::Snapshot(snap)) => {
+                Counters::inc(&self.node.hub.counters.snapshots);
+                self.node.hub.note_position(env, snap.position);
+                let frame = hub::snapshot_frame(&snap, self.grant.secrets);
+                self.send(frame).await?;
+                self.sent.insert(env.to_string(), Some(snap.position));
+            }
+            Err(e) => {
+                self.store_error(e).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn store_error(&mut self, e: StoreError) -> Result<(), End> {
+        tracing::warn!(error = %e, "catch-up failed");
+        self.send_msg(&ServerMsg::Error {
+            code: "unavailable".into(),
+            message: e.to_string(),
+        })
+        .await
+    }
+}
+
+enum Parsed {
+    Msg(ClientMsg),
+    /// Well-formed JSON with a type this node does not know: answered, not fatal.
+    Unknown(String),
+}
+
+/// Parse an agent frame; anything malformed closes the connection with a reason.
+fn parse(text: &str) -> Result<Parsed, End> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        End::Close(
+            close_code::INVALID,
+            format!("malformed frame: not JSON ({})", e.classify_str()),
+        )
+    })?;
+    let Some(kind) = value.get("type").and_then(|t| t.as_str()) else {
+        return Err(End::Close(
+            close_code::INVALID,
+            "malformed frame: no \"type\"".into(),
+        ));
+    };
+    if !matches!(kind, "hello" | "resync" | "ack") {
+        return Ok(Parsed::Unknown(kind.chars().take(40).collect()));
+    }
+    let kind = kind.to_string();
+    serde_json::from_value(value)
+        .map(Parsed::Msg)
+        .map_err(|e| End::Close(close_code::INVALID, format!("malformed {kind} frame: {e}")))
+}
+
+trait Classify {
+    fn classify_str(&self) -> &'static str;
+}
+
+impl Classify for serde_json::Error {
+    fn classify_str(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "io",
+            serde_json::error::Category::Syntax => "syntax error",
+            serde_json::error::Category::Data => "bad data",
+            serde_json::error::Category::Eof => "unexpected end",
+        }
+    }
+}
