@@ -226,7 +226,7 @@ impl Agent {
                         dirty.insert(i);
                     }
                     if self.reload(dirty) {
-                        self.debouncer.kick(Instant::now());
+                        self.kick(&sink);
                     }
                 }
                 Some(update) = async { self.net.as_mut().expect("guarded").updates.recv().await }, if self.net.is_some() => {
@@ -235,7 +235,7 @@ impl Agent {
                     let layer = self.cfg.sources.len();
                     self.layers.set(layer, update.entries);
                     if self.layers.merged() != self.applied {
-                        self.debouncer.kick(Instant::now());
+                        self.kick(&sink);
                     } else if self.debouncer.deadline().is_none() {
                         // Nothing this agent renders changed: applied as it stands.
                         self.ack(Ok(()));
@@ -292,6 +292,17 @@ impl Agent {
             }
         }
         self.layers.merged() != self.applied
+    }
+
+    /// A change arrived: start or extend the debounce window, or act now when there is none
+    /// (a zero-length sleep would still wait for the timer's next millisecond tick).
+    fn kick(&mut self, sink: &Sink) {
+        let now = Instant::now();
+        self.debouncer.kick(now);
+        if self.debouncer.deadline().is_some_and(|d| d <= now) {
+            self.debouncer.reset();
+            self.apply(sink);
+        }
     }
 
     /// Acknowledge the network source's latest position, once.

@@ -18,6 +18,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::Get(args) => return client(crate::client::get(&args)),
         Command::Rm(args) => return client(crate::client::rm(&args)),
         Command::Status(args) => return client(crate::client::status(&args)),
+        Command::Bench(crate::cli::BenchArgs {
+            mode: Some(crate::cli::BenchMode::Agents(args)),
+            ..
+        }) => return finish(block_on_multi(crate::loadgen::run(args))),
         Command::Bench(args) => return finish(block_on(crate::bench::run(args))),
         Command::BenchChild(args) => {
             return finish(block_on(async { Ok(crate::fixture::run(args).await?) }));
@@ -69,7 +73,8 @@ fn serve(args: &crate::cli::ServeArgs) -> i32 {
         Err(e) => return usage(e),
     };
     crate::logging::init(cfg.log_level.as_deref(), cfg.log_format);
-    finish(block_on(async {
+    // Nodes use every core: fan-out to thousands of sockets is parallel work.
+    finish(block_on_multi(async {
         crate::server::run(cfg, shutdown_signal()).await?;
         Ok(0)
     }))
@@ -122,6 +127,13 @@ fn usage(e: ConfigError) -> i32 {
 fn report(e: anyhow::Error) -> i32 {
     eprintln!("tether: {e:#}");
     1
+}
+
+fn block_on_multi<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(f))
 }
 
 fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {

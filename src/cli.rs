@@ -179,6 +179,9 @@ pub struct CheckArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
+    /// Other benchmarks (default: the local agent).
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
     /// Changes to time.
     #[arg(long, default_value_t = 1000)]
     pub changes: usize,
@@ -191,6 +194,13 @@ pub struct BenchArgs {
     /// Directory for the bench's files (default: a fresh dir under /dev/shm).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum BenchMode {
+    /// Load a node with light protocol clients: memory per connection, fan-out time,
+    /// put → signal latency.
+    Agents(crate::loadgen::AgentsBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -24,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod debounce;
 pub mod fixture;
+pub mod loadgen;
 pub mod logging;
 pub mod output;
 pub mod protocol;

@@ -23,7 +23,7 @@ pub use config::ServeConfig;
 use store::{ChangeSet, Store};
 
 /// Read buffer of an agent's WebSocket: small, since agents send little.
-pub const WS_READ_BUFFER: usize = 2048;
+pub const WS_READ_BUFFER: usize = 512;
 
 /// Shared state of one node.
 pub struct Node {

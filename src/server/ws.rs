@@ -93,7 +93,8 @@ where
                 Some(Err(e)) => {
                     let e = e.to_string();
                     // tungstenite's capacity errors: the agent sent more than the limit.
-                    if e.contains("too long") || e.contains("Space limit") || e.contains("too big") {
+                    if e.contains("too long") || e.contains("Space limit") || e.contains("too big")
+                    {
                         return Err(End::Close(
                             close_code::SIZE,
                             format!("frame exceeds the {}-byte limit", self.node.max_frame),
@@ -405,7 +406,9 @@ mod tests {
             Poll::Ready(Ok(()))
         }
         fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
-            self.tx.send(item).map_err(|_| std::io::ErrorKind::BrokenPipe.into())
+            self.tx
+                .send(item)
+                .map_err(|_| std::io::ErrorKind::BrokenPipe.into())
         }
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             Poll::Ready(Ok(()))
@@ -440,7 +443,12 @@ mod tests {
         let node = node(dir.path());
         let (to_node, rx) = mpsc::unbounded_channel();
         let (tx, from_node) = mpsc::unbounded_channel();
-        tokio::spawn(serve(FakeSocket { rx, tx }, node.clone(), grant, node.shutdown.clone()));
+        tokio::spawn(serve(
+            FakeSocket { rx, tx },
+            node.clone(),
+            grant,
+            node.shutdown.clone(),
+        ));
         Harness {
             node,
             to_node,
@@ -451,7 +459,9 @@ mod tests {
 
     impl Harness {
         fn send(&self, text: &str) {
-            self.to_node.send(Message::Text(Utf8Bytes::from(text))).unwrap();
+            self.to_node
+                .send(Message::Text(Utf8Bytes::from(text)))
+                .unwrap();
         }
 
         async fn recv(&mut self) -> Message {
@@ -505,15 +515,31 @@ mod tests {
         h.commit("prod", "A", "1", false).await;
         h.send(&hello("prod", None));
         assert!(matches!(h.recv_msg().await, ServerMsg::Welcome { .. }));
-        let ServerMsg::Snapshot { position, entries, .. } = h.recv_msg().await else { panic!() };
+        let ServerMsg::Snapshot {
+            position, entries, ..
+        } = h.recv_msg().await
+        else {
+            panic!()
+        };
         assert_eq!(position.version, 1);
         assert_eq!(entries.len(), 1);
-        assert!(matches!(h.recv_msg().await, ServerMsg::Synced { position: p, .. } if p == position));
+        assert!(
+            matches!(h.recv_msg().await, ServerMsg::Synced { position: p, .. } if p == position)
+        );
         h.commit("prod", "A", "2", false).await;
         h.commit("other", "X", "1", false).await;
         h.commit("prod", "B", "1", false).await;
-        let ServerMsg::Change { position: p2, .. } = h.recv_msg().await else { panic!() };
-        let ServerMsg::Change { position: p3, changes, .. } = h.recv_msg().await else { panic!() };
+        let ServerMsg::Change { position: p2, .. } = h.recv_msg().await else {
+            panic!()
+        };
+        let ServerMsg::Change {
+            position: p3,
+            changes,
+            ..
+        } = h.recv_msg().await
+        else {
+            panic!()
+        };
         assert_eq!((p2.version, p3.version), (2, 3));
         assert_eq!(changes[0].name, "B");
     }
@@ -526,8 +552,12 @@ mod tests {
         h.commit("prod", "A", "2", false).await;
         h.send(&hello("prod", Some(at1)));
         assert!(matches!(h.recv_msg().await, ServerMsg::Welcome { .. }));
-        assert!(matches!(h.recv_msg().await, ServerMsg::Change { position, .. } if position.version == 2));
-        assert!(matches!(h.recv_msg().await, ServerMsg::Synced { position, .. } if position.version == 2));
+        assert!(
+            matches!(h.recv_msg().await, ServerMsg::Change { position, .. } if position.version == 2)
+        );
+        assert!(
+            matches!(h.recv_msg().await, ServerMsg::Synced { position, .. } if position.version == 2)
+        );
     }
 
     #[tokio::test]
@@ -538,10 +568,14 @@ mod tests {
         h.recv_msg().await;
         h.recv_msg().await;
         h.send(r#"{"type":"bogus"}"#);
-        assert!(matches!(h.recv_msg().await, ServerMsg::Error { code, .. } if code == "unknown_type"));
+        assert!(
+            matches!(h.recv_msg().await, ServerMsg::Error { code, .. } if code == "unknown_type")
+        );
         // The environment's first commit starts its history: a new epoch, so a snapshot.
         h.commit("prod", "A", "1", false).await;
-        assert!(matches!(h.recv_msg().await, ServerMsg::Snapshot { position, .. } if position.version == 1));
+        assert!(
+            matches!(h.recv_msg().await, ServerMsg::Snapshot { position, .. } if position.version == 1)
+        );
     }
 
     #[tokio::test]
@@ -566,8 +600,16 @@ mod tests {
         h.commit("prod", "HOST", "db", false).await;
         h.send(&hello("prod", None));
         h.recv_msg().await;
-        let ServerMsg::Snapshot { entries, .. } = h.recv_msg().await else { panic!() };
-        let by_name = |n: &str| entries.iter().find(|e: &&WireEntry| e.name == n).cloned().unwrap();
+        let ServerMsg::Snapshot { entries, .. } = h.recv_msg().await else {
+            panic!()
+        };
+        let by_name = |n: &str| {
+            entries
+                .iter()
+                .find(|e: &&WireEntry| e.name == n)
+                .cloned()
+                .unwrap()
+        };
         assert_eq!(by_name("PASSWORD").value, None);
         assert_eq!(by_name("HOST").value, Some(Value::from("db")));
         h.recv_msg().await;
@@ -584,15 +626,42 @@ mod tests {
         h.commit("prod", "A", "1", false).await;
         h.send(&hello("prod", None));
         h.recv_msg().await;
-        let ServerMsg::Snapshot { position, .. } = h.recv_msg().await else { panic!() };
+        let ServerMsg::Snapshot { position, .. } = h.recv_msg().await else {
+            panic!()
+        };
         h.recv_msg().await;
-        h.send(&serde_json::to_string(&ClientMsg::Ack { env: "prod".into(), position, ok: true, error: None }).unwrap());
+        h.send(
+            &serde_json::to_string(&ClientMsg::Ack {
+                env: "prod".into(),
+                position,
+                ok: true,
+                error: None,
+            })
+            .unwrap(),
+        );
         // The ack is handled before the next frame is answered.
         h.send(r#"{"type":"bogus"}"#);
         h.recv_msg().await;
         let agents = h.node.hub.agents();
         assert_eq!(agents.len(), 1);
         assert_eq!(agents[0].envs["prod"].as_ref().unwrap().position, position);
+    }
+
+    #[tokio::test]
+    async fn connection_state_is_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = node(dir.path());
+        let (_to, rx) = mpsc::unbounded_channel();
+        let (tx, _from) = mpsc::unbounded_channel();
+        let fut = serve(
+            FakeSocket { rx, tx },
+            node.clone(),
+            Grant::dev(),
+            node.shutdown.clone(),
+        );
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("connection future: {size} bytes");
+        assert!(size < 4096, "{size}");
     }
 
     #[tokio::test]
