@@ -2,3 +2,4 @@
 //! Every wait waits on a condition with a deadline.
 
 mod support;
+mod tls;
