@@ -125,7 +125,15 @@ fn usage(e: ConfigError) -> i32 {
 }
 
 fn report(e: anyhow::Error) -> i32 {
-    eprintln!("tether: {e:#}");
+    // The whole chain once: most error types already print their cause in their message.
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    eprintln!("tether: {text}");
     1
 }
 

@@ -184,10 +184,7 @@ fn measure(args: &BenchArgs, dir: &Path) -> anyhow::Result<Report> {
         .spawn()
         .context("cannot start tether run")?;
     let stdout = proc.stdout.take().context("tether's stdout")?;
-    let mut tether = Tether {
-        proc,
-        waited: None,
-    };
+    let mut tether = Tether { proc, waited: None };
     let pid = tether.pid();
 
     let (tx, lines) = mpsc::channel::<(Instant, String)>();
@@ -201,7 +198,7 @@ fn measure(args: &BenchArgs, dir: &Path) -> anyhow::Result<Report> {
     });
 
     wait_ready(&mut tether, &out)?;
-    let start_rss_kib = Memory::read(pid)?.rss_kib;
+    let start_rss_kib = Memory::read(pid, &exe)?.rss_kib;
 
     let total = args.changes + WARMUP;
     eprintln!(
@@ -237,7 +234,7 @@ fn measure(args: &BenchArgs, dir: &Path) -> anyhow::Result<Report> {
             latencies.push(t1.saturating_duration_since(t0));
         }
     }
-    let memory = Memory::read(pid)?;
+    let memory = Memory::read(pid, &exe)?;
 
     eprintln!("idling {} s...", args.idle_secs);
     let idle = Idle::measure(pid, Duration::from_secs(args.idle_secs))?;
@@ -318,26 +315,60 @@ fn catches(pid: u32, sig: NixSignal) -> bool {
 struct Memory {
     hwm_kib: u64,
     rss_kib: u64,
+    /// Proportional set size: shared pages divided among the processes that map them.
+    pss_kib: u64,
+    /// Pages no other process maps (USS).
+    private_kib: u64,
+    /// Resident pages of the tether executable (code, read-only data, relocated data).
+    exe_kib: u64,
+    /// Resident pages of other mapped files (libc, libm, ld.so...).
+    libs_kib: u64,
+    /// Heap, stacks and other anonymous memory.
     anon_kib: u64,
-    file_kib: u64,
     threads: u64,
 }
 
 impl Memory {
-    fn read(pid: u32) -> anyhow::Result<Memory> {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
+    fn read(pid: u32, exe: &Path) -> anyhow::Result<Memory> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .with_context(|| format!("cannot read /proc/{pid}/status"))?;
-        let num = |name: &str| {
-            status_field(&s, name)
+        let rollup =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        let kib = |text: &str, name: &str| -> u64 {
+            status_field(text, name)
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
                 .unwrap_or(0)
         };
+        let (mut exe_kib, mut libs_kib, mut anon_kib) = (0, 0, 0);
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+        let exe = exe.to_string_lossy();
+        let mut path = String::new();
+        for line in smaps.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields
+                .first()
+                .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+            {
+                // A mapping's header: range, perms, offset, dev, inode, [path].
+                path = fields.get(5..).map(|p| p.join(" ")).unwrap_or_default();
+            } else if let ["Rss:", n, ..] = fields.as_slice() {
+                let n: u64 = n.parse().unwrap_or(0);
+                match path.as_str() {
+                    p if p == exe => exe_kib += n,
+                    p if p.starts_with('/') => libs_kib += n,
+                    _ => anon_kib += n,
+                }
+            }
+        }
         Ok(Memory {
-            hwm_kib: num("VmHWM"),
-            rss_kib: num("VmRSS"),
-            anon_kib: num("RssAnon"),
-            file_kib: num("RssFile") + num("RssShmem"),
-            threads: num("Threads"),
+            hwm_kib: kib(&status, "VmHWM"),
+            rss_kib: kib(&status, "VmRSS"),
+            pss_kib: kib(&rollup, "Pss"),
+            private_kib: kib(&rollup, "Private_Clean") + kib(&rollup, "Private_Dirty"),
+            exe_kib,
+            libs_kib,
+            anon_kib,
+            threads: kib(&status, "Threads"),
         })
     }
 }
@@ -452,7 +483,10 @@ impl Report {
             "release build"
         };
         println!("tether bench: `tether run` supervising `tether bench-child`");
-        println!("machine: {} cores ({}), {}, {build}", m.cores, m.cpu, m.kernel);
+        println!(
+            "machine: {} cores ({}), {}, {build}",
+            m.cores, m.cpu, m.kernel
+        );
         println!(
             "files:   {} ({})",
             self.dir.display(),
@@ -499,15 +533,28 @@ impl Report {
         }
 
         let mem = &self.memory;
-        println!("memory of the tether process (not the child):");
         println!(
-            "  peak RSS (VmHWM) {}   RSS {} (anon {}, file/shmem {})   RSS after start-up {}   {} threads",
+            "memory of the tether process (not the child), {} entries:",
+            args.entries.max(1)
+        );
+        println!(
+            "  peak RSS (VmHWM) {}   RSS now {}   RSS after start-up {}   {} threads",
             mib(mem.hwm_kib),
             mib(mem.rss_kib),
-            mib(mem.anon_kib),
-            mib(mem.file_kib),
             mib(self.start_rss_kib),
             mem.threads
+        );
+        println!(
+            "  RSS now by mapping: tether executable {}, shared libraries {}, heap/stacks/anon {}",
+            mib(mem.exe_kib),
+            mib(mem.libs_kib),
+            mib(mem.anon_kib)
+        );
+        println!(
+            "  PSS {}   private (USS) {}   (RSS counts every mapped page of libc and of the \
+             executable, which the child and other processes share)",
+            mib(mem.pss_kib),
+            mib(mem.private_kib)
         );
 
         let idle = &self.idle;
@@ -535,20 +582,26 @@ impl Report {
 
         let idle_rate = idle.ms_per_min(idle.used());
         println!("targets (informational):");
-        println!(
-            "  p99 change → signal   {:>12}   < 2 ms       {}",
+        let row = |what: &str, got: String, target: &str, pass: bool| {
+            println!("  {what:<22} {got:>14}   {target:<12} {}", verdict(pass));
+        };
+        row(
+            "p99 change → signal",
             us(p99),
-            verdict(!l.is_empty() && p99 < TARGET_P99)
+            "< 2 ms",
+            !l.is_empty() && p99 < TARGET_P99,
         );
-        println!(
-            "  peak RSS              {:>12}   < 4 MiB      {}",
+        row(
+            "peak RSS",
             mib(mem.hwm_kib),
-            verdict(mem.hwm_kib < TARGET_RSS_KIB)
+            "< 4 MiB",
+            mem.hwm_kib < TARGET_RSS_KIB,
         );
-        println!(
-            "  idle CPU              {:>9.3} ms/min < 2 ms/min {}",
-            idle_rate,
-            verdict(idle_rate < TARGET_IDLE_MS_PER_MIN)
+        row(
+            "idle CPU",
+            format!("{idle_rate:.3} ms/min"),
+            "< 2 ms/min",
+            idle_rate < TARGET_IDLE_MS_PER_MIN,
         );
     }
 }
@@ -573,14 +626,19 @@ mod tests {
         let b = source_text(3, 2);
         assert_eq!(a.lines().count(), 3);
         assert_ne!(a, b);
-        assert_eq!(a.lines().skip(1).collect::<Vec<_>>(), b.lines().skip(1).collect::<Vec<_>>());
+        assert_eq!(
+            a.lines().skip(1).collect::<Vec<_>>(),
+            b.lines().skip(1).collect::<Vec<_>>()
+        );
     }
 
     #[test]
     fn reads_this_process() {
         let me = std::process::id();
-        let mem = Memory::read(me).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let mem = Memory::read(me, &exe).unwrap();
         assert!(mem.rss_kib > 0 && mem.hwm_kib >= mem.rss_kib);
+        assert!(mem.exe_kib > 0 && mem.anon_kib > 0, "smaps is categorised");
         assert!(process_cpu(me).is_some());
         assert!(stat_fields(me).is_some_and(|f| f.len() > 12));
     }

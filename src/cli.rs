@@ -244,6 +244,13 @@ pub struct ServeArgs {
     /// Largest frame accepted from an agent, in bytes (default 1048576).
     #[arg(long, value_name = "BYTES", env = "TETHER_MAX_FRAME")]
     pub max_frame: Option<usize>,
+    /// Cluster mode: share this Redis (`redis://[:password@]host:port/db`, `rediss://` for TLS)
+    /// as the store and the bus with the other nodes.
+    #[arg(long, value_name = "URL", env = "TETHER_REDIS")]
+    pub redis: Option<String>,
+    /// How often a cluster node compares its positions with Redis (default 10s).
+    #[arg(long, value_name = "DURATION", env = "TETHER_REPAIR_INTERVAL")]
+    pub repair_interval: Option<String>,
     /// PEM certificate chain for https/wss.
     #[arg(long, value_name = "PATH", env = "TETHER_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,

@@ -26,6 +26,10 @@ pub struct RawServeConfig {
     pub tls_key: Option<PathBuf>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
+    /// Cluster mode: `redis://[:password@]host:port/db` or `rediss://…`.
+    pub redis: Option<String>,
+    /// How often a cluster node compares its positions with Redis (default 10s).
+    pub repair_interval: Option<String>,
     #[serde(default, rename = "token")]
     pub tokens: Vec<TokenConfig>,
 }
@@ -43,6 +47,8 @@ pub struct ServeConfig {
     pub tokens: Vec<TokenConfig>,
     pub log_level: Option<String>,
     pub log_format: LogFormat,
+    pub redis: Option<String>,
+    pub repair_interval: Duration,
 }
 
 /// Build the node config from flags and the optional file.
@@ -133,6 +139,32 @@ pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         .clone()
         .or(raw.node_id)
         .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let redis = args.redis.clone().or(raw.redis);
+    if let Some(url) = &redis {
+        if ::redis::Client::open(url.as_str()).is_err() {
+            push(
+                "redis",
+                format!(
+                    "{} is not a redis URL (redis://[:password@]host:port/db or rediss://…)",
+                    redact_url(url)
+                ),
+            );
+        }
+    }
+    let repair_interval = match args
+        .repair_interval
+        .as_ref()
+        .or(raw.repair_interval.as_ref())
+    {
+        Some(s) => parse_duration(s)
+            .map_err(|m| push("repair_interval", m))
+            .ok()
+            .unwrap_or(Duration::from_secs(10)),
+        None => Duration::from_secs(10),
+    };
+    if repair_interval < Duration::from_millis(10) {
+        push("repair_interval", "must be at least 10ms".into());
+    }
     if !problems.is_empty() {
         return Err(ConfigError(problems));
     }
@@ -152,7 +184,20 @@ pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         tokens: raw.tokens,
         log_level: args.log.log_level.clone().or(raw.log_level),
         log_format,
+        redis,
+        repair_interval,
     })
+}
+
+/// A URL with any password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
+            None => url.to_string(),
+        },
+        None => "<unparseable url>".to_string(),
+    }
 }
 
 fn one(key: &str, message: String) -> ConfigError {

@@ -298,13 +298,7 @@ async fn status(
 ) -> Result<Response, ApiError> {
     let g = grant(&node, &headers)?;
     need_read(&g, &env)?;
-    let current = node
-        .store
-        .positions(vec![env.clone()])
-        .await?
-        .first()
-        .map(|p| p.1)
-        .unwrap_or_default();
+    let current = node.store.position(&env).await?;
     let mut by_version = std::collections::BTreeMap::<String, usize>::new();
     let mut agents = Vec::new();
     let mut current_count = 0;

@@ -146,6 +146,23 @@ impl Hub {
         let _ = self.tx.send(Arc::new(p));
     }
 
+    /// Tell connections that `env` moved to `pos` in a way only a snapshot can follow (a new
+    /// epoch, or history too short). Sent as a change set without changes.
+    pub fn moved(&self, env: &str, pos: Position) {
+        self.note_position(env, pos);
+        let set = ChangeSet {
+            env: env.to_string(),
+            position: pos,
+            changes: Vec::new(),
+        };
+        let p = Published {
+            full: Utf8Bytes::from_static(""),
+            redacted: Utf8Bytes::from_static(""),
+            set,
+        };
+        let _ = self.tx.send(Arc::new(p));
+    }
+
     /// Record a position seen for an environment (newest wins).
     pub fn note_position(&self, env: &str, pos: Position) {
         let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);

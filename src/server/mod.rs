@@ -3,6 +3,7 @@
 //! listener and its shutdown trigger as arguments, so tests run it on port 0.
 
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod http;
 pub mod hub;
@@ -34,6 +35,8 @@ pub struct Node {
     pub heartbeat: Duration,
     pub max_frame: usize,
     pub shutdown: CancellationToken,
+    /// Cluster mode: the Redis bus this node's commits and notices go through.
+    pub bus: std::sync::OnceLock<bus::Bus>,
 }
 
 impl Node {
@@ -46,21 +49,28 @@ impl Node {
             heartbeat: cfg.heartbeat,
             max_frame: cfg.max_frame,
             shutdown: CancellationToken::new(),
+            bus: std::sync::OnceLock::new(),
         }
     }
 
-    /// Deliver a committed change set to the agents of this node.
+    /// Deliver a committed change set to the agents of this node. In cluster mode it goes
+    /// through the feeder, which also hears it on Pub/Sub and delivers it once.
     pub async fn publish(&self, set: ChangeSet) {
-        self.hub.publish(set);
+        match self.bus.get() {
+            Some(bus) => bus.send(bus::Feed::Local(set)),
+            None => self.hub.publish(set),
+        }
     }
 
-    /// Ready to serve: the store answers.
+    /// Ready to serve: the store answers (and, in cluster mode, the subscriber is up).
     pub async fn ready(&self) -> Result<(), String> {
-        self.store
-            .list()
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        self.store.list().await.map_err(|e| e.to_string())?;
+        match self.bus.get() {
+            Some(bus) if !bus.subscribed.load(std::sync::atomic::Ordering::SeqCst) => {
+                Err("redis subscriber connection is down".into())
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -82,10 +92,23 @@ pub enum ServeError {
 
 /// Open the store and listen, per the config; then serve until `shutdown`.
 pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-    let store = Store::Sqlite(Arc::new(store::sqlite::SqliteStore::open(
-        &cfg.data,
-        cfg.history,
-    )?));
+    let redis_client =
+        match &cfg.redis {
+            Some(url) => Some(::redis::Client::open(url.as_str()).map_err(|e| {
+                ServeError::Config(format!("redis {}: {e}", config::redact_url(url)))
+            })?),
+            None => None,
+        };
+    let store = match &redis_client {
+        Some(client) => Store::Redis(Arc::new(store::redis::RedisStore::new(
+            client.clone(),
+            cfg.history,
+        ))),
+        None => Store::Sqlite(Arc::new(store::sqlite::SqliteStore::open(
+            &cfg.data,
+            cfg.history,
+        )?)),
+    };
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -104,11 +127,24 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
             "DEV MODE: no tokens configured, any client may read and write everything; loopback only"
         );
     }
+    if let Some(client) = redis_client {
+        let bus = bus::start(
+            node.clone(),
+            client,
+            cfg.repair_interval,
+            node.shutdown.clone(),
+        );
+        let _ = node.bus.set(bus);
+    }
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: cfg.listen,
         source,
     })?;
-    tracing::info!(%addr, node = %node.id, tls = tls.is_some(), data = %cfg.data.display(), "node listening");
+    let store_desc = match &cfg.redis {
+        Some(url) => format!("redis {}", config::redact_url(url)),
+        None => format!("sqlite {}", cfg.data.display()),
+    };
+    tracing::info!(%addr, node = %node.id, tls = tls.is_some(), store = %store_desc, "node listening");
     serve(listener, node, tls, shutdown).await;
     Ok(())
 }

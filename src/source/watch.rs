@@ -19,11 +19,17 @@ pub struct SourceWatcher {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot watch {path}: {source}")]
-pub struct WatchError {
-    path: PathBuf,
-    #[source]
-    source: notify::Error,
+pub enum WatchError {
+    #[error("cannot start the file watcher: {0}")]
+    Start(#[source] notify::Error),
+    /// Names the source as the user gave it, and the directory actually watched.
+    #[error("source {spec}: cannot watch {dir}: {source}")]
+    Dir {
+        spec: String,
+        dir: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
 }
 
 struct Target {
@@ -92,10 +98,12 @@ pub fn watch(
             }
         })
         .collect();
-    let dirs: Vec<PathBuf> = {
-        let mut d: Vec<PathBuf> = targets.iter().map(|t| t.dir.clone()).collect();
+    // Each watched directory, with the first source that needs it (for errors).
+    let dirs: Vec<(PathBuf, usize)> = {
+        let mut d: Vec<(PathBuf, usize)> =
+            targets.iter().map(|t| (t.dir.clone(), t.index)).collect();
         d.sort();
-        d.dedup();
+        d.dedup_by(|a, b| a.0 == b.0);
         d
     };
     let handler = move |res: notify::Result<Event>| match res {
@@ -114,16 +122,18 @@ pub fn watch(
             }
         }
     };
-    let mut watcher = notify::recommended_watcher(handler).map_err(|source| WatchError {
-        path: PathBuf::new(),
-        source,
-    })?;
-    for dir in dirs {
+    let mut watcher = notify::recommended_watcher(handler).map_err(WatchError::Start)?;
+    for (dir, index) in dirs {
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|source| WatchError {
-                path: dir.clone(),
-                source,
+            .map_err(|mut source| {
+                // notify appends the paths to its message; `dir` already says it.
+                source.paths.clear();
+                WatchError::Dir {
+                    spec: specs[index].to_string(),
+                    dir,
+                    source,
+                }
             })?;
     }
     Ok(SourceWatcher { _watcher: watcher })

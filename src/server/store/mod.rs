@@ -2,6 +2,7 @@
 //! committed change set, an epoch per history, and the last N change sets for catch-up.
 //! The embedded default is SQLite; cluster mode puts the same contract in Redis.
 
+pub mod redis;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -53,6 +54,7 @@ pub enum StoreError {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(Arc<sqlite::SqliteStore>),
+    Redis(Arc<self::redis::RedisStore>),
 }
 
 impl Store {
@@ -66,30 +68,30 @@ impl Store {
         validate_changes(env, &changes)?;
         match self {
             Store::Sqlite(s) => {
-                let s = s.clone();
-                let env = env.to_string();
+                let (s, env) = (s.clone(), env.to_string());
                 blocking(move || s.commit(&env, &changes, expect)).await
             }
+            Store::Redis(r) => r.commit(env, &changes, expect).await,
         }
     }
 
     pub async fn snapshot(&self, env: &str) -> Result<Snapshot, StoreError> {
         match self {
             Store::Sqlite(s) => {
-                let s = s.clone();
-                let env = env.to_string();
+                let (s, env) = (s.clone(), env.to_string());
                 blocking(move || s.snapshot(&env)).await
             }
+            Store::Redis(r) => r.snapshot(env).await,
         }
     }
 
     pub async fn catch_up(&self, env: &str, from: Option<Position>) -> Result<CatchUp, StoreError> {
         match self {
             Store::Sqlite(s) => {
-                let s = s.clone();
-                let env = env.to_string();
+                let (s, env) = (s.clone(), env.to_string());
                 blocking(move || s.catch_up(&env, from)).await
             }
+            Store::Redis(r) => r.catch_up(env, from).await,
         }
     }
 
@@ -99,28 +101,18 @@ impl Store {
                 let s = s.clone();
                 blocking(move || s.list()).await
             }
+            Store::Redis(r) => r.list().await,
         }
     }
 
-    pub async fn positions(
-        &self,
-        envs: Vec<String>,
-    ) -> Result<Vec<(String, Position)>, StoreError> {
+    pub async fn position(&self, env: &str) -> Result<Position, StoreError> {
         match self {
             Store::Sqlite(s) => {
-                let s = s.clone();
-                blocking(move || {
-                    envs.into_iter()
-                        .map(|e| s.position(&e).map(|p| (e, p)))
-                        .collect()
-                })
-                .await
+                let (s, env) = (s.clone(), env.to_string());
+                blocking(move || s.position(&env)).await
             }
+            Store::Redis(r) => r.position(env).await,
         }
-    }
-
-    pub async fn healthy(&self) -> bool {
-        self.list().await.is_ok()
     }
 }
 
