@@ -125,7 +125,12 @@ mod tests {
     async fn finds_a_process_by_name() {
         let reaper = Reaper::start().unwrap();
         let (pid, exit) = reaper.spawn(Command::new("sleep").arg("30")).unwrap();
-        assert!(find_by_name("sleep").contains(&pid));
+        // The child may still be between fork and exec: wait for its name, with a deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !find_by_name("sleep").contains(&pid) {
+            assert!(std::time::Instant::now() < deadline, "sleep {pid} not found by name");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
         assert!(exit.await.is_ok());
     }

@@ -92,6 +92,8 @@ pub struct RedisStore {
     reset: Script,
 }
 
+type SnapshotReply = (HashMap<String, String>, HashMap<String, Vec<u8>>, HashMap<String, String>);
+
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
 }
@@ -188,11 +190,7 @@ impl RedisStore {
     pub async fn snapshot(&self, env: &str) -> Result<Snapshot, StoreError> {
         let mut conn = self.conn().await?;
         // One MULTI/EXEC: the position and the entries are read at the same instant.
-        let (meta, values, secret): (
-            HashMap<String, String>,
-            HashMap<String, Vec<u8>>,
-            HashMap<String, String>,
-        ) = redis::pipe()
+        let (meta, values, secret): SnapshotReply = redis::pipe()
             .atomic()
             .hgetall(meta_key(env))
             .hgetall(values_key(env))
