@@ -37,6 +37,16 @@ pub struct AgentsBenchArgs {
     /// Directory for the node's data and the agent's files (default: under /dev/shm).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Start this many nodes; more than one makes a cluster over a redis-server the bench
+    /// starts on a loopback port. The agent follows node 1, writes go through node 2.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// The redis-server binary for --nodes > 1.
+    #[arg(long, default_value = "redis-server")]
+    pub redis_server: PathBuf,
+    /// Seconds of sustained writes for the throughput figure.
+    #[arg(long, default_value_t = 3)]
+    pub write_secs: u64,
 }
 
 /// A node process started by the bench.
@@ -55,19 +65,63 @@ impl Drop for NodeProc {
     }
 }
 
-fn start_node(exe: &Path, data: &Path) -> anyhow::Result<NodeProc> {
-    let mut child = Command::new(exe)
+/// A redis-server started by the bench.
+struct RedisProc(Child);
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis(bin: &Path) -> anyhow::Result<(RedisProc, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new(bin)
         .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--heartbeat",
-            "15s",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--port",
         ])
-        .arg("--data")
-        .arg(data)
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while StdTcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("redis-server did not start on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok((RedisProc(child), port))
+}
+
+fn start_node(exe: &Path, data: &Path, redis: Option<u16>) -> anyhow::Result<NodeProc> {
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--heartbeat",
+        "15s",
+    ])
+    .arg("--data")
+    .arg(data);
+    if let Some(port) = redis {
+        cmd.arg("--redis").arg(format!("redis://127.0.0.1:{port}"));
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -193,12 +247,21 @@ pub async fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&dir)?;
     raise_nofile(args.count as u64 * 2 + 1024);
 
-    let started;
+    let mut redis = None;
+    let mut started = Vec::new();
     let addrs: Vec<String> = if args.server.is_empty() {
-        started = Some(start_node(&exe, &dir.join("data"))?);
-        vec![started.as_ref().map(|n| n.addr.clone()).unwrap_or_default()]
+        let redis_port = if args.nodes > 1 {
+            let (r, port) = start_redis(&args.redis_server)?;
+            redis = Some(r);
+            Some(port)
+        } else {
+            None
+        };
+        for i in 0..args.nodes.max(1) {
+            started.push(start_node(&exe, &dir.join(format!("data{i}")), redis_port)?);
+        }
+        started.iter().map(|n| n.addr.clone()).collect()
     } else {
-        started = None;
         args.server
             .iter()
             .map(|s| {
@@ -209,7 +272,8 @@ pub async fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
             })
             .collect()
     };
-    let node_pid = started.as_ref().map(|n| n.child.id());
+    let node_pid = started.first().map(|n| n.child.id());
+    let node_pids: Vec<u32> = started.iter().map(|n| n.child.id()).collect();
     println!(
         "tether bench agents: {} client(s) over {} node(s) {:?}",
         args.count,
@@ -224,14 +288,19 @@ pub async fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
         kernel()
     );
 
-    let mut http = Http::connect(&addrs[0])?;
+    // Writes go through the second node when there is one; the agent follows the first.
+    let write_addr = addrs[1 % addrs.len()].clone();
+    let mut http = Http::connect(&write_addr)?;
     http.put("bench", "V", "0")?;
 
     // 1. put → child signal through one node.
     let latency = signal_latency(&exe, &dir, &addrs[0], &mut http, args.changes)?;
 
+    // Sustained writes through one node.
+    let throughput = write_throughput(&write_addr, Duration::from_secs(args.write_secs))?;
+
     // 2. Open the clients.
-    let baseline = node_pid.map(rss_kib).unwrap_or(0);
+    let baseline: u64 = node_pids.iter().map(|&p| rss_kib(p)).sum();
     let ready = Arc::new(AtomicUsize::new(0));
     let received = Arc::new(AtomicUsize::new(0));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -269,10 +338,10 @@ pub async fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
     }
     let open_time = t_open.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let loaded = node_pid.map(rss_kib).unwrap_or(0);
+    let loaded: u64 = node_pids.iter().map(|&p| rss_kib(p)).sum();
 
     // 3. Fan-out: one change to every client.
-    let cpu_before = node_pid.map(cpu_ms).unwrap_or(0.0);
+    let cpu_before: f64 = node_pids.iter().map(|&p| cpu_ms(p)).sum();
     let mut fanout = Vec::new();
     for v in 1..=args.fanouts as u64 {
         received.store(0, Ordering::SeqCst);
@@ -292,19 +361,41 @@ pub async fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     fanout.sort();
-    let node_cpu = node_pid.map(cpu_ms).unwrap_or(0.0) - cpu_before;
+    let node_cpu = node_pids.iter().map(|&p| cpu_ms(p)).sum::<f64>() - cpu_before;
 
     println!();
+    let path = if addrs.len() > 1 {
+        "write through node 2 → child of an agent on node 1"
+    } else {
+        "put → child signal through one node"
+    };
     println!(
-        "put → child signal through one node ({} changes, debounce 0, timed from a direct HTTP request):",
+        "{path} ({} changes, debounce 0, timed from a direct HTTP request):",
         latency.len()
     );
     println!(
-        "  p50 {}   p90 {}   p99 {}   max {}   (target p99 < 1 ms)",
+        "  p50 {}   p90 {}   p99 {}   max {}   (target p99 < {})",
         ms(percentile(&latency, 0.5)),
         ms(percentile(&latency, 0.9)),
         ms(percentile(&latency, 0.99)),
-        ms(percentile(&latency, 1.0))
+        ms(percentile(&latency, 1.0)),
+        if addrs.len() > 1 {
+            "1.5 ms across nodes"
+        } else {
+            "1 ms"
+        }
+    );
+    println!(
+        "sustained writes through one node ({}): {:.0} change sets/s ({} writers, {} commits in {:?})",
+        if args.nodes > 1 {
+            "redis store"
+        } else {
+            "sqlite store"
+        },
+        throughput.0,
+        WRITERS,
+        throughput.1,
+        Duration::from_secs(args.write_secs)
     );
     println!(
         "{} clients connected and synced in {}",
@@ -314,7 +405,8 @@ pub async fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
     if let Some(pid) = node_pid {
         let per = (loaded.saturating_sub(baseline)) as f64 * 1024.0 / args.count as f64;
         println!(
-            "node RSS: {} KiB before clients, {} KiB with {} idle clients → {:.2} KiB per connection (target ≤ 6 KiB)",
+            "node RSS ({} node(s)): {} KiB before clients, {} KiB with {} idle clients → {:.2} KiB per connection (target ≤ 6 KiB)",
+            node_pids.len(),
             baseline,
             loaded,
             args.count,
@@ -323,11 +415,16 @@ pub async fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
         println!("node peak RSS (VmHWM): {} KiB", status_field(pid, "VmHWM:"));
     }
     println!(
-        "one change → all {} clients: p50 {}   max {}   over {} changes (target < 50 ms on one node)",
+        "one change → all {} clients: p50 {}   max {}   over {} changes (target < {})",
         args.count,
         ms(percentile(&fanout, 0.5)),
         ms(percentile(&fanout, 1.0)),
-        fanout.len()
+        fanout.len(),
+        if addrs.len() > 1 {
+            "60 ms over the nodes"
+        } else {
+            "50 ms on one node"
+        }
     );
     if node_pid.is_some() {
         println!(
@@ -340,6 +437,7 @@ pub async fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
         t.abort();
     }
     drop(started);
+    drop(redis);
     if args.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -416,6 +514,34 @@ async fn client(
         }
     }
     Ok(())
+}
+
+const WRITERS: usize = 8;
+
+/// Commits per second through one node with several kept-alive HTTP connections.
+fn write_throughput(addr: &str, for_: Duration) -> anyhow::Result<(f64, usize)> {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let addr = addr.to_string();
+            std::thread::spawn(move || -> anyhow::Result<usize> {
+                let mut http = Http::connect(&addr)?;
+                let mut n = 0;
+                while start.elapsed() < for_ {
+                    http.put("throughput", &format!("W{w}"), &n.to_string())?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        total += h
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
+    }
+    Ok((total as f64 / start.elapsed().as_secs_f64(), total))
 }
 
 /// Start a real agent following env `lat` with a child that prints each signal; time puts.
