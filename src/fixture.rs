@@ -29,15 +29,6 @@ fn append(path: Option<&Path>, line: &str) {
 
 pub async fn run(args: BenchChildArgs) -> std::io::Result<i32> {
     let pid = std::process::id();
-    if let Some(path) = &args.env_file {
-        let mut vars: Vec<String> = std::env::vars_os()
-            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
-            .collect();
-        vars.sort();
-        let tmp = path.with_extension(format!("tmp{pid}"));
-        std::fs::write(&tmp, vars.join("\n") + "\n")?;
-        std::fs::rename(&tmp, path)?;
-    }
     if args.ignore_term {
         // SAFETY: setting a signal to SIG_IGN installs no handler code.
         unsafe {
@@ -60,6 +51,17 @@ pub async fn run(args: BenchChildArgs) -> std::io::Result<i32> {
                 let _ = tx.send(sig);
             }
         });
+    }
+    // Handlers are in place before anything is reported: a signal sent after `start` is
+    // recorded, never fatal.
+    if let Some(path) = &args.env_file {
+        let mut vars: Vec<String> = std::env::vars_os()
+            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
+            .collect();
+        vars.sort();
+        let tmp = path.with_extension(format!("tmp{pid}"));
+        std::fs::write(&tmp, vars.join("\n") + "\n")?;
+        std::fs::rename(&tmp, path)?;
     }
     append(args.record.as_deref(), &format!("start {pid}"));
     let exit_after = match args.exit_after.as_slice() {

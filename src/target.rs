@@ -128,7 +128,10 @@ mod tests {
         // The child may still be between fork and exec: wait for its name, with a deadline.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !find_by_name("sleep").contains(&pid) {
-            assert!(std::time::Instant::now() < deadline, "sleep {pid} not found by name");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sleep {pid} not found by name"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();

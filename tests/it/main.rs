@@ -1,5 +1,8 @@
 //! Integration tests: the real `tether` binary against real processes and files.
 //! Every wait waits on a condition with a deadline.
 
+mod files;
+mod serve;
 mod support;
 mod tls;
+mod watch;

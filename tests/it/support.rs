@@ -252,3 +252,123 @@ pub fn alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+/// Like [`run_to_end`], with extra environment variables (e.g. `TETHER_TOKEN`).
+pub fn run_to_end_env(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn tether");
+    let start = Instant::now();
+    // Read both pipes on threads so a chatty child cannot block on a full pipe.
+    let mut so = child.stdout.take().expect("stdout");
+    let mut se = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("tether {args:?} did not exit within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    (
+        status.code().unwrap_or(-1),
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    )
+}
+
+/// Remove ANSI escape sequences (coloured log output).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ params... final byte in @..~
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The port of a "node listening" log line (`addr=127.0.0.1:PORT` in text logs,
+/// `"addr":"127.0.0.1:PORT"` in JSON logs).
+pub fn listening_port(logs: &str) -> Option<u16> {
+    let logs = strip_ansi(logs);
+    let line = logs.lines().find(|l| l.contains("node listening"))?;
+    let at = line.find("addr")? + "addr".len();
+    let rest = line[at..].trim_start_matches(['=', '"', ':']);
+    let addr: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect();
+    addr.rsplit(':').next()?.parse().ok()
+}
+
+/// Start `tether serve --listen LISTEN ARGS...` and wait for it to log its address.
+/// Returns the node and its port. Panics (with the node's output) if it exits first.
+pub fn start_node_at(cwd: &Path, listen: &str, args: &[&str]) -> (Tether, u16) {
+    let mut all = vec!["serve", "--listen", listen];
+    all.extend_from_slice(args);
+    let mut node = Tether::start(cwd, &all, &[]);
+    let start = Instant::now();
+    loop {
+        if let Some(port) = listening_port(&node.stderr()) {
+            return (node, port);
+        }
+        if let Some(st) = node
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            node.dump();
+            panic!("node exited with {st} before listening");
+        }
+        if start.elapsed() > DEADLINE {
+            node.dump();
+            panic!("node did not log its address within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Start a node on a free loopback port (port 0).
+pub fn start_node(cwd: &Path, args: &[&str]) -> (Tether, u16) {
+    start_node_at(cwd, "127.0.0.1:0", args)
+}
+
+/// A loopback port that was free a moment ago (bind port 0, read it, let it go).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}

@@ -213,3 +213,60 @@ mod tests {
         }
     }
 }
+
+/// Whether an agent's claim to be ahead of the store (a newer epoch, or a higher version of
+/// the same epoch: the store was wiped or restored) may start a new history. Refused for a
+/// forged claim (an epoch from the future) and for a second reset of the same environment
+/// by this node within 30 s, so a reader cannot push every agent into snapshot after
+/// snapshot. A refused claim is answered with a snapshot, which the agent only takes if it
+/// is newer than what it has.
+pub fn may_reset(env: &str, from: Position) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex, PoisonError};
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+    static RESETS: LazyLock<Mutex<HashMap<String, Instant>>> = LazyLock::new(Mutex::default);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    if from.epoch.0 >> 16 > now_ms + 5 * 60 * 1000 {
+        tracing::warn!(env, claimed = %from, "refusing a position from the future");
+        return false;
+    }
+    let mut resets = RESETS.lock().unwrap_or_else(PoisonError::into_inner);
+    match resets.get(env) {
+        Some(at) if at.elapsed() < Duration::from_secs(30) => false,
+        _ => {
+            resets.insert(env.to_string(), Instant::now());
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod reset_tests {
+    use super::*;
+    use crate::protocol::Epoch;
+
+    #[test]
+    fn forged_and_repeated_resets_are_refused() {
+        let future = Position {
+            epoch: Epoch(u64::MAX >> 1),
+            version: 1,
+        };
+        assert!(!may_reset("reset-test-a", future));
+        let plausible = Position {
+            epoch: Epoch::generate(),
+            version: 5,
+        };
+        assert!(may_reset("reset-test-b", plausible));
+        assert!(
+            !may_reset("reset-test-b", plausible),
+            "a second reset within 30s"
+        );
+        assert!(
+            may_reset("reset-test-c", plausible),
+            "other environments are not affected"
+        );
+    }
+}

@@ -92,7 +92,11 @@ pub struct RedisStore {
     reset: Script,
 }
 
-type SnapshotReply = (HashMap<String, String>, HashMap<String, Vec<u8>>, HashMap<String, String>);
+type SnapshotReply = (
+    HashMap<String, String>,
+    HashMap<String, Vec<u8>>,
+    HashMap<String, String>,
+);
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
@@ -239,7 +243,10 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// Change sets after `from.version` of the current epoch, if history still has them all.
+    /// Change sets after `from.version` up to `current` (read just before), if history still
+    /// has them all. The range stops at `current`: change sets committed since are not part
+    /// of this answer (they reach the caller live), and must not make it fall back to a
+    /// snapshot.
     async fn since(
         &self,
         env: &str,
@@ -248,7 +255,11 @@ impl RedisStore {
     ) -> Result<Option<Vec<ChangeSet>>, StoreError> {
         let mut conn = self.conn().await?;
         let reply: redis::streams::StreamRangeReply = conn
-            .xrange(history_key(env), format!("{}-0", from + 1), "+")
+            .xrange(
+                history_key(env),
+                format!("{}-0", from + 1),
+                format!("{}-0", current.version),
+            )
             .await
             .map_err(unavailable)?;
         let mut sets = Vec::with_capacity(reply.ids.len());
@@ -297,6 +308,9 @@ impl RedisStore {
         };
         let impossible = from.epoch > current.epoch
             || (from.epoch == current.epoch && from.version > current.version);
+        if impossible && !super::may_reset(env, from) {
+            return Ok(CatchUp::Snapshot(self.snapshot(env).await?));
+        }
         if impossible {
             let mut conn = self.conn().await?;
             let fresh = Epoch(

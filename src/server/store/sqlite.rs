@@ -195,6 +195,9 @@ impl SqliteStore {
         };
         let impossible = from.epoch > current.epoch
             || (from.epoch == current.epoch && from.version > current.version);
+        if impossible && !super::may_reset(env, from) {
+            return Ok(CatchUp::Snapshot(snapshot(&conn, env)?));
+        }
         if impossible {
             reset_epoch(&mut conn, env, current.epoch)?;
             tracing::warn!(env, agent = %from, store = %current, "an agent is ahead of the store; history reset with a new epoch");
