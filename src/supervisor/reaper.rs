@@ -81,7 +81,9 @@ impl Reaper {
         Ok(r)
     }
 
-    /// Spawn `cmd` and register it before the reaper can see it exit.
+    /// Spawn `cmd` and register it before the reaper can see it exit. The lock is held for
+    /// the whole spawn: when exec fails, std waits for the child itself, and panics if the
+    /// reaper took it first.
     pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<(Pid, oneshot::Receiver<Exit>)> {
         let (tx, rx) = oneshot::channel();
         let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
@@ -96,6 +98,8 @@ impl Reaper {
 
 fn reap_all(waiters: &Waiters) {
     loop {
+        // Locked before waiting, so that no child is reaped while `spawn` runs.
+        let mut registered = waiters.lock().unwrap_or_else(PoisonError::into_inner);
         let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
             Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signaled(sig as i32)),
@@ -107,10 +111,8 @@ fn reap_all(waiters: &Waiters) {
                 return;
             }
         };
-        let waiter = waiters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&pid.as_raw());
+        let waiter = registered.remove(&pid.as_raw());
+        drop(registered);
         match waiter {
             Some(tx) => {
                 let _ = tx.send(exit);

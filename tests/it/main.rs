@@ -2,6 +2,7 @@
 //! Every wait waits on a condition with a deadline.
 
 mod files;
+mod run;
 mod serve;
 mod support;
 mod tls;
