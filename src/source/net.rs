@@ -397,9 +397,12 @@ impl Follower {
         let mut silence = DEFAULT_HEARTBEAT.mul_f32(2.5);
         let mut welcomed = false;
         let mut resync_pending = false;
+        // Silence is measured from the node's last frame, whatever else happens meanwhile.
+        let mut last_frame = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                frame = tokio::time::timeout(silence, ws.next()) => {
+                frame = tokio::time::timeout_at(last_frame + silence, ws.next()) => {
+                    last_frame = tokio::time::Instant::now();
                     let text = match frame {
                         Err(_) => return Err((welcomed, SessionError::Silent(silence))),
                         Ok(None) => return Err((welcomed, SessionError::Lost("end of stream".into()))),
@@ -460,7 +463,11 @@ impl Follower {
                         }
                         ServerMsg::Synced { env, position } if env == self.spec.env => {
                             resync_pending = false;
-                            if self.position == Some(position) && (!self.emitted || self.degraded) {
+                            // The node sent all it has. A node behind us (its store lost its
+                            // data, or was restored) has nothing newer: our state stands.
+                            let current = self.position.is_some()
+                                && !accept_snapshot(self.position, position);
+                            if current && (!self.emitted || self.degraded) {
                                 if self.degraded {
                                     tracing::info!("node reachable again; no longer degraded");
                                 }
@@ -485,6 +492,11 @@ impl Follower {
                         }
                         ServerMsg::Error { code, message } => {
                             tracing::warn!(code = %code, message = %message, "node reported an error");
+                            if code == "unavailable" {
+                                // A catch-up failed (store down): no answer to a pending resync
+                                // is coming. The next heartbeat that shows us behind asks again.
+                                resync_pending = false;
+                            }
                         }
                         ServerMsg::Snapshot { .. } | ServerMsg::Change { .. } | ServerMsg::Synced { .. } => {}
                     }
