@@ -191,7 +191,7 @@ pub struct BenchArgs {
     /// Seconds of idle time to measure CPU over.
     #[arg(long, default_value_t = 60)]
     pub idle_secs: u64,
-    /// Directory for the bench's files (default: a fresh dir under /dev/shm).
+    /// Where the bench creates its scratch dir `tether-bench-PID` (default /dev/shm, a tmpfs).
     #[arg(long)]
     pub dir: Option<PathBuf>,
 }

@@ -47,8 +47,11 @@ impl Layers {
 
     /// Merge all layers key by key; a later source wins.
     pub fn merged(&self) -> Entries {
-        let mut out = Entries::new();
-        for layer in self.layers.iter().flatten() {
+        // Start from a copy of the first layer: cloning a map copies its tree as it is,
+        // without the key comparisons of inserting entry by entry (on every change).
+        let mut present = self.layers.iter().flatten();
+        let mut out = present.next().cloned().unwrap_or_default();
+        for layer in present {
             for (k, v) in layer {
                 out.insert(k.clone(), v.clone());
             }
@@ -57,16 +60,34 @@ impl Layers {
     }
 }
 
-/// Names added, removed or changed between two views, in name order.
+/// Names added, removed or changed between two views, in name order. Both maps are in
+/// name order, so one walk over them side by side finds every difference.
 pub fn changed_keys(old: &Entries, new: &Entries) -> Vec<String> {
-    let mut keys: Vec<String> = old
-        .iter()
-        .filter(|(k, v)| new.get(*k) != Some(v))
-        .map(|(k, _)| k.clone())
-        .collect();
-    keys.extend(new.keys().filter(|k| !old.contains_key(*k)).cloned());
-    keys.sort();
-    keys
+    use std::cmp::Ordering;
+    let mut keys = Vec::new();
+    let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        let order = match (old.peek(), new.peek()) {
+            (None, None) => return keys,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((ko, _)), Some((kn, _))) => ko.cmp(kn),
+        };
+        match order {
+            // Only in the old view: removed.
+            Ordering::Less => keys.extend(old.next().map(|(k, _)| k.clone())),
+            // Only in the new view: added.
+            Ordering::Greater => keys.extend(new.next().map(|(k, _)| k.clone())),
+            // In both: changed when the entries differ.
+            Ordering::Equal => {
+                if let (Some((k, vo)), Some((_, vn))) = (old.next(), new.next()) {
+                    if vo != vn {
+                        keys.push(k.clone());
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -110,5 +131,15 @@ mod tests {
         let new = entries(&[("A", "1"), ("B", "2"), ("D", "1")]);
         assert_eq!(changed_keys(&old, &new), ["B", "C", "D"]);
         assert!(changed_keys(&new, &new).is_empty());
+        // Differences at either end, on either side, and against nothing.
+        let a = entries(&[("B", "1"), ("C", "1")]);
+        let b = entries(&[("A", "1"), ("B", "1"), ("D", "1")]);
+        assert_eq!(changed_keys(&a, &b), ["A", "C", "D"]);
+        assert_eq!(changed_keys(&b, &a), ["A", "C", "D"]);
+        assert_eq!(changed_keys(&Entries::new(), &a), ["B", "C"]);
+        assert_eq!(changed_keys(&a, &Entries::new()), ["B", "C"]);
+        let mut secret_flag = a.clone();
+        secret_flag.get_mut("C").unwrap().secret = false;
+        assert_eq!(changed_keys(&a, &secret_flag), ["C"]);
     }
 }
