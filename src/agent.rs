@@ -55,6 +55,8 @@ struct Agent {
     /// The network source (the last layer) and the position still to acknowledge.
     net: Option<NetSource>,
     net_pending: Option<Position>,
+    /// An output failed to update: try again then (doubling up to a minute).
+    retry: Option<(Instant, std::time::Duration)>,
 }
 
 /// Run the agent until the child exits (run) or TERM/INT (watch). Returns the exit code.
@@ -84,11 +86,18 @@ pub async fn run(cfg: Config) -> Result<i32, AgentError> {
     let mut net_pending = None;
     if let Some(n) = net.as_mut() {
         tracing::info!("waiting for the first state from a node");
-        let first = tokio::select! {
-            u = n.updates.recv() => u.ok_or_else(|| AgentError::Net("the network source stopped".into()))?,
-            Some(sig) = signal_rx.recv() => {
-                tracing::info!(signal = %sig, "stopped before the first state arrived");
-                return Ok(128 + sig.number());
+        let first = loop {
+            tokio::select! {
+                u = n.updates.recv() => {
+                    break u.ok_or_else(|| AgentError::Net("the network source stopped".into()))?;
+                }
+                Some(sig) = signal_rx.recv() => {
+                    // No child yet: only TERM and INT mean anything.
+                    if sig == Signal::TERM || sig == Signal::INT {
+                        tracing::info!(signal = %sig, "stopped before the first state arrived");
+                        return Ok(128 + sig.number());
+                    }
+                }
             }
         };
         log_net_update(&first);
@@ -127,6 +136,7 @@ pub async fn run(cfg: Config) -> Result<i32, AgentError> {
         source_rx,
         net,
         net_pending,
+        retry: None,
     };
     agent.ack(Ok(()));
     let code = agent.serve(signal_rx).await;
@@ -241,6 +251,10 @@ impl Agent {
                         self.ack(Ok(()));
                     }
                 }
+                _ = sleep_until(self.retry.map_or_else(Instant::now, |r| r.0)), if self.retry.is_some() => {
+                    tracing::info!("retrying the outputs that failed");
+                    self.apply(&sink);
+                }
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.debouncer.reset();
                     self.apply(&sink);
@@ -314,6 +328,7 @@ impl Agent {
 
     /// Render outputs and act on what changed.
     fn apply(&mut self, sink: &Sink) {
+        let retry = self.retry.take();
         let merged = self.layers.merged();
         let changed = changed_keys(&self.applied, &merged);
         if changed.is_empty() {
@@ -357,7 +372,16 @@ impl Agent {
                 Action::None => {}
             }
         }
-        self.applied = merged;
+        if failures.is_empty() {
+            self.applied = merged;
+        } else {
+            // Keep the difference so the next attempt rewrites what failed (outputs that
+            // succeeded hold their new content and are not written or acted on again).
+            let delay = retry.map_or(std::time::Duration::from_secs(1), |r| {
+                (r.1 * 2).min(std::time::Duration::from_secs(60))
+            });
+            self.retry = Some((Instant::now() + delay, delay));
+        }
 
         match sink {
             Sink::Child(sup) if restart => {

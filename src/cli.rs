@@ -246,8 +246,8 @@ pub struct ServeArgs {
     pub max_frame: Option<usize>,
     /// Cluster mode: share this Redis (`redis://[:password@]host:port/db`, `rediss://` for TLS)
     /// as the store and the bus with the other nodes.
-    #[arg(long, value_name = "URL", env = "TETHER_REDIS")]
-    pub redis: Option<String>,
+    #[arg(long, value_name = "URL", env = "TETHER_REDIS", hide_env_values = true)]
+    pub redis: Option<crate::server::config::RedisUrl>,
     /// How often a cluster node compares its positions with Redis (default 10s).
     #[arg(long, value_name = "DURATION", env = "TETHER_REPAIR_INTERVAL")]
     pub repair_interval: Option<String>,

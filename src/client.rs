@@ -158,13 +158,11 @@ fn seg(s: &str) -> String {
 pub fn put(args: &PutArgs) -> Result<i32, ClientError> {
     let client = Client::new(&args.client)?;
     let mut changes = Vec::new();
-    for pair in &args.pairs {
-        let (name, raw) = pair.split_once('=').ok_or_else(|| {
-            ClientError::Usage(format!(
-                "{:?} is not NAME=VALUE",
-                pair.split('=').next().unwrap_or("")
-            ))
-        })?;
+    for (i, pair) in args.pairs.iter().enumerate() {
+        // Never echo the argument: it may be a value typed without its name.
+        let (name, raw) = pair
+            .split_once('=')
+            .ok_or_else(|| ClientError::Usage(format!("argument {} is not NAME=VALUE", i + 1)))?;
         let value = if raw == "-" {
             let mut s = String::new();
             std::io::stdin()

@@ -68,10 +68,22 @@ impl Output {
         Ok(true)
     }
 
+    /// What an earlier run left, if it also has the mode and owner this output wants
+    /// (otherwise it is rewritten, which sets them).
     fn read_existing(&self) -> Option<Rendered> {
+        use std::os::unix::fs::MetadataExt;
         match self.spec.format {
             Format::Dir => atomic::read_published(&self.spec.path).map(Rendered::Dir),
-            _ => std::fs::read(&self.spec.path).ok().map(Rendered::File),
+            _ => {
+                let meta = std::fs::symlink_metadata(&self.spec.path).ok()?;
+                let owner_ok = self.spec.owner.is_none_or(|o| {
+                    o.uid.is_none_or(|u| u == meta.uid()) && o.gid.is_none_or(|g| g == meta.gid())
+                });
+                if !meta.is_file() || meta.mode() & 0o7777 != self.spec.mode || !owner_ok {
+                    return None;
+                }
+                std::fs::read(&self.spec.path).ok().map(Rendered::File)
+            }
         }
     }
 
@@ -274,5 +286,31 @@ mod tests {
     fn bare_names_go_to_the_runtime_dir() {
         assert_eq!(resolve_path("/etc/x.env"), PathBuf::from("/etc/x.env"));
         assert!(resolve_path("x.env").ends_with("tether/x.env"));
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+    use crate::config::Action;
+    use crate::state::entries;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_left_over_file_with_the_wrong_mode_is_rewritten() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("app.env");
+        std::fs::write(&path, "A=1\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut out = Output::new(OutputSpec {
+            path: path.clone(),
+            format: Format::Dotenv,
+            mode: 0o600,
+            owner: None,
+            on_change: Action::None,
+        });
+        assert!(out.apply(&entries(&[("A", "1")])).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
     }
 }

@@ -112,7 +112,13 @@ impl Auth {
                             .push((format!("{key}.envs"), format!("bad pattern {p:?}: {e}"))),
                     }
                 }
-                b.build().ok()
+                match b.build() {
+                    Ok(set) => Some(set),
+                    Err(e) => {
+                        problems.push((format!("{key}.envs"), e.to_string()));
+                        continue;
+                    }
+                }
             };
             out.push(Token {
                 hash,

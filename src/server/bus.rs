@@ -146,6 +146,12 @@ async fn feeder(
 }
 
 async fn deliver(node: &Node, known: &mut HashMap<String, Position>, set: ChangeSet) {
+    if set.changes.is_empty() {
+        // A new history was started (a reset): catch up, which means a snapshot.
+        let from = known.get(&set.env).copied();
+        repair(node, known, &set.env, from).await;
+        return;
+    }
     match known.get(&set.env).copied() {
         // First news of this environment here: connections judge it against what they sent.
         None => {
@@ -209,9 +215,15 @@ async fn check(node: &Node, known: &mut HashMap<String, Position>) {
                 node.hub.note_position(&info.env, info.position);
             }
             Some(k) if (info.position.epoch, info.position.version) < (k.epoch, k.version) => {
-                // Redis went back (restarted without its data, or restored): keep what
-                // agents have until new writes start a newer history.
-                tracing::warn!(env = %info.env, node = %k, redis = %info.position, "redis is behind this node");
+                // Redis went back (reloaded an older snapshot, or restored): versions this
+                // node already delivered would be reused for other changes. Start a new
+                // history above what agents have, so they all take a snapshot.
+                tracing::warn!(env = %info.env, node = %k, redis = %info.position, "redis is behind this node; starting a new history");
+                if let Err(e) = node.store.reset(&info.env, Some(k)).await {
+                    tracing::warn!(env = %info.env, error = %e, "reset failed; the next check retries");
+                    continue;
+                }
+                repair(node, known, &info.env, Some(k)).await;
             }
             Some(k) => {
                 tracing::info!(env = %info.env, have = %k, redis = %info.position, "missed changes; repairing");

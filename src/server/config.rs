@@ -27,7 +27,7 @@ pub struct RawServeConfig {
     pub log_level: Option<String>,
     pub log_format: Option<String>,
     /// Cluster mode: `redis://[:password@]host:port/db` or `rediss://…`.
-    pub redis: Option<String>,
+    pub redis: Option<RedisUrl>,
     /// How often a cluster node compares its positions with Redis (default 10s).
     pub repair_interval: Option<String>,
     #[serde(default, rename = "token")]
@@ -47,7 +47,7 @@ pub struct ServeConfig {
     pub tokens: Vec<TokenConfig>,
     pub log_level: Option<String>,
     pub log_format: LogFormat,
-    pub redis: Option<String>,
+    pub redis: Option<RedisUrl>,
     pub repair_interval: Duration,
 }
 
@@ -140,7 +140,7 @@ pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         .or(raw.node_id)
         .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
     let redis = args.redis.clone().or(raw.redis);
-    if let Some(url) = &redis {
+    if let Some(RedisUrl(url)) = &redis {
         if ::redis::Client::open(url.as_str()).is_err() {
             push(
                 "redis",
@@ -189,16 +189,46 @@ pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     })
 }
 
-/// A URL with any password replaced, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
-            None => url.to_string(),
-        },
-        None => "<unparseable url>".to_string(),
+/// A Redis URL, which may hold a password: `Debug` and `Display` redact it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct RedisUrl(pub String);
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
     }
 }
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl std::str::FromStr for RedisUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(RedisUrl(s.to_string()))
+    }
+}
+
+/// A URL with any password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparseable url>".to_string();
+    };
+    // Userinfo ends at the last '@' before the path: a password may contain '@' itself.
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://<redacted>@{host}{path}"),
+        None => url.to_string(),
+    }
+}
+
 
 fn one(key: &str, message: String) -> ConfigError {
     ConfigError(vec![Problem {
@@ -236,4 +266,20 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor
     .with_single_cert(certs, key)
     .map_err(|e| e.to_string())?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords_with_at_signs() {
+        assert_eq!(
+            super::redact_url("redis://:p@ss@host:6379/0"),
+            "redis://<redacted>@host:6379/0"
+        );
+        assert_eq!(super::redact_url("redis://host:6379"), "redis://host:6379");
+        assert_eq!(
+            super::redact_url("rediss://u:pw@h"),
+            "rediss://<redacted>@h"
+        );
+    }
 }

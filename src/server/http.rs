@@ -34,6 +34,7 @@ pub fn router(node: Arc<Node>) -> Router {
             put(put_entry).delete(delete_entry),
         )
         .route("/v1/envs/{env}/status", get(status))
+        .route("/v1/envs/{env}/reset", post(reset))
         .route("/v1/ws", get(upgrade))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -247,6 +248,26 @@ struct EnvView {
     env: String,
     position: Position,
     entries: Vec<WireEntry>,
+}
+
+/// Start a new history (after restoring a backup of the store): admin only.
+async fn reset(
+    State(node): State<Arc<Node>>,
+    Path(env): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Committed>, ApiError> {
+    let g = grant(&node, &headers)?;
+    check_env(&env)?;
+    if g.role < Role::Admin || !g.covers(&env) {
+        return Err(ApiError::forbidden(format!(
+            "token {:?} may not reset environment {env:?} (admin role needed)",
+            g.name
+        )));
+    }
+    let position = node.store.reset(&env, None).await?;
+    tracing::warn!(env, %position, token = %g.name, "history reset: every agent takes a snapshot");
+    node.announce_reset(&env, position).await;
+    Ok(Json(Committed { env, position }))
 }
 
 async fn read_env(

@@ -44,7 +44,8 @@ impl Node {
         Node {
             id: cfg.node_id.clone(),
             store,
-            hub: hub::Hub::new(4096),
+            // A receiver that falls this far behind catches up from the store instead.
+            hub: hub::Hub::new(256),
             auth,
             heartbeat: cfg.heartbeat,
             max_frame: cfg.max_frame,
@@ -59,6 +60,14 @@ impl Node {
         match self.bus.get() {
             Some(bus) => bus.send(bus::Feed::Local(set)),
             None => self.hub.publish(set),
+        }
+    }
+
+    /// A new history was started: connections catch up (a snapshot). In cluster mode the
+    /// reset script already told every node through Pub/Sub.
+    pub async fn announce_reset(&self, env: &str, position: crate::protocol::Position) {
+        if self.bus.get().is_none() {
+            self.hub.moved(env, position);
         }
     }
 
@@ -92,13 +101,13 @@ pub enum ServeError {
 
 /// Open the store and listen, per the config; then serve until `shutdown`.
 pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-    let redis_client =
-        match &cfg.redis {
-            Some(url) => Some(::redis::Client::open(url.as_str()).map_err(|e| {
-                ServeError::Config(format!("redis {}: {e}", config::redact_url(url)))
-            })?),
-            None => None,
-        };
+    let redis_client = match &cfg.redis {
+        Some(url) => Some(
+            ::redis::Client::open(url.0.as_str())
+                .map_err(|_| ServeError::Config(format!("bad redis URL {url}")))?,
+        ),
+        None => None,
+    };
     let store = match &redis_client {
         Some(client) => Store::Redis(Arc::new(store::redis::RedisStore::new(
             client.clone(),
@@ -141,7 +150,7 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
         source,
     })?;
     let store_desc = match &cfg.redis {
-        Some(url) => format!("redis {}", config::redact_url(url)),
+        Some(url) => format!("redis {url}"),
         None => format!("sqlite {}", cfg.data.display()),
     };
     tracing::info!(%addr, node = %node.id, tls = tls.is_some(), store = %store_desc, "node listening");

@@ -56,8 +56,14 @@ where
     if conn.id != 0 {
         node.hub.unregister(conn.id);
     }
-    if let End::Close(code, reason) = end {
+    if let End::Close(code, mut reason) = end {
         tracing::debug!(code, reason = %reason, "closing agent connection");
+        // A close frame's reason is at most 123 bytes.
+        let mut cut = reason.len().min(123);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
         let _ = conn
             .socket
             .send(Message::Close(Some(CloseFrame {
@@ -75,10 +81,19 @@ where
 {
     async fn send(&mut self, frame: Utf8Bytes) -> Result<(), End> {
         Counters::inc(&self.node.hub.counters.frames_sent);
-        self.socket
-            .send(Message::Text(frame))
-            .await
-            .map_err(|_| End::Gone)
+        // An agent that stops reading is dropped rather than holding frames forever.
+        let limit = (self.node.heartbeat * 2).max(Duration::from_secs(5));
+        match tokio::time::timeout(limit, self.socket.send(Message::Text(frame))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => {
+                tracing::warn!(
+                    agent = self.id,
+                    "agent stopped reading; dropping its connection"
+                );
+                Err(End::Gone)
+            }
+        }
     }
 
     async fn send_msg(&mut self, msg: &ServerMsg) -> Result<(), End> {

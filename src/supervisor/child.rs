@@ -13,11 +13,23 @@ use crate::output::EnvVars;
 use crate::signal::Signal;
 
 /// What to run and the environment it starts from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ChildSpec {
     pub argv: Vec<OsString>,
     /// tether's own environment, less what the child must not inherit.
     pub base_env: Vec<(OsString, OsString)>,
+}
+
+impl std::fmt::Debug for ChildSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildSpec")
+            .field("argv", &self.argv)
+            .field(
+                "base_env",
+                &format_args!("{} variables", self.base_env.len()),
+            )
+            .finish()
+    }
 }
 
 /// Variables tether reads that the child must not see.

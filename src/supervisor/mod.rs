@@ -27,7 +27,6 @@ pub struct Options {
 }
 
 /// Messages to the task that owns the child.
-#[derive(Debug)]
 pub enum Control {
     /// Send a signal to the child's process group.
     Signal(Signal),
@@ -36,6 +35,17 @@ pub enum Control {
     /// Forward a terminating signal; the child is not restarted after it exits, and is
     /// killed if it outlives the stop timeout.
     Terminate(Signal),
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Control::Signal(s) => write!(f, "Signal({s})"),
+            // The environment holds values: names only.
+            Control::Restart(env) => write!(f, "Restart({} variables)", env.len()),
+            Control::Terminate(s) => write!(f, "Terminate({s})"),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -872,3 +872,49 @@ fn an_output_off_tmpfs_is_warned_about() {
     let line = err.lines().find(|l| l.contains("not on tmpfs")).unwrap();
     assert!(line.contains("WARN") && line.contains(&s(&out)), "{line}");
 }
+
+/// An output that cannot be written keeps its old content, and is written (and acted on)
+/// once it can be, without another change.
+#[test]
+fn a_failed_output_is_retried_until_it_succeeds() {
+    let w = Work::new();
+    w.write("app.env", "A=1\n");
+    fs::create_dir(w.path("out")).unwrap();
+    let out = w.path("out/app.env").display().to_string();
+    let mut args = vec![
+        "run".to_string(),
+        "--source".into(),
+        "file:app.env".into(),
+        "--output".into(),
+        out.clone(),
+        "--no-env".into(),
+        "--on-change".into(),
+        "signal:HUP".into(),
+        "--debounce".into(),
+        "0".into(),
+        "--".into(),
+    ];
+    args.extend(w.child_args(&[]));
+    let t = Tether::start(w.dir.path(), &args, &[]);
+    t.wait_for("first start", || w.starts().len() == 1);
+
+    // The output's directory turns into a file: writes fail.
+    fs::rename(w.path("out"), w.path("out.away")).unwrap();
+    fs::write(w.path("out"), "not a dir").unwrap();
+    w.write("app.env", "A=2\n");
+    t.wait_for("the write failure to be logged", || {
+        t.stderr().contains("output not updated")
+    });
+    assert!(
+        w.signals().is_empty(),
+        "no action for an output that was not written"
+    );
+
+    // The directory comes back: the retry writes the new content and signals.
+    fs::remove_file(w.path("out")).unwrap();
+    fs::rename(w.path("out.away"), w.path("out")).unwrap();
+    t.wait_for("the retry to write A=2", || {
+        dotenv(&w.path("out/app.env")).get("A").map(String::as_str) == Some("2")
+    });
+    t.wait_for("one HUP after the retry", || w.signals() == ["SIGHUP"]);
+}

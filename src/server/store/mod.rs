@@ -105,6 +105,19 @@ impl Store {
         }
     }
 
+    /// Start a new history of `env` (a new, greater epoch; history dropped; entries kept),
+    /// with an epoch greater than `floor`'s too.
+    pub async fn reset(&self, env: &str, floor: Option<Position>) -> Result<Position, StoreError> {
+        validate_name("environment", env)?;
+        match self {
+            Store::Sqlite(s) => {
+                let (s, env) = (s.clone(), env.to_string());
+                blocking(move || s.reset(&env)).await
+            }
+            Store::Redis(r) => r.reset(env, floor).await,
+        }
+    }
+
     pub async fn position(&self, env: &str) -> Result<Position, StoreError> {
         match self {
             Store::Sqlite(s) => {
@@ -211,62 +224,5 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "a=b", "a\0b", "a\nb"] {
             assert!(validate_name("entry", bad).is_err(), "{bad:?}");
         }
-    }
-}
-
-/// Whether an agent's claim to be ahead of the store (a newer epoch, or a higher version of
-/// the same epoch: the store was wiped or restored) may start a new history. Refused for a
-/// forged claim (an epoch from the future) and for a second reset of the same environment
-/// by this node within 30 s, so a reader cannot push every agent into snapshot after
-/// snapshot. A refused claim is answered with a snapshot, which the agent only takes if it
-/// is newer than what it has.
-pub fn may_reset(env: &str, from: Position) -> bool {
-    use std::collections::HashMap;
-    use std::sync::{LazyLock, Mutex, PoisonError};
-    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-    static RESETS: LazyLock<Mutex<HashMap<String, Instant>>> = LazyLock::new(Mutex::default);
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    if from.epoch.0 >> 16 > now_ms + 5 * 60 * 1000 {
-        tracing::warn!(env, claimed = %from, "refusing a position from the future");
-        return false;
-    }
-    let mut resets = RESETS.lock().unwrap_or_else(PoisonError::into_inner);
-    match resets.get(env) {
-        Some(at) if at.elapsed() < Duration::from_secs(30) => false,
-        _ => {
-            resets.insert(env.to_string(), Instant::now());
-            true
-        }
-    }
-}
-
-#[cfg(test)]
-mod reset_tests {
-    use super::*;
-    use crate::protocol::Epoch;
-
-    #[test]
-    fn forged_and_repeated_resets_are_refused() {
-        let future = Position {
-            epoch: Epoch(u64::MAX >> 1),
-            version: 1,
-        };
-        assert!(!may_reset("reset-test-a", future));
-        let plausible = Position {
-            epoch: Epoch::generate(),
-            version: 5,
-        };
-        assert!(may_reset("reset-test-b", plausible));
-        assert!(
-            !may_reset("reset-test-b", plausible),
-            "a second reset within 30s"
-        );
-        assert!(
-            may_reset("reset-test-c", plausible),
-            "other environments are not affected"
-        );
     }
 }

@@ -39,11 +39,15 @@ local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if not epoch then
   epoch = ARGV[3]
   version = 0
+  -- A new history: whatever stream is left belongs to an old one.
+  redis.call('DEL', KEYS[4])
 end
 if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= version then
   return {'conflict', tostring(version)}
 end
 version = version + 1
+-- The only call that can fail on valid input goes first: a failed script writes nothing.
+redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[4], tostring(version) .. '-0', 'changes', ARGV[5])
 redis.call('HSET', KEYS[1], 'epoch', epoch, 'version', version)
 redis.call('SADD', KEYS[5], ARGV[1])
 local i = 7
@@ -57,19 +61,22 @@ while i <= #ARGV do
   end
   i = i + 4
 end
-redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[4], tostring(version) .. '-0', 'changes', ARGV[5])
 redis.call('PUBLISH', ARGV[6], '{"env":' .. cjson.encode(ARGV[1]) .. ',"position":{"epoch":"' .. epoch
   .. '","version":' .. version .. '},"changes":' .. ARGV[5] .. '}')
 return {'ok', epoch, tostring(version)}
 "#;
 
-/// KEYS: meta, history. ARGV: the epoch the caller saw, the new epoch.
-/// Starts a new history unless someone already did.
+/// KEYS: meta, history. ARGV: the epoch the caller saw, the new epoch, env, channel.
+/// Starts a new history unless someone already did, and tells every node (a notice
+/// without changes: nodes catch up, which means a snapshot).
 const RESET: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if epoch == ARGV[1] then
   redis.call('HSET', KEYS[1], 'epoch', ARGV[2])
   redis.call('DEL', KEYS[2])
+  local version = redis.call('HGET', KEYS[1], 'version') or '0'
+  redis.call('PUBLISH', ARGV[4], '{"env":' .. cjson.encode(ARGV[3]) .. ',"position":{"epoch":"' .. ARGV[2]
+    .. '","version":' .. version .. '},"changes":[]}')
   return ARGV[2]
 end
 return epoch
@@ -243,6 +250,32 @@ impl RedisStore {
         Ok(out)
     }
 
+    /// Start a new history of `env`: a new epoch greater than `floor` and the current one,
+    /// history dropped, entries kept. Conditional on the epoch still being `seen`, so nodes
+    /// that notice the same thing at once start one history, not several.
+    pub async fn reset(&self, env: &str, floor: Option<Position>) -> Result<Position, StoreError> {
+        let Some(current) = self.meta(env).await? else {
+            return Err(StoreError::Invalid(format!(
+                "environment {env:?} does not exist"
+            )));
+        };
+        let base = floor.map_or(current.epoch.0, |f| f.epoch.0.max(current.epoch.0));
+        let fresh = Epoch(Epoch::generate().0.max(base + 1));
+        let mut conn = self.conn().await?;
+        let _: String = self
+            .reset
+            .key(meta_key(env))
+            .key(history_key(env))
+            .arg(current.epoch.to_string())
+            .arg(fresh.to_string())
+            .arg(env)
+            .arg(CHANNEL)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(self.meta(env).await?.unwrap_or_default())
+    }
+
     /// Change sets after `from.version` up to `current` (read just before), if history still
     /// has them all. The range stops at `current`: change sets committed since are not part
     /// of this answer (they reach the caller live), and must not make it fall back to a
@@ -308,26 +341,8 @@ impl RedisStore {
         };
         let impossible = from.epoch > current.epoch
             || (from.epoch == current.epoch && from.version > current.version);
-        if impossible && !super::may_reset(env, from) {
-            return Ok(CatchUp::Snapshot(self.snapshot(env).await?));
-        }
         if impossible {
-            let mut conn = self.conn().await?;
-            let fresh = Epoch(
-                Epoch::generate()
-                    .0
-                    .max(from.epoch.0.max(current.epoch.0) + 1),
-            );
-            let _: String = self
-                .reset
-                .key(meta_key(env))
-                .key(history_key(env))
-                .arg(current.epoch.to_string())
-                .arg(fresh.to_string())
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            tracing::warn!(env, agent = %from, store = %current, "an agent is ahead of the store; history reset with a new epoch");
+            tracing::warn!(env, agent = %from, store = %current, "an agent is ahead of the store (restored? run a reset)");
             return Ok(CatchUp::Snapshot(self.snapshot(env).await?));
         }
         if from.epoch != current.epoch {

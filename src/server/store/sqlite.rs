@@ -142,6 +142,22 @@ impl SqliteStore {
         })
     }
 
+    /// Start a new history of `env` (after a restore): a new, greater epoch, history
+    /// dropped, entries kept. Every agent takes a snapshot.
+    pub fn reset(&self, env: &str) -> Result<Position, StoreError> {
+        let mut conn = self.lock();
+        let Some(current) = position(&conn, env)? else {
+            return Err(StoreError::Invalid(format!(
+                "environment {env:?} does not exist"
+            )));
+        };
+        let epoch = reset_epoch(&mut conn, env, current.epoch)?;
+        Ok(Position {
+            epoch,
+            version: current.version,
+        })
+    }
+
     pub fn position(&self, env: &str) -> Result<Position, StoreError> {
         Ok(position(&self.lock(), env)?.unwrap_or_default())
     }
@@ -175,10 +191,11 @@ impl SqliteStore {
     }
 
     /// What an agent at `from` needs. A position this store cannot have produced (a newer
-    /// epoch, or a version above ours: the store was wiped or restored) resets the epoch, so
-    /// every agent takes a snapshot of what the store holds now.
+    /// epoch, or a version above ours: the store was restored, or the claim is forged) gets
+    /// a snapshot, which the agent ignores as older; only an admin's `reset` starts a new
+    /// history, so no reader can push every agent into a snapshot.
     pub fn catch_up(&self, env: &str, from: Option<Position>) -> Result<CatchUp, StoreError> {
-        let mut conn = self.lock();
+        let conn = self.lock();
         let Some(current) = position(&conn, env)? else {
             // Nothing was ever written: an empty environment at position zero.
             return Ok(match from {
@@ -195,12 +212,8 @@ impl SqliteStore {
         };
         let impossible = from.epoch > current.epoch
             || (from.epoch == current.epoch && from.version > current.version);
-        if impossible && !super::may_reset(env, from) {
-            return Ok(CatchUp::Snapshot(snapshot(&conn, env)?));
-        }
         if impossible {
-            reset_epoch(&mut conn, env, current.epoch)?;
-            tracing::warn!(env, agent = %from, store = %current, "an agent is ahead of the store; history reset with a new epoch");
+            tracing::warn!(env, agent = %from, store = %current, "an agent is ahead of the store (restored? run a reset)");
             return Ok(CatchUp::Snapshot(snapshot(&conn, env)?));
         }
         if from.epoch != current.epoch {
@@ -378,7 +391,7 @@ mod tests {
     }
 
     #[test]
-    fn survives_reopen_and_resets_epoch_for_impossible_positions() {
+    fn survives_reopen_and_only_an_explicit_reset_starts_a_new_epoch() {
         let d = tempfile::tempdir().unwrap();
         let c1 = {
             let s = SqliteStore::open(d.path(), 10).unwrap();
@@ -390,13 +403,17 @@ mod tests {
             epoch: c1.position.epoch,
             version: 9,
         };
+        // A claim to be ahead gets what the store has, and changes nothing.
         match s.catch_up("prod", Some(ahead)).unwrap() {
-            CatchUp::Snapshot(snap) => {
-                assert!(snap.position.epoch > c1.position.epoch);
-                assert_eq!(snap.position.version, 1);
-            }
+            CatchUp::Snapshot(snap) => assert_eq!(snap.position, c1.position),
             other => panic!("{other:?}"),
         }
+        let reset = s.reset("prod").unwrap();
+        assert!(reset.epoch > c1.position.epoch);
+        assert_eq!(reset.version, 1);
+        assert!(
+            matches!(s.catch_up("prod", Some(c1.position)).unwrap(), CatchUp::Snapshot(snap) if snap.position == reset)
+        );
     }
 
     #[test]
