@@ -229,7 +229,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-
 fn one(key: &str, message: String) -> ConfigError {
     ConfigError(vec![Problem {
         key: key.into(),

@@ -137,6 +137,25 @@ struct Saved {
     entries: Vec<WireEntry>,
 }
 
+/// The saved state's file: per environment, and per set of nodes and token, so two agents
+/// on one host that follow the same name in different clusters, or with tokens that see
+/// different secrets, never load each other's state.
+fn state_file_name(spec: &NetSpec) -> String {
+    use sha2::{Digest, Sha256};
+    let mut servers: Vec<&str> = spec.servers.iter().map(String::as_str).collect();
+    servers.sort_unstable();
+    let mut h = Sha256::new();
+    for s in servers {
+        h.update(s.as_bytes());
+        h.update([0]);
+    }
+    if let Some(t) = &spec.token {
+        h.update(t.expose());
+    }
+    let digest = hex::encode(h.finalize());
+    format!("{}-{}.json", spec.env, &digest[..12])
+}
+
 /// Where the state is kept when `--state-dir` is not given.
 pub fn default_state_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
@@ -199,7 +218,7 @@ pub fn start(spec: NetSpec) -> Result<NetSource, String> {
         .state_dir
         .clone()
         .or_else(default_state_dir)
-        .map(|d| d.join(format!("{}.json", spec.env)));
+        .map(|d| d.join(state_file_name(&spec)));
     let (utx, urx) = mpsc::unbounded_channel();
     let (atx, arx) = mpsc::unbounded_channel();
     let host = nix::unistd::gethostname()
@@ -435,6 +454,9 @@ impl Follower {
                             resync_pending = false;
                             if accept_snapshot(self.position, position) {
                                 tracing::info!(%position, entries = entries.len(), "snapshot applied");
+                                if position == Position::default() {
+                                    tracing::warn!(env = %self.spec.env, "the environment is empty on the node (never written; is the name right?)");
+                                }
                                 self.entries = to_entries(entries);
                                 self.position = Some(position);
                                 self.changed();
@@ -513,11 +535,12 @@ impl Follower {
 
     /// State moved: save it and hand it to the agent (once it has had its first).
     fn changed(&mut self) {
-        self.save();
+        // Hand the state to the agent first: saving (an fsync) is not on the change's path.
         if self.emitted {
             self.degraded = false;
             self.emit();
         }
+        self.save();
     }
 }
 

@@ -406,10 +406,14 @@ fn start_without_server_runs_on_saved_state_then_follows_the_node() {
 
     let mut first = start_agent(&w, &node.url(), SIGNAL_USR1, &[]);
     first.wait_for("first run renders and starts its child", || {
-        w.read("out.env").contains("A=1")
-            && w.path("state/prod.json").is_file()
-            && w.starts().len() == 1
+        w.read("out.env").contains("A=1") && saved_state(&w).is_some() && w.starts().len() == 1
     });
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let state = saved_state(&w).expect("saved state");
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the saved state holds secrets");
+    }
     first.signal(Signal::SIGTERM);
     first.wait();
     node.stop(Signal::SIGTERM);
@@ -1137,4 +1141,98 @@ fn admin_verbs_put_get_rm_status() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no node answered"), "{err}");
     assert!(err.contains(&down), "{err}");
+}
+
+/// The agent's saved-state file for `prod` (named per environment, nodes and token).
+fn saved_state(w: &Work) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(w.path("state"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("prod-") && name.ends_with(".json")
+        })
+}
+
+/// At trace level, neither the node nor an agent following it over the network logs a
+/// secret value or the bearer token (tungstenite's own frame and handshake logging
+/// included).
+#[test]
+fn secrets_and_tokens_never_reach_trace_logs_over_the_network() {
+    let w = Work::new();
+    let cfg = write_token_config(&w);
+    let node = Node::start(&w, &["--config", &cfg, "--log-level", "trace"]);
+    let secret = |n: usize| format!("NET-SECRET-ROTATION-{n}-q7z");
+    let body = |n: usize| serde_json::json!({"changes": [{"name": "PASSWORD", "value": secret(n), "secret": true}]});
+    let url = format!("{}/v1/envs/prod/changes", node.url());
+    assert_eq!(http("POST", &url, Some(WRITER), Some(body(0))).status, 200);
+
+    let mut extra = SIGNAL_USR1.to_vec();
+    extra.extend(["--log-level", "trace"]);
+    let agent = start_agent(&w, &node.url(), &extra, &[("TETHER_TOKEN", READER)]);
+    agent.wait_for("first render", || w.read("out.env").contains(&secret(0)));
+    for n in 1..=3 {
+        assert_eq!(http("POST", &url, Some(WRITER), Some(body(n))).status, 200);
+        agent.wait_for("rotation applied", || {
+            w.read("out.env").contains(&secret(n))
+        });
+    }
+    let logs = format!(
+        "{}{}{}{}",
+        agent.stderr(),
+        agent.stdout(),
+        node.proc.stderr(),
+        node.proc.stdout()
+    );
+    assert!(logs.contains("DEBUG"), "verbose logging was on:\n{logs}");
+    for n in 0..=3 {
+        assert!(!logs.contains(&secret(n)), "secret {n} reached the logs");
+    }
+    for token in [READER, WRITER] {
+        assert!(!logs.contains(token), "a bearer token reached the logs");
+    }
+}
+
+/// Only an admin starts a new history; every agent then takes a snapshot of the new epoch.
+#[test]
+fn an_admin_reset_starts_a_new_epoch_that_agents_follow() {
+    let w = Work::new();
+    let cfg = write_token_config(&w);
+    let node = Node::start(&w, &["--config", &cfg]);
+    let url = format!("{}/v1/envs/prod", node.url());
+    let r = http(
+        "POST",
+        &format!("{url}/changes"),
+        Some(WRITER),
+        Some(serde_json::json!({"changes": [{"name": "A", "value": "1"}]})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let before = r.json["position"]["epoch"].as_str().unwrap().to_string();
+
+    let agent = start_agent(&w, &node.url(), SIGNAL_USR1, &[("TETHER_TOKEN", READER)]);
+    agent.wait_for("first render", || w.read("out.env").contains("A=1"));
+
+    let r = http("POST", &format!("{url}/reset"), Some(WRITER), None);
+    assert_eq!(r.status, 403, "a writer may not reset: {}", r.text);
+    let r = http("POST", &format!("{url}/reset"), Some(ADMIN), None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let after = r.json["position"]["epoch"].as_str().unwrap().to_string();
+    assert!(
+        after > before,
+        "the new epoch is greater: {before} -> {after}"
+    );
+    agent.wait_for("the agent takes the new epoch's snapshot", || {
+        stderr_count(&agent, "snapshot applied") >= 2
+    });
+
+    // Life goes on in the new history.
+    let r = http(
+        "POST",
+        &format!("{url}/changes"),
+        Some(WRITER),
+        Some(serde_json::json!({"changes": [{"name": "A", "value": "2"}]})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    agent.wait_for("the next change", || w.read("out.env").contains("A=2"));
 }
