@@ -201,8 +201,24 @@ fn spawn_hook_runner(
 ) -> mpsc::UnboundedSender<(Vec<String>, Vec<String>)> {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<String>, Vec<String>)>();
     tokio::spawn(async move {
-        while let Some((argv, changed)) = rx.recv().await {
-            target::run_hook(&reaper, &argv, &changed, limit).await;
+        while let Some(first) = rx.recv().await {
+            // Runs that queued up while a hook ran are merged: one run per hook, with every
+            // changed name, so a slow hook never falls further and further behind.
+            let mut runs: Vec<(Vec<String>, BTreeSet<String>)> = Vec::new();
+            let mut queue = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                queue.push(more);
+            }
+            for (argv, changed) in queue {
+                match runs.iter_mut().find(|(a, _)| *a == argv) {
+                    Some((_, names)) => names.extend(changed),
+                    None => runs.push((argv, changed.into_iter().collect())),
+                }
+            }
+            for (argv, names) in runs {
+                let changed: Vec<String> = names.into_iter().collect();
+                target::run_hook(&reaper, &argv, &changed, limit).await;
+            }
         }
     });
     tx

@@ -82,56 +82,68 @@ impl Client {
     }
 
     /// Send a request to the first node that answers; return the JSON body of a 2xx.
+    /// Send a request to the first node that answers; return the JSON body of a 2xx.
     fn call(&self, method: &str, path: &str, body: Option<Json>) -> Result<Json, ClientError> {
         let mut last = String::new();
         for base in &self.bases {
-            let url = format!("{base}{path}");
-            let mut req = ureq::http::Request::builder().method(method).uri(&url);
-            if let Some(t) = &self.token {
-                req = req.header(
-                    "authorization",
-                    format!("Bearer {}", t.expose_str().unwrap_or_default()),
-                );
+            match self.call_one(base, method, path, body.as_ref()) {
+                Err(ClientError::Unreachable(why)) => last = why,
+                other => return other,
             }
-            let result = match &body {
-                Some(b) => {
-                    let req = req
-                        .header("content-type", "application/json")
-                        .body(b.to_string())
-                        .map_err(|e| ClientError::Usage(e.to_string()))?;
-                    self.agent.run(req)
-                }
-                None => {
-                    let req = req
-                        .body(())
-                        .map_err(|e| ClientError::Usage(e.to_string()))?;
-                    self.agent.run(req)
-                }
-            };
-            let mut resp = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    last = format!("{url}: {e}");
-                    continue;
-                }
-            };
-            let status = resp.status().as_u16();
-            let text = resp.body_mut().read_to_string().unwrap_or_default();
-            let json: Json = serde_json::from_str(&text).unwrap_or(Json::Null);
-            if (200..300).contains(&status) {
-                return Ok(json);
-            }
-            if status == 503 {
-                last = format!("{url}: 503 {}", message(&json, &text));
-                continue;
-            }
-            return Err(ClientError::Api {
-                url,
-                status,
-                message: message(&json, &text),
-            });
         }
         Err(ClientError::Unreachable(last))
+    }
+
+    /// One request to one node. Unreachable (or 503) is `Unreachable`, so callers may try
+    /// another node.
+    fn call_one(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Json>,
+    ) -> Result<Json, ClientError> {
+        let url = format!("{base}{path}");
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(t) = &self.token {
+            req = req.header(
+                "authorization",
+                format!("Bearer {}", t.expose_str().unwrap_or_default()),
+            );
+        }
+        let result = match body {
+            Some(b) => {
+                let req = req
+                    .header("content-type", "application/json")
+                    .body(b.to_string())
+                    .map_err(|e| ClientError::Usage(e.to_string()))?;
+                self.agent.run(req)
+            }
+            None => {
+                let req = req
+                    .body(())
+                    .map_err(|e| ClientError::Usage(e.to_string()))?;
+                self.agent.run(req)
+            }
+        };
+        let mut resp = result.map_err(|e| ClientError::Unreachable(format!("{url}: {e}")))?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let json: Json = serde_json::from_str(&text).unwrap_or(Json::Null);
+        if (200..300).contains(&status) {
+            return Ok(json);
+        }
+        if status == 503 {
+            return Err(ClientError::Unreachable(format!(
+                "{url}: 503 {}",
+                message(&json, &text)
+            )));
+        }
+        Err(ClientError::Api {
+            url,
+            status,
+            message: message(&json, &text),
+        })
     }
 }
 
@@ -270,21 +282,84 @@ pub fn status(args: &StatusArgs) -> Result<i32, ClientError> {
             })
             .unwrap_or_default(),
     };
+    // Each node knows its own agents: ask every node given and add them up.
     for env in envs {
-        let r = client.call("GET", &format!("/v1/envs/{}/status", seg(&env)), None)?;
+        let path = format!("/v1/envs/{}/status", seg(&env));
+        let mut total = json!({"env": env, "position": Json::Null, "agents": 0, "current": 0, "by_version": {}, "connected": [], "nodes": []});
+        let mut best: Option<(String, u64)> = None;
+        for base in &client.bases {
+            match client.call_one(base, "GET", &path, None) {
+                Ok(r) => {
+                    let pos = (
+                        r.pointer("/position/epoch")
+                            .and_then(|e| e.as_str())
+                            .unwrap_or("")
+                            .to_string(),
+                        r.pointer("/position/version")
+                            .and_then(|v| v.as_u64())
+                            .unwrap_or(0),
+                    );
+                    if best.as_ref().is_none_or(|b| pos > *b) {
+                        best = Some(pos);
+                        total["position"] = r["position"].clone();
+                    }
+                    for key in ["agents", "current"] {
+                        total[key] =
+                            json!(total[key].as_u64().unwrap_or(0) + r[key].as_u64().unwrap_or(0));
+                    }
+                    if let Some(map) = r["by_version"].as_object() {
+                        for (v, n) in map {
+                            let sum = total["by_version"][v].as_u64().unwrap_or(0)
+                                + n.as_u64().unwrap_or(0);
+                            total["by_version"][v] = json!(sum);
+                        }
+                    }
+                    if let (Some(all), Some(these)) =
+                        (total["connected"].as_array_mut(), r["connected"].as_array())
+                    {
+                        all.extend(these.iter().cloned());
+                    }
+                    if let Some(nodes) = total["nodes"].as_array_mut() {
+                        nodes.push(json!({"server": base, "agents": r["agents"]}));
+                    }
+                }
+                Err(ClientError::Unreachable(why)) => {
+                    if let Some(nodes) = total["nodes"].as_array_mut() {
+                        nodes.push(json!({"server": base, "error": why}));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let answered = total["nodes"]
+            .as_array()
+            .map_or(0, |n| n.iter().filter(|n| n.get("error").is_none()).count());
+        if answered == 0 {
+            return Err(ClientError::Unreachable(format!(
+                "no node answered for {env}"
+            )));
+        }
         if args.json {
-            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            println!("{}", serde_json::to_string(&total).unwrap_or_default());
             continue;
         }
         println!(
-            "{env}: version {}, {} agent(s) on this node, {} current",
-            r.pointer("/position/version").unwrap_or(&Json::Null),
-            r.get("agents").unwrap_or(&Json::Null),
-            r.get("current").unwrap_or(&Json::Null),
+            "{env}: version {}, {} agent(s) on {answered} node(s), {} current",
+            total.pointer("/position/version").unwrap_or(&Json::Null),
+            total["agents"],
+            total["current"],
         );
-        if let Some(map) = r.get("by_version").and_then(|m| m.as_object()) {
+        if let Some(map) = total["by_version"].as_object() {
             for (v, n) in map {
                 println!("  version {v}: {n}");
+            }
+        }
+        for n in total["nodes"].as_array().into_iter().flatten() {
+            if let Some(err) = n.get("error").and_then(|e| e.as_str()) {
+                println!(
+                    "  {} did not answer: {err}",
+                    n["server"].as_str().unwrap_or("")
+                );
             }
         }
     }

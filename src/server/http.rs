@@ -101,6 +101,9 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
+            StoreError::Missing { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
         }
     }
 }
@@ -226,14 +229,7 @@ async fn delete_entry(
 ) -> Result<Json<Committed>, ApiError> {
     let g = grant(&node, &headers)?;
     need_write(&g, &env)?;
-    let snap = node.store.snapshot(&env).await?;
-    if !snap.entries.iter().any(|e| e.name == name) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("environment {env:?} has no entry {name:?}"),
-        ));
-    }
+    // The store refuses to delete what is not there (404), atomically with the commit.
     let change = WireChange {
         name,
         value: None,

@@ -858,6 +858,22 @@ fn a_write_through_any_node_reaches_agents_on_every_node() {
             })
         });
     }
+    // `tether status` given every node adds them up: the rollout of the whole cluster.
+    let servers: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| format!("http://127.0.0.1:{}", n.port))
+        .collect();
+    let mut args = vec!["status", "--env", ENV, "--json"];
+    for s in &servers {
+        args.extend(["--server", s.as_str()]);
+    }
+    let (code, out, err) = crate::support::run_to_end(std::path::Path::new("/"), &args);
+    assert_eq!(code, 0, "{err}");
+    let total: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(total["agents"], 2, "{out}");
+    assert_eq!(total["current"], 2, "{out}");
+    assert_eq!(total["nodes"].as_array().map(Vec::len), Some(3), "{out}");
     assert_no_panic(&c);
 }
 

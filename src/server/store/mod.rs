@@ -48,6 +48,8 @@ pub enum StoreError {
     Invalid(String),
     #[error("version conflict: environment is at {actual}, change expected {expected}")]
     Conflict { expected: u64, actual: u64 },
+    #[error("environment {env:?} has no entry {name:?}")]
+    Missing { env: String, name: String },
 }
 
 /// The store behind a node.

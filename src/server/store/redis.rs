@@ -45,6 +45,13 @@ end
 if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= version then
   return {'conflict', tostring(version)}
 end
+local j = 7
+while j <= #ARGV do
+  if ARGV[j] == 'del' and redis.call('HEXISTS', KEYS[2], ARGV[j + 1]) == 0 then
+    return {'missing', ARGV[j + 1]}
+  end
+  j = j + 4
+end
 version = version + 1
 -- The only call that can fail on valid input goes first: a failed script writes nothing.
 redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[4], tostring(version) .. '-0', 'changes', ARGV[5])
@@ -177,6 +184,10 @@ impl RedisStore {
                         .map_err(|_| StoreError::Unavailable("bad version from redis".into()))?,
                 },
                 changes: changes.to_vec(),
+            }),
+            [m, name] if m == "missing" => Err(StoreError::Missing {
+                env: env.to_string(),
+                name: name.clone(),
             }),
             [c, actual] if c == "conflict" => Err(StoreError::Conflict {
                 expected: expect.unwrap_or(0),

@@ -103,6 +103,22 @@ impl SqliteStore {
             params![env, epoch.0 as i64, next as i64],
         )
         .map_err(db_err)?;
+        // Deleting what is not there is a mistake (a typo), not an empty new version.
+        for c in changes.iter().filter(|c| c.delete) {
+            let exists: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM entries WHERE env = ?1 AND name = ?2)",
+                    params![env, c.name],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            if !exists {
+                return Err(StoreError::Missing {
+                    env: env.to_string(),
+                    name: c.name.clone(),
+                });
+            }
+        }
         for c in changes {
             match &c.value {
                 Some(v) if !c.delete => tx
@@ -430,5 +446,22 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("a", 2), ("b", 1)]
         );
+    }
+
+    #[test]
+    fn deleting_a_missing_entry_is_refused_and_commits_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(d.path(), 10).unwrap();
+        let c1 = s.commit("prod", &[set("A", "1")], None).unwrap();
+        assert!(matches!(
+            s.commit("prod", &[set("B", "1"), del("TYPO")], None),
+            Err(StoreError::Missing { name, .. }) if name == "TYPO"
+        ));
+        assert_eq!(
+            s.position("prod").unwrap(),
+            c1.position,
+            "nothing committed"
+        );
+        assert_eq!(s.snapshot("prod").unwrap().entries.len(), 1);
     }
 }
