@@ -190,7 +190,18 @@ impl Http {
         })
     }
 
+    /// One write; a connection the node closed while idle is opened again once.
     fn put(&mut self, env: &str, name: &str, value: &str) -> anyhow::Result<()> {
+        match self.try_put(env, name, value) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                *self = Http::connect(&self.host.clone())?;
+                self.try_put(env, name, value)
+            }
+        }
+    }
+
+    fn try_put(&mut self, env: &str, name: &str, value: &str) -> anyhow::Result<()> {
         let body = serde_json::json!({"changes": [{"name": name, "value": value}]}).to_string();
         let req = format!(
             "POST /v1/envs/{env}/changes HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

@@ -83,7 +83,13 @@ where
         Counters::inc(&self.node.hub.counters.frames_sent);
         // An agent that stops reading is dropped rather than holding frames forever.
         let limit = (self.node.heartbeat * 2).max(Duration::from_secs(5));
-        match tokio::time::timeout(limit, self.socket.send(Message::Text(frame))).await {
+        // Boxed: the timer lives only while a send is in flight, not in every idle connection.
+        match Box::pin(tokio::time::timeout(
+            limit,
+            self.socket.send(Message::Text(frame)),
+        ))
+        .await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => {
@@ -316,7 +322,8 @@ where
     }
 
     async fn send_catch_up(&mut self, env: &str, from: Option<Position>) -> Result<(), End> {
-        let result = self.node.store.catch_up(env, from).await;
+        // Boxed: store futures are large and only live during a catch-up.
+        let result = Box::pin(self.node.store.catch_up(env, from)).await;
         match result {
             Ok(CatchUp::UpToDate) => {
                 if let Some(p) = from {
