@@ -380,14 +380,6 @@ impl Agent {
                 self.env = env;
             }
         }
-        if self.outputs.is_empty() && self.cfg.env.is_none() {
-            match &self.cfg.on_change {
-                Action::Signal(s) => signals.push(*s),
-                Action::Exec(argv) => hooks.push(argv.clone()),
-                Action::Restart => restart = true,
-                Action::None => {}
-            }
-        }
         if failures.is_empty() {
             self.applied = merged;
         } else {

@@ -441,9 +441,6 @@ async fn upgrade(
         Ok(ws) => ws,
         Err(e) => return ApiError::new(e.status(), "bad_request", e.body_text()).into_response(),
     };
-    if g.role < Role::Read {
-        return ApiError::forbidden("token may not subscribe".into()).into_response();
-    }
     let shutdown = node.shutdown.clone();
     ws.max_message_size(node.max_frame)
         .max_frame_size(node.max_frame)

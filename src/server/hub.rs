@@ -172,14 +172,6 @@ impl Hub {
         }
     }
 
-    /// Forget a position (the store reset an environment's epoch).
-    pub fn set_position(&self, env: &str, pos: Position) {
-        self.latest
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(env.to_string(), pos);
-    }
-
     pub fn position(&self, env: &str) -> Option<Position> {
         self.latest
             .lock()

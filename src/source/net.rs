@@ -333,7 +333,6 @@ impl Follower {
             };
             if established {
                 backoff.reset();
-                attempt = attempt.max(1);
             }
             // Every node failed once: run on the saved state if allowed.
             if !self.emitted

@@ -142,6 +142,9 @@ async fn blocking<T: Send + 'static>(
 /// Largest value accepted, and largest change set (so it always fits one frame).
 pub const MAX_VALUE: usize = 512 * 1024;
 pub const MAX_CHANGE_SET: usize = 900 * 1024;
+/// Largest environment (names and values): its snapshot must fit an agent's frame limit
+/// (16 MiB) even with JSON escaping.
+pub const MAX_ENV: usize = 4 * 1024 * 1024;
 
 /// Names that are safe everywhere an agent may put them: non-empty, at most 256 bytes, no
 /// NUL, no `/`, no `=`, not `.` or `..`.

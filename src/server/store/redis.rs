@@ -45,17 +45,29 @@ end
 if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= version then
   return {'conflict', tostring(version)}
 end
+local size = tonumber(redis.call('HGET', KEYS[1], 'size') or '0')
 local j = 7
 while j <= #ARGV do
-  if ARGV[j] == 'del' and redis.call('HEXISTS', KEYS[2], ARGV[j + 1]) == 0 then
+  local old = redis.call('HSTRLEN', KEYS[2], ARGV[j + 1])
+  local existed = redis.call('HEXISTS', KEYS[2], ARGV[j + 1]) == 1
+  if ARGV[j] == 'del' and not existed then
     return {'missing', ARGV[j + 1]}
   end
+  if existed then
+    size = size - old - #ARGV[j + 1]
+  end
+  if ARGV[j] == 'set' then
+    size = size + #ARGV[j + 2] + #ARGV[j + 1]
+  end
   j = j + 4
+end
+if size > MAX_ENV_BYTES then
+  return {'too_big', tostring(size)}
 end
 version = version + 1
 -- The only call that can fail on valid input goes first: a failed script writes nothing.
 redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[4], tostring(version) .. '-0', 'changes', ARGV[5])
-redis.call('HSET', KEYS[1], 'epoch', epoch, 'version', version)
+redis.call('HSET', KEYS[1], 'epoch', epoch, 'version', version, 'size', size)
 redis.call('SADD', KEYS[5], ARGV[1])
 local i = 7
 while i <= #ARGV do
@@ -124,7 +136,7 @@ impl RedisStore {
             client,
             conn: tokio::sync::OnceCell::new(),
             history: history.max(1),
-            commit: Script::new(COMMIT),
+            commit: Script::new(&COMMIT.replace("MAX_ENV_BYTES", &super::MAX_ENV.to_string())),
             reset: Script::new(RESET),
         }
     }
@@ -185,6 +197,10 @@ impl RedisStore {
                 },
                 changes: changes.to_vec(),
             }),
+            [t, size] if t == "too_big" => Err(StoreError::Invalid(format!(
+                "environment {env:?} would hold {size} bytes, over the {}-byte limit",
+                super::MAX_ENV
+            ))),
             [m, name] if m == "missing" => Err(StoreError::Missing {
                 env: env.to_string(),
                 name: name.clone(),

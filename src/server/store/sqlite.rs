@@ -133,6 +133,20 @@ impl SqliteStore {
                     .map_err(db_err)?,
             };
         }
+        let size: i64 = tx
+            .query_row(
+                "SELECT COALESCE(SUM(length(name) + length(value)), 0) FROM entries WHERE env = ?1",
+                params![env],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
+        if size as usize > super::MAX_ENV {
+            // Dropping the transaction rolls the change back.
+            return Err(StoreError::Invalid(format!(
+                "environment {env:?} would hold {size} bytes, over the {}-byte limit",
+                super::MAX_ENV
+            )));
+        }
         let json =
             serde_json::to_string(changes).map_err(|e| StoreError::Invalid(e.to_string()))?;
         tx.execute(
@@ -463,5 +477,30 @@ mod tests {
             "nothing committed"
         );
         assert_eq!(s.snapshot("prod").unwrap().entries.len(), 1);
+    }
+
+    #[test]
+    fn an_environment_stays_small_enough_for_one_snapshot_frame() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(d.path(), 10).unwrap();
+        let big = "x".repeat(500 * 1024);
+        let mut last = None;
+        for i in 0..20 {
+            match s.commit("prod", &[set(&format!("CERT{i}"), &big)], None) {
+                Ok(c) => last = Some(c.position),
+                Err(StoreError::Invalid(m)) => {
+                    assert!(m.contains("limit"), "{m}");
+                    assert!(i >= 8, "refused too early at {i}");
+                    assert_eq!(
+                        s.position("prod").unwrap(),
+                        last.unwrap(),
+                        "nothing committed"
+                    );
+                    return;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("20 values of 500 KiB were accepted");
     }
 }
