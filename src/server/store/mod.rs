@@ -33,6 +33,54 @@ pub enum CatchUp {
     Snapshot(Snapshot),
 }
 
+/// What a catch-up needs from a backend, decided from positions alone; both backends follow
+/// it, so they answer the same agent the same way.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Nothing was ever written: an empty environment at position zero.
+    Empty,
+    UpToDate,
+    Snapshot,
+    /// The change sets after this version, or a snapshot if history does not have them all.
+    Since(u64),
+}
+
+pub fn plan(env: &str, current: Option<Position>, from: Option<Position>) -> Plan {
+    let Some(current) = current else {
+        return match from {
+            Some(p) if p == Position::default() => Plan::UpToDate,
+            _ => Plan::Empty,
+        };
+    };
+    let Some(from) = from else {
+        return Plan::Snapshot;
+    };
+    let impossible = from.epoch > current.epoch
+        || (from.epoch == current.epoch && from.version > current.version);
+    if impossible {
+        tracing::warn!(env, agent = %from, store = %current, "an agent is ahead of the store (restored? run a reset)");
+        return Plan::Snapshot;
+    }
+    if from.epoch != current.epoch {
+        Plan::Snapshot
+    } else if from.version == current.version {
+        Plan::UpToDate
+    } else {
+        Plan::Since(from.version)
+    }
+}
+
+impl Snapshot {
+    /// The empty environment at position zero.
+    pub fn empty(env: &str) -> Snapshot {
+        Snapshot {
+            env: env.to_string(),
+            position: Position::default(),
+            entries: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct EnvInfo {
     pub env: String,

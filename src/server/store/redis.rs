@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use super::{CatchUp, ChangeSet, EnvInfo, Snapshot, StoreError};
+use super::{CatchUp, ChangeSet, EnvInfo, Plan, Snapshot, StoreError};
 use crate::protocol::{Epoch, Position, WireChange, WireEntry};
 use crate::secret::Value;
 
@@ -353,32 +353,15 @@ impl RedisStore {
 
     /// Same contract as the SQLite store's `catch_up`.
     pub async fn catch_up(&self, env: &str, from: Option<Position>) -> Result<CatchUp, StoreError> {
-        let Some(current) = self.meta(env).await? else {
-            return Ok(match from {
-                Some(p) if p == Position::default() => CatchUp::UpToDate,
-                _ => CatchUp::Snapshot(Snapshot {
-                    env: env.to_string(),
-                    position: Position::default(),
-                    entries: Vec::new(),
-                }),
-            });
+        let current = self.meta(env).await?;
+        let after = match super::plan(env, current, from) {
+            Plan::Empty => return Ok(CatchUp::Snapshot(Snapshot::empty(env))),
+            Plan::UpToDate => return Ok(CatchUp::UpToDate),
+            Plan::Snapshot => return Ok(CatchUp::Snapshot(self.snapshot(env).await?)),
+            Plan::Since(v) => v,
         };
-        let Some(from) = from else {
-            return Ok(CatchUp::Snapshot(self.snapshot(env).await?));
-        };
-        let impossible = from.epoch > current.epoch
-            || (from.epoch == current.epoch && from.version > current.version);
-        if impossible {
-            tracing::warn!(env, agent = %from, store = %current, "an agent is ahead of the store (restored? run a reset)");
-            return Ok(CatchUp::Snapshot(self.snapshot(env).await?));
-        }
-        if from.epoch != current.epoch {
-            return Ok(CatchUp::Snapshot(self.snapshot(env).await?));
-        }
-        if from.version == current.version {
-            return Ok(CatchUp::UpToDate);
-        }
-        match self.since(env, from.version, current).await? {
+        let current = current.unwrap_or_default();
+        match self.since(env, after, current).await? {
             Some(sets) => Ok(CatchUp::Changes(sets)),
             None => Ok(CatchUp::Snapshot(self.snapshot(env).await?)),
         }

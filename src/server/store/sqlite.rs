@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{CatchUp, ChangeSet, EnvInfo, Snapshot, StoreError};
+use super::{CatchUp, ChangeSet, EnvInfo, Plan, Snapshot, StoreError};
 use crate::protocol::{Epoch, Position, WireChange, WireEntry};
 use crate::secret::Value;
 
@@ -226,44 +226,26 @@ impl SqliteStore {
     /// history, so no reader can push every agent into a snapshot.
     pub fn catch_up(&self, env: &str, from: Option<Position>) -> Result<CatchUp, StoreError> {
         let conn = self.lock();
-        let Some(current) = position(&conn, env)? else {
-            // Nothing was ever written: an empty environment at position zero.
-            return Ok(match from {
-                Some(p) if p == Position::default() => CatchUp::UpToDate,
-                _ => CatchUp::Snapshot(Snapshot {
-                    env: env.to_string(),
-                    position: Position::default(),
-                    entries: Vec::new(),
-                }),
-            });
+        let current = position(&conn, env)?;
+        let after = match super::plan(env, current, from) {
+            Plan::Empty => return Ok(CatchUp::Snapshot(Snapshot::empty(env))),
+            Plan::UpToDate => return Ok(CatchUp::UpToDate),
+            Plan::Snapshot => return Ok(CatchUp::Snapshot(snapshot(&conn, env)?)),
+            Plan::Since(v) => v,
         };
-        let Some(from) = from else {
-            return Ok(CatchUp::Snapshot(snapshot(&conn, env)?));
-        };
-        let impossible = from.epoch > current.epoch
-            || (from.epoch == current.epoch && from.version > current.version);
-        if impossible {
-            tracing::warn!(env, agent = %from, store = %current, "an agent is ahead of the store (restored? run a reset)");
-            return Ok(CatchUp::Snapshot(snapshot(&conn, env)?));
-        }
-        if from.epoch != current.epoch {
-            return Ok(CatchUp::Snapshot(snapshot(&conn, env)?));
-        }
-        if from.version == current.version {
-            return Ok(CatchUp::UpToDate);
-        }
+        let current = current.unwrap_or_default();
         let mut stmt = conn
             .prepare("SELECT version, changes FROM history WHERE env = ?1 AND version > ?2 ORDER BY version")
             .map_err(db_err)?;
         let rows: Vec<(u64, String)> = stmt
-            .query_map(params![env, from.version as i64], |r| {
+            .query_map(params![env, after as i64], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
             })
             .map_err(db_err)?
             .collect::<Result<_, _>>()
             .map_err(db_err)?;
-        let complete = rows.first().is_some_and(|(v, _)| *v == from.version + 1)
-            && rows.len() as u64 == current.version - from.version;
+        let complete = rows.first().is_some_and(|(v, _)| *v == after + 1)
+            && rows.len() as u64 == current.version - after;
         if !complete {
             drop(stmt);
             return Ok(CatchUp::Snapshot(snapshot(&conn, env)?));
