@@ -236,6 +236,7 @@ impl Agent {
                     stop_signal: self.cfg.stop_signal,
                     stop_timeout: self.cfg.stop_timeout,
                     restart_on_exit: self.cfg.restart_on_exit,
+                    reload_grace: self.cfg.reload_grace,
                 };
                 let (sup, done) =
                     Supervisor::start(spec, self.env.clone(), opts, self.reaper.clone())?;
@@ -399,7 +400,7 @@ impl Agent {
             Sink::Child(sup) => {
                 for s in signals {
                     tracing::info!(signal = %s, "signalling the child");
-                    sup.send(Control::Signal(s));
+                    sup.send(Control::Reload(s));
                 }
             }
             Sink::External => {

@@ -139,6 +139,10 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     pub forward_signals: Vec<String>,
+    /// A reload signal for a child younger than this is held until it is this old: it may
+    /// not have installed its handler yet (default 1s; 0 to signal at once).
+    #[arg(long, value_name = "DURATION", env = "TETHER_RELOAD_GRACE")]
+    pub reload_grace: Option<String>,
     /// Timeout of an exec hook (default 30s).
     #[arg(long, value_name = "DURATION", env = "TETHER_EXEC_TIMEOUT")]
     pub exec_timeout: Option<String>,

@@ -35,6 +35,7 @@ pub struct RawConfig {
     pub keep_outputs: Option<bool>,
     pub forward_signals: Option<Vec<String>>,
     pub exec_timeout: Option<String>,
+    pub reload_grace: Option<String>,
     pub signal_pidfile: Option<PathBuf>,
     pub signal_process: Option<String>,
     pub log_level: Option<String>,
@@ -178,6 +179,7 @@ pub struct Config {
     pub keep_outputs: bool,
     pub forward_signals: Vec<Signal>,
     pub exec_timeout: Duration,
+    pub reload_grace: Duration,
     pub target: WatchTarget,
     pub log_level: Option<String>,
     pub log_format: LogFormat,
@@ -296,6 +298,7 @@ impl RawConfig {
             self.forward_signals = Some(a.forward_signals.clone());
         }
         set(&mut self.exec_timeout, &a.exec_timeout);
+        set(&mut self.reload_grace, &a.reload_grace);
         set(&mut self.log_level, &a.log.log_level);
         set(&mut self.log_format, &a.log.log_format);
         self
@@ -413,6 +416,12 @@ pub fn validate(raw: &RawConfig, mode: Mode) -> Result<Config, ConfigError> {
         "exec_timeout",
         &raw.exec_timeout,
         Duration::from_secs(30),
+    );
+    let reload_grace = dur(
+        &mut p,
+        "reload_grace",
+        &raw.reload_grace,
+        Duration::from_secs(1),
     );
 
     let stop_signal = match &raw.stop_signal {
@@ -541,6 +550,7 @@ pub fn validate(raw: &RawConfig, mode: Mode) -> Result<Config, ConfigError> {
         keep_outputs: raw.keep_outputs.unwrap_or(false),
         forward_signals,
         exec_timeout,
+        reload_grace,
         target,
         log_level: raw.log_level.clone(),
         log_format,
@@ -825,6 +835,7 @@ impl Config {
             ),
         );
         t.insert("exec_timeout".into(), d(self.exec_timeout));
+        t.insert("reload_grace".into(), d(self.reload_grace));
         if let Some(pf) = &self.target.pidfile {
             t.insert("signal_pidfile".into(), s(pf.display().to_string()));
         }

@@ -24,12 +24,17 @@ pub struct Options {
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
     pub restart_on_exit: RestartPolicy,
+    pub reload_grace: Duration,
 }
 
 /// Messages to the task that owns the child.
 pub enum Control {
-    /// Send a signal to the child's process group.
+    /// Send a signal to the child's process group now (forwarded from tether's own).
     Signal(Signal),
+    /// A change asks the child to reload. A child younger than the reload grace may not
+    /// have installed its handler yet (and the default action of HUP or USR1 kills): the
+    /// signal is held until the child is that old.
+    Reload(Signal),
     /// Stop the child and start it again with this environment.
     Restart(EnvVars),
     /// Forward a terminating signal; the child is not restarted after it exits, and is
@@ -41,6 +46,7 @@ impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Control::Signal(s) => write!(f, "Signal({s})"),
+            Control::Reload(s) => write!(f, "Reload({s})"),
             // The environment holds values: names only.
             Control::Restart(env) => write!(f, "Restart({} variables)", env.len()),
             Control::Terminate(s) => write!(f, "Terminate({s})"),
@@ -146,7 +152,10 @@ impl Actor {
         let mut terminating = false;
         let mut kill_at: Option<Instant> = None;
         let mut backoff = Backoff::default();
+        // Reload signals held until the child is past its grace period.
+        let mut held: Vec<Signal> = Vec::new();
         loop {
+            let release_at = child.started + self.opts.reload_grace;
             tokio::select! {
                 exit = &mut child.exit => {
                     let exit = exit.unwrap_or(Exit::Code(1));
@@ -162,6 +171,7 @@ impl Actor {
                     }
                     let delay = backoff.next(child.started.elapsed());
                     tracing::warn!(%exit, delay = ?delay, "restarting child after it exited");
+                    held.clear();
                     match self.respawn_after(delay).await {
                         Some(next) => child = next,
                         None => return exit,
@@ -172,12 +182,24 @@ impl Actor {
                         tracing::debug!(signal = %sig, "signalling child");
                         let _ = child::signal_group(child.pid, Some(sig));
                     }
+                    Some(Control::Reload(sig)) if Instant::now() < release_at => {
+                        tracing::debug!(signal = %sig, "child just started; reload signal held until its grace period ends");
+                        if !held.contains(&sig) {
+                            held.push(sig);
+                        }
+                    }
+                    Some(Control::Reload(sig)) => {
+                        tracing::debug!(signal = %sig, "signalling child");
+                        let _ = child::signal_group(child.pid, Some(sig));
+                    }
                     Some(Control::Terminate(sig)) => {
                         terminating = true;
                         let _ = child::signal_group(child.pid, Some(sig));
                         kill_at.get_or_insert(Instant::now() + self.opts.stop_timeout);
                     }
                     Some(Control::Restart(env)) if !terminating => {
+                        // The new child reads the current configuration as it starts.
+                        held.clear();
                         self.env = env;
                         let exit = self.stop(&mut child).await;
                         if self.drain_for_restart() {
@@ -200,6 +222,12 @@ impl Actor {
                         return exit;
                     }
                 },
+                _ = sleep_until(release_at), if !held.is_empty() => {
+                    for sig in held.drain(..) {
+                        tracing::debug!(signal = %sig, "signalling child (held during its start)");
+                        let _ = child::signal_group(child.pid, Some(sig));
+                    }
+                }
                 _ = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
                     tracing::warn!(pid = child.pid.as_raw(), "child outlived the stop timeout; killing its process group");
                     let _ = child::signal_group(child.pid, Some(Signal::KILL));
@@ -217,7 +245,7 @@ impl Actor {
             match c {
                 Control::Restart(env) => self.env = env,
                 Control::Terminate(_) => terminate = true,
-                Control::Signal(sig) => {
+                Control::Signal(sig) | Control::Reload(sig) => {
                     tracing::debug!(signal = %sig, "signal dropped: child was being replaced")
                 }
             }
@@ -234,7 +262,7 @@ impl Actor {
                     _ = sleep_until(wake) => break,
                     cmd = self.rx.recv() => match cmd {
                         Some(Control::Restart(env)) => self.env = env,
-                        Some(Control::Signal(_)) => {}
+                        Some(Control::Signal(_) | Control::Reload(_)) => {}
                         Some(Control::Terminate(_)) | None => return None,
                     }
                 }

@@ -844,3 +844,47 @@ fn a_change_during_a_restart_is_not_lost() {
     );
     assert!(has_env(&work, "KEY=3"));
 }
+
+/// A change right after the child starts does not kill it with the reload signal's default
+/// action: the signal is held until the child is past its reload grace, then delivered.
+#[test]
+fn a_reload_signal_waits_for_a_child_that_just_started() {
+    let work = Work::new();
+    work.write(SOURCE, "KEY=1\n");
+    let out = out_path(&work);
+    // The child installs its HUP handler only after a moment, as slow starters do.
+    let script = format!(
+        "echo start >> {rec}; sleep 0.5; trap 'echo HUP >> {rec}' HUP; echo ready >> {rec}; while :; do sleep 0.05 & wait $!; done",
+        rec = work.path("rec").display()
+    );
+    let t = start(
+        &work,
+        &[
+            "--no-env",
+            "--output",
+            &out,
+            "--on-change",
+            "signal:HUP",
+            "--debounce",
+            "0",
+            "--reload-grace",
+            "2s",
+        ],
+        &["sh".to_string(), "-c".to_string(), script],
+    );
+    t.wait_for("the child to start", || work.read("rec").contains("start"));
+    work.write(SOURCE, "KEY=2\n");
+    t.wait_for("the change to be rendered", || {
+        work.read("out.env") == "KEY=2\n"
+    });
+    t.wait_for("the held HUP after the child is ready", || {
+        work.read("rec").contains("HUP")
+    });
+    let rec = work.read("rec");
+    assert_eq!(
+        rec.lines().collect::<Vec<_>>(),
+        ["start", "ready", "HUP"],
+        "{rec}"
+    );
+    assert!(!t.stderr().contains("child exited"), "{}", t.stderr());
+}
