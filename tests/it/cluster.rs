@@ -1232,11 +1232,15 @@ fn chaos_run_loses_nothing() {
             snapshots += check_order(&format!("{} (run {})", a.name, run + 1), &events);
             epochs.extend(events.iter().map(|e| e.pos().epoch));
         }
-        assert!(
-            epochs.len() > faults.redis_restarts as usize,
-            "{}: not every redis restart reached it as a new epoch: {epochs:?}",
-            a.name
-        );
+        // Across a Redis restart that lost the data, the agent moved into a newer history
+        // (it may skip a short-lived epoch it was not connected for: a snapshot jumps it).
+        if faults.redis_restarts > 0 {
+            assert!(
+                epochs.len() >= 2 && epochs.last() == Some(&fin.epoch),
+                "{}: did not move into the newest history: {epochs:?}",
+                a.name
+            );
+        }
         assert!(alive(a.proc.pid() as i32), "{} exited", a.name);
         // One child per agent process (a process killed early may not have started one).
         let started: Vec<usize> = a
