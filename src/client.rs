@@ -193,17 +193,7 @@ pub fn put(args: &PutArgs) -> Result<i32, ClientError> {
     if let Some(v) = args.expect_version {
         body["expect_version"] = json!(v);
     }
-    let r = client.call(
-        "POST",
-        &format!("/v1/envs/{}/changes", seg(&args.env)),
-        Some(body),
-    )?;
-    println!(
-        "{} at version {}",
-        args.env,
-        r.pointer("/position/version").unwrap_or(&Json::Null)
-    );
-    Ok(0)
+    commit(&client, &args.env, body)
 }
 
 pub fn rm(args: &RmArgs) -> Result<i32, ClientError> {
@@ -213,14 +203,18 @@ pub fn rm(args: &RmArgs) -> Result<i32, ClientError> {
         .iter()
         .map(|n| json!({"name": n, "delete": true}))
         .collect();
+    commit(&client, &args.env, json!({ "changes": changes }))
+}
+
+/// Post one change set and print the version it became.
+fn commit(client: &Client, env: &str, body: Json) -> Result<i32, ClientError> {
     let r = client.call(
         "POST",
-        &format!("/v1/envs/{}/changes", seg(&args.env)),
-        Some(json!({ "changes": changes })),
+        &format!("/v1/envs/{}/changes", seg(env)),
+        Some(body),
     )?;
     println!(
-        "{} at version {}",
-        args.env,
+        "{env} at version {}",
         r.pointer("/position/version").unwrap_or(&Json::Null)
     );
     Ok(0)

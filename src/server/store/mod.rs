@@ -70,6 +70,23 @@ pub fn plan(env: &str, current: Option<Position>, from: Option<Position>) -> Pla
     }
 }
 
+impl ChangeSet {
+    /// A change set as kept in history (its changes as JSON), at `position`.
+    pub fn from_history(
+        env: &str,
+        position: Position,
+        json: &str,
+    ) -> Result<ChangeSet, StoreError> {
+        let changes = serde_json::from_str(json)
+            .map_err(|e| StoreError::Unavailable(format!("corrupt history: {e}")))?;
+        Ok(ChangeSet {
+            env: env.to_string(),
+            position,
+            changes,
+        })
+    }
+}
+
 impl Snapshot {
     /// The empty environment at position zero.
     pub fn empty(env: &str) -> Snapshot {

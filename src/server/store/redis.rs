@@ -334,16 +334,11 @@ impl RedisStore {
                 return Ok(None);
             }
             let json: String = entry.get("changes").unwrap_or_default();
-            let changes: Vec<WireChange> = serde_json::from_str(&json)
-                .map_err(|e| StoreError::Unavailable(format!("corrupt history: {e}")))?;
-            sets.push(ChangeSet {
-                env: env.to_string(),
-                position: Position {
-                    epoch: current.epoch,
-                    version,
-                },
-                changes,
-            });
+            let position = Position {
+                epoch: current.epoch,
+                version,
+            };
+            sets.push(ChangeSet::from_history(env, position, &json)?);
         }
         if sets.last().map(|s| s.position.version) != Some(current.version) {
             return Ok(None);

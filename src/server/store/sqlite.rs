@@ -252,16 +252,11 @@ impl SqliteStore {
         }
         let mut sets = Vec::with_capacity(rows.len());
         for (version, json) in rows {
-            let changes: Vec<WireChange> = serde_json::from_str(&json)
-                .map_err(|e| StoreError::Unavailable(format!("corrupt history: {e}")))?;
-            sets.push(ChangeSet {
-                env: env.to_string(),
-                position: Position {
-                    epoch: current.epoch,
-                    version,
-                },
-                changes,
-            });
+            let position = Position {
+                epoch: current.epoch,
+                version,
+            };
+            sets.push(ChangeSet::from_history(env, position, &json)?);
         }
         Ok(CatchUp::Changes(sets))
     }
