@@ -21,7 +21,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Bench(crate::cli::BenchArgs {
             mode: Some(crate::cli::BenchMode::Agents(args)),
             ..
-        }) => return finish(block_on_multi(crate::loadgen::run(args))),
+        }) => return finish(Ok(crate::loadgen::run(args))),
         Command::Bench(args) => return finish(block_on(crate::bench::run(args))),
         Command::BenchChild(args) => {
             return finish(block_on(async { Ok(crate::fixture::run(args).await?) }));

@@ -7,17 +7,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream as StdTcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::protocol::{ClientMsg, Subscription};
+mod clients;
 
 #[derive(Args, Debug, Clone)]
 pub struct AgentsBenchArgs {
@@ -246,7 +241,7 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1000.0)
 }
 
-pub async fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
+pub fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("locating tether")?;
     let dir = match &args.dir {
         Some(d) => d.clone(),
@@ -312,67 +307,35 @@ pub async fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
 
     // 2. Open the clients.
     let baseline: u64 = node_pids.iter().map(|&p| rss_kib(p)).sum();
-    let ready = Arc::new(AtomicUsize::new(0));
-    let received = Arc::new(AtomicUsize::new(0));
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let target = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let t_open = Instant::now();
-    let mut tasks = Vec::with_capacity(args.count);
-    for i in 0..args.count {
-        let url = format!("ws://{}/v1/ws", addrs[i % addrs.len()]);
-        let (r, received, target, done) = (
-            ready.clone(),
-            received.clone(),
-            target.clone(),
-            done_tx.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            client(url, r, received, target, done).await
-        }));
-        // Pace connection setup a little so the accept queue never overflows.
-        if i % 500 == 499 {
-            while ready.load(Ordering::Relaxed) + 200 < i {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while ready.load(Ordering::Relaxed) < args.count {
-        if Instant::now() > deadline {
-            bail!(
-                "only {} of {} clients connected",
-                ready.load(Ordering::Relaxed),
-                args.count
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let threads = std::env::var("THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let fleet = clients::Fleet::open(&addrs, "bench", args.count, threads)?;
     let open_time = t_open.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::thread::sleep(Duration::from_millis(500));
     let loaded: u64 = node_pids.iter().map(|&p| rss_kib(p)).sum();
 
-    // 3. Fan-out: one change to every client.
+    // 3. Fan-out: one change to every client, timed from just before the write until the
+    // last client has read it.
     let cpu_before: f64 = node_pids.iter().map(|&p| cpu_ms(p)).sum();
+    let own_before = cpu_ms(std::process::id());
     let mut fanout = Vec::new();
     for v in 1..=args.fanouts as u64 {
-        received.store(0, Ordering::SeqCst);
         let version = v + 1_000_000;
-        target.store(version, Ordering::SeqCst);
-        while done_rx.try_recv().is_ok() {}
+        fleet.expect(version);
         let t0 = Instant::now();
         http.put("bench", "V", &version.to_string())?;
-        match tokio::time::timeout(Duration::from_secs(30), done_rx.recv()).await {
-            Ok(Some(())) => fanout.push(t0.elapsed()),
-            _ => bail!(
-                "change {v} reached only {} of {} clients",
-                received.load(Ordering::SeqCst),
-                args.count
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let last = fleet
+            .wait(Duration::from_secs(30))
+            .with_context(|| format!("fan-out {v}"))?;
+        fanout.push(last.saturating_duration_since(t0));
+        std::thread::sleep(Duration::from_millis(50));
     }
     fanout.sort();
     let node_cpu = node_pids.iter().map(|&p| cpu_ms(p)).sum::<f64>() - cpu_before;
+    let clients_cpu = cpu_ms(std::process::id()) - own_before;
 
     println!();
     let path = if addrs.len() > 1 {
@@ -439,14 +402,14 @@ pub async fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
     );
     if node_pid.is_some() {
         println!(
-            "  node CPU time per fan-out: {:.1} ms (the rest is the {} clients, on the same 2 cores)",
+            "  CPU time per fan-out: node {:.1} ms, the {} clients {:.1} ms (all on the same {} cores)",
             node_cpu / fanout.len().max(1) as f64,
-            args.count
+            args.count,
+            clients_cpu / fanout.len().max(1) as f64,
+            threads
         );
     }
-    for t in tasks {
-        t.abort();
-    }
+    drop(fleet);
     drop(started);
     drop(redis);
     if args.dir.is_none() {
@@ -480,53 +443,6 @@ fn kernel() -> String {
 }
 
 /// One light client: hello, wait for synced, then count arrivals of the target version.
-async fn client(
-    url: String,
-    ready: Arc<AtomicUsize>,
-    received: Arc<AtomicUsize>,
-    target: Arc<std::sync::atomic::AtomicU64>,
-    done: tokio::sync::mpsc::UnboundedSender<()>,
-) -> anyhow::Result<()> {
-    let mut config = WebSocketConfig::default();
-    config.read_buffer_size = 4096;
-    config.write_buffer_size = 0;
-    let (mut ws, _) = loop {
-        match tokio_tungstenite::connect_async_with_config(&url, Some(config), true).await {
-            Ok(x) => break x,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
-    let hello = ClientMsg::Hello {
-        agent: "bench".into(),
-        subscribe: vec![Subscription {
-            env: "bench".into(),
-            position: None,
-        }],
-    };
-    ws.send(Message::text(serde_json::to_string(&hello)?))
-        .await?;
-    let mut synced = false;
-    while let Some(msg) = ws.next().await {
-        let Message::Text(t) = msg? else { continue };
-        if !synced {
-            if t.starts_with(r#"{"type":"synced""#) {
-                synced = true;
-                ready.fetch_add(1, Ordering::Relaxed);
-            }
-            continue;
-        }
-        // Light client: look for the awaited value without parsing the whole frame.
-        let want = format!(r#""value":"{}""#, target.load(Ordering::SeqCst));
-        if t.starts_with(r#"{"type":"change""#) && t.contains(want.as_str()) {
-            let n = received.fetch_add(1, Ordering::SeqCst) + 1;
-            if n == ready.load(Ordering::Relaxed) {
-                let _ = done.send(());
-            }
-        }
-    }
-    Ok(())
-}
-
 const WRITERS: usize = 8;
 
 /// Commits per second through one node with several kept-alive HTTP connections.

@@ -3,7 +3,9 @@
 //! the rollout registry. Generic over `Sink`/`Stream` so it is tested without a socket.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, close_code};
@@ -83,13 +85,17 @@ where
         Counters::inc(&self.node.hub.counters.frames_sent);
         // An agent that stops reading is dropped rather than holding frames forever.
         let limit = (self.node.heartbeat * 2).max(Duration::from_secs(5));
-        // Boxed: the timer lives only while a send is in flight, not in every idle connection.
-        match Box::pin(tokio::time::timeout(
-            limit,
-            self.socket.send(Message::Text(frame)),
-        ))
-        .await
-        {
+        let result = {
+            let mut send = std::pin::pin!(self.socket.send(Message::Text(frame)));
+            // Nearly every send completes at once (room in the socket buffer): those need
+            // no timer. The rest get one, boxed so that it lives only while such a send is
+            // in flight, not in every idle connection.
+            match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+                Poll::Ready(r) => Ok(r),
+                Poll::Pending => Box::pin(tokio::time::timeout(limit, send)).await,
+            }
+        };
+        match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => {
@@ -199,9 +205,12 @@ where
         let mut heartbeat = tokio::time::interval(self.node.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
+        // Registered once: re-creating it in every turn of the loop would take the token's
+        // lock for every frame of every connection.
+        let mut cancelled = std::pin::pin!(shutdown.cancelled());
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = &mut cancelled => return Ok(()),
                 msg = live.recv() => match msg {
                     Ok(p) => {
                         let Some(&sent) = self.sent.get(&p.set.env) else { continue };
@@ -216,7 +225,9 @@ where
                         match judge_change(sent, p.set.position) {
                             Verdict::Apply => {
                                 self.send(p.frame(self.grant.secrets)).await?;
-                                self.sent.insert(p.set.env.clone(), Some(p.set.position));
+                                                                if let Some(slot) = self.sent.get_mut(&p.set.env) {
+                                    *slot = Some(p.set.position);
+                                }
                             }
                             Verdict::Drop => {}
                             Verdict::Resync => {
