@@ -169,15 +169,37 @@ fn seg(s: &str) -> String {
 
 pub fn put(args: &PutArgs) -> Result<i32, ClientError> {
     let client = Client::new(&args.client)?;
-    let mut changes = Vec::new();
-    for (i, pair) in args.pairs.iter().enumerate() {
+    let changes: Vec<Json> = values(&args.pairs, &mut std::io::stdin())?
+        .into_iter()
+        .map(|(name, value)| json!({"name": name, "value": value, "secret": args.secret}))
+        .collect();
+    let mut body = json!({ "changes": changes });
+    if let Some(v) = args.expect_version {
+        body["expect_version"] = json!(v);
+    }
+    commit(&client, &args.env, body)
+}
+
+/// `NAME=VALUE`, `NAME=-` (the value is stdin) and `NAME=@FILE` arguments as names and values.
+fn values(pairs: &[String], stdin: &mut dyn Read) -> Result<Vec<(String, String)>, ClientError> {
+    let mut from_stdin: Option<usize> = None;
+    let mut out = Vec::new();
+    for (i, pair) in pairs.iter().enumerate() {
         // Never echo the argument: it may be a value typed without its name.
         let (name, raw) = pair
             .split_once('=')
             .ok_or_else(|| ClientError::Usage(format!("argument {} is not NAME=VALUE", i + 1)))?;
         let value = if raw == "-" {
+            if let Some(first) = from_stdin {
+                return Err(ClientError::Usage(format!(
+                    "arguments {} and {} both read stdin (`-`); only one value can come from it",
+                    first + 1,
+                    i + 1
+                )));
+            }
+            from_stdin = Some(i);
             let mut s = String::new();
-            std::io::stdin()
+            stdin
                 .read_to_string(&mut s)
                 .map_err(|e| ClientError::Usage(format!("cannot read stdin: {e}")))?;
             s
@@ -187,13 +209,9 @@ pub fn put(args: &PutArgs) -> Result<i32, ClientError> {
         } else {
             raw.to_string()
         };
-        changes.push(json!({"name": name, "value": value, "secret": args.secret}));
+        out.push((name.to_string(), value));
     }
-    let mut body = json!({ "changes": changes });
-    if let Some(v) = args.expect_version {
-        body["expect_version"] = json!(v);
-    }
-    commit(&client, &args.env, body)
+    Ok(out)
 }
 
 pub fn rm(args: &RmArgs) -> Result<i32, ClientError> {
@@ -358,4 +376,53 @@ pub fn status(args: &StatusArgs) -> Result<i32, ClientError> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn values_come_from_arguments_stdin_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("v");
+        std::fs::write(&file, "from file").unwrap();
+        let at = format!("C=@{}", file.display());
+        let got = values(
+            &args(&["A=plain", "B=-", &at, "D=x=y"]),
+            &mut std::io::Cursor::new("from stdin"),
+        )
+        .unwrap();
+        let want = [
+            ("A", "plain"),
+            ("B", "from stdin"),
+            ("C", "from file"),
+            ("D", "x=y"),
+        ];
+        assert_eq!(got.len(), want.len());
+        for ((n, v), (wn, wv)) in got.iter().zip(want) {
+            assert_eq!((n.as_str(), v.as_str()), (wn, wv));
+        }
+    }
+
+    #[test]
+    fn stdin_can_give_only_one_value() {
+        let e = values(&args(&["A=-", "B=-"]), &mut std::io::Cursor::new("v"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("arguments 1 and 2 both read stdin"), "{e}");
+    }
+
+    #[test]
+    fn a_pair_without_equals_is_named_by_position_never_echoed() {
+        let e = values(&args(&["A=1", "s3cr3t"]), &mut std::io::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("argument 2 is not NAME=VALUE"), "{e}");
+        assert!(!e.contains("s3cr3t"), "{e}");
+    }
 }
