@@ -50,7 +50,7 @@ struct Agent {
     debouncer: Debouncer,
     reaper: Reaper,
     hooks: mpsc::UnboundedSender<(Vec<String>, Vec<String>)>,
-    _watcher: SourceWatcher,
+    watcher: SourceWatcher,
     source_rx: mpsc::UnboundedReceiver<usize>,
     /// The network source (the last layer) and the position still to acknowledge.
     net: Option<NetSource>,
@@ -132,7 +132,7 @@ pub async fn run(cfg: Config) -> Result<i32, AgentError> {
         env,
         reaper,
         hooks,
-        _watcher: watcher,
+        watcher,
         source_rx,
         net,
         net_pending,
@@ -307,6 +307,8 @@ impl Agent {
     /// was last applied.
     fn reload(&mut self, dirty: BTreeSet<usize>) -> bool {
         for i in dirty {
+            // A symlinked source may point somewhere else now.
+            self.watcher.follow(i);
             let spec: &SourceSpec = &self.cfg.sources[i];
             match source::load(spec) {
                 Ok(entries) => {

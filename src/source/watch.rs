@@ -2,10 +2,14 @@
 //!
 //! A file source is watched through its parent directory, so saves by rename, deletion and
 //! re-creation, and Kubernetes' `..data` symlink swap are all seen. Writes in place are taken
-//! at close (IN_CLOSE_WRITE), never mid-write.
+//! at close (IN_CLOSE_WRITE), never mid-write. A file source that is a symlink into another
+//! directory is also watched where it points ([`SourceWatcher::follow`]), so edits of the
+//! file behind the link are seen too, and a link that is re-pointed moves that watch along.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
@@ -15,7 +19,12 @@ use super::{SourceKind, SourceSpec};
 
 /// Keeps the watches alive; drop it to stop watching.
 pub struct SourceWatcher {
-    _watcher: notify::RecommendedWatcher,
+    watcher: notify::RecommendedWatcher,
+    specs: Vec<SourceSpec>,
+    /// Shared with the event handler (notify's thread).
+    targets: Arc<Mutex<Vec<Target>>>,
+    /// How many targets need each watched directory.
+    watched: BTreeMap<PathBuf, usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +46,8 @@ struct Target {
     dir: PathBuf,
     /// `None`: any entry of `dir` matters (a `dir:` source).
     name: Option<OsString>,
+    /// Where a symlinked file source points, rather than where the user named it.
+    followed: bool,
 }
 
 impl Target {
@@ -86,6 +97,7 @@ pub fn watch(
                     index,
                     dir: abs,
                     name: None,
+                    followed: false,
                 },
                 SourceKind::Dotenv | SourceKind::Json => Target {
                     index,
@@ -94,49 +106,159 @@ pub fn watch(
                         .map(Path::to_path_buf)
                         .unwrap_or_else(|| PathBuf::from("/")),
                     name: abs.file_name().map(OsString::from),
+                    followed: false,
                 },
             }
         })
         .collect();
-    // Each watched directory, with the first source that needs it (for errors).
-    let dirs: Vec<(PathBuf, usize)> = {
-        let mut d: Vec<(PathBuf, usize)> =
-            targets.iter().map(|t| (t.dir.clone(), t.index)).collect();
-        d.sort();
-        d.dedup_by(|a, b| a.0 == b.0);
-        d
-    };
-    let handler = move |res: notify::Result<Event>| match res {
-        Ok(event) if relevant(&event) => {
-            for t in &targets {
-                if event.paths.iter().any(|p| t.matches(p)) {
+    let shared = Arc::new(Mutex::new(Vec::<Target>::new()));
+    let in_handler = shared.clone();
+    let handler = move |res: notify::Result<Event>| {
+        let targets = in_handler.lock().unwrap_or_else(PoisonError::into_inner);
+        match res {
+            Ok(event) if relevant(&event) => {
+                for t in targets.iter() {
+                    if event.paths.iter().any(|p| t.matches(p)) {
+                        let _ = tx.send(t.index);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "file watch error; reloading every source");
+                for t in targets.iter() {
                     let _ = tx.send(t.index);
                 }
             }
         }
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "file watch error; reloading every source");
-            for t in &targets {
-                let _ = tx.send(t.index);
+    };
+    let watcher = notify::recommended_watcher(handler).map_err(WatchError::Start)?;
+    let mut w = SourceWatcher {
+        watcher,
+        specs: specs.to_vec(),
+        targets: shared,
+        watched: BTreeMap::new(),
+    };
+    for t in targets {
+        let (dir, index) = (t.dir.clone(), t.index);
+        w.add(t).map_err(|mut source| {
+            // notify appends the paths to its message; `dir` already says it.
+            source.paths.clear();
+            WatchError::Dir {
+                spec: specs[index].to_string(),
+                dir,
+                source,
+            }
+        })?;
+    }
+    for i in 0..specs.len() {
+        w.follow(i);
+    }
+    Ok(w)
+}
+
+impl SourceWatcher {
+    /// Start reporting events of `t`, watching its directory unless another target does.
+    fn add(&mut self, t: Target) -> notify::Result<()> {
+        let count = self.watched.get(&t.dir).copied().unwrap_or(0);
+        if count == 0 {
+            self.watcher.watch(&t.dir, RecursiveMode::NonRecursive)?;
+        }
+        self.watched.insert(t.dir.clone(), count + 1);
+        self.targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(t);
+        Ok(())
+    }
+
+    /// Stop reporting the followed target of source `index`, if any.
+    fn drop_followed(&mut self, index: usize) {
+        let removed: Vec<Target> = {
+            let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+            let (gone, kept) = std::mem::take(&mut *targets)
+                .into_iter()
+                .partition(|t| t.followed && t.index == index);
+            *targets = kept;
+            gone
+        };
+        for t in removed {
+            match self.watched.get(&t.dir).copied() {
+                Some(1) => {
+                    self.watched.remove(&t.dir);
+                    // The directory may be gone already; nothing to undo then.
+                    let _ = self.watcher.unwatch(&t.dir);
+                }
+                Some(n) => {
+                    self.watched.insert(t.dir, n - 1);
+                }
+                None => {}
             }
         }
-    };
-    let mut watcher = notify::recommended_watcher(handler).map_err(WatchError::Start)?;
-    for (dir, index) in dirs {
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|mut source| {
-                // notify appends the paths to its message; `dir` already says it.
-                source.paths.clear();
-                WatchError::Dir {
-                    spec: specs[index].to_string(),
-                    dir,
-                    source,
-                }
-            })?;
     }
-    Ok(SourceWatcher { _watcher: watcher })
+
+    /// Watch where file source `index` resolves to when that is another directory; call it
+    /// after each load of the source, since the link may have been re-pointed.
+    pub fn follow(&mut self, index: usize) {
+        let spec = self.specs[index].clone();
+        if spec.kind == SourceKind::Dir {
+            return;
+        }
+        let abs = absolute(&spec.path);
+        let Some(dir) = abs.parent().map(Path::to_path_buf) else {
+            return;
+        };
+        // Gone for now: keep watching where it was; it may come back there.
+        let Ok(real) = std::fs::canonicalize(&abs) else {
+            return;
+        };
+        let (Some(real_dir), Some(real_name)) = (real.parent(), real.file_name()) else {
+            return;
+        };
+        let same_place = std::fs::canonicalize(&dir).is_ok_and(|d| d == real_dir);
+        // Kubernetes' layout (`name -> ..data/name`, `..data -> ..2024_…`) is already seen
+        // through the swap of `..data` in the source's own directory.
+        let kubernetes = real_dir.parent().is_some_and(|p| {
+            std::fs::canonicalize(&dir).is_ok_and(|d| d == p)
+                && real_dir
+                    .file_name()
+                    .is_some_and(|n| n.as_encoded_bytes().starts_with(b".."))
+        });
+        let want = (!same_place && !kubernetes).then(|| (real_dir.to_path_buf(), real_name));
+        let current = self
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|t| t.followed && t.index == index)
+            .map(|t| (t.dir.clone(), t.name.clone()));
+        if current.as_ref().map(|(d, n)| (d, n.as_deref()))
+            == want.as_ref().map(|(d, n)| (d, Some(*n)))
+        {
+            return;
+        }
+        self.drop_followed(index);
+        let Some((real_dir, real_name)) = want else {
+            return;
+        };
+        let target = Target {
+            index,
+            dir: real_dir.clone(),
+            name: Some(real_name.to_os_string()),
+            followed: true,
+        };
+        match self.add(target) {
+            Ok(()) => {
+                tracing::debug!(source = %spec, dir = %real_dir.display(), "watching where the source links to")
+            }
+            Err(e) => tracing::warn!(
+                source = %spec,
+                dir = %real_dir.display(),
+                error = %e,
+                "cannot watch where the source links to; edits there are seen only when the link changes"
+            ),
+        }
+    }
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -200,5 +322,69 @@ mod tests {
         // The first event that arrives is for our file, after the other file's write.
         assert_eq!(next(&mut rx).await, Some(0));
         assert!(rx.try_recv().is_err() || std::fs::read_to_string(&file).unwrap() == "A=2");
+    }
+
+    #[tokio::test]
+    async fn follows_a_symlink_into_another_directory_and_its_retargeting() {
+        let d = tempfile::tempdir().unwrap();
+        let (conf, real1, real2) = (
+            d.path().join("conf"),
+            d.path().join("r1"),
+            d.path().join("r2"),
+        );
+        for p in [&conf, &real1, &real2] {
+            std::fs::create_dir(p).unwrap();
+        }
+        std::fs::write(real1.join("app.env"), "A=1").unwrap();
+        std::fs::write(real2.join("app.env"), "A=2").unwrap();
+        let link = conf.join("app.env");
+        std::os::unix::fs::symlink(real1.join("app.env"), &link).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let spec = SourceSpec {
+            kind: SourceKind::Dotenv,
+            path: link.clone(),
+        };
+        let mut w = watch(&[spec], tx).unwrap();
+
+        // An edit in place behind the link.
+        std::fs::write(real1.join("app.env"), "A=11").unwrap();
+        assert_eq!(next(&mut rx).await, Some(0));
+
+        // The link re-pointed atomically: seen in the link's directory; after the reload the
+        // watch moves to where it now points.
+        let tmp = conf.join(".app.env.tmp");
+        std::os::unix::fs::symlink(real2.join("app.env"), &tmp).unwrap();
+        std::fs::rename(&tmp, &link).unwrap();
+        assert_eq!(next(&mut rx).await, Some(0));
+        w.follow(0);
+        while rx.try_recv().is_ok() {}
+        std::fs::write(real2.join("app.env"), "A=22").unwrap();
+        assert_eq!(next(&mut rx).await, Some(0));
+        let targets = w.targets.lock().unwrap();
+        let followed: Vec<&PathBuf> = targets
+            .iter()
+            .filter(|t| t.followed)
+            .map(|t| &t.dir)
+            .collect();
+        assert_eq!(followed, [&real2.canonicalize().unwrap()]);
+        assert!(!w.watched.contains_key(&real1.canonicalize().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn the_kubernetes_layout_needs_no_extra_watch() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("..2026_11_28");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("app.env"), "A=1").unwrap();
+        std::os::unix::fs::symlink("..2026_11_28", d.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/app.env", d.path().join("app.env")).unwrap();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let spec = SourceSpec {
+            kind: SourceKind::Dotenv,
+            path: d.path().join("app.env"),
+        };
+        let w = watch(&[spec], tx).unwrap();
+        assert!(w.targets.lock().unwrap().iter().all(|t| !t.followed));
+        assert_eq!(w.watched.len(), 1);
     }
 }

@@ -638,6 +638,33 @@ fn editor_save_by_rename_is_picked_up() {
     });
 }
 
+#[test]
+fn a_symlinked_source_is_followed_into_another_directory() {
+    let w = Work::new();
+    fs::create_dir_all(w.path("secrets/v1")).unwrap();
+    fs::create_dir_all(w.path("secrets/v2")).unwrap();
+    fs::create_dir_all(w.path("conf")).unwrap();
+    fs::write(w.path("secrets/v1/app.env"), "A=1\n").unwrap();
+    fs::write(w.path("secrets/v2/app.env"), "A=2\n").unwrap();
+    symlink(w.path("secrets/v1/app.env"), w.path("conf/app.env")).unwrap();
+    let out = w.path("out.env");
+    let t = watch_none(&w, "conf/app.env", &["--output", &s(&out)]);
+    t.wait_for("first render", || dotenv(&out) == kv(&[("A", "1")]));
+
+    // Edited in place where the link points: nothing changes in the link's directory.
+    fs::write(w.path("secrets/v1/app.env"), "A=11\n").unwrap();
+    t.wait_for("edit behind the link", || dotenv(&out) == kv(&[("A", "11")]));
+
+    // The link re-pointed, then the new target edited in place.
+    symlink(w.path("secrets/v2/app.env"), w.path("conf/.tmp")).unwrap();
+    fs::rename(w.path("conf/.tmp"), w.path("conf/app.env")).unwrap();
+    t.wait_for("re-pointed link", || dotenv(&out) == kv(&[("A", "2")]));
+    fs::write(w.path("secrets/v2/app.env"), "A=22\n").unwrap();
+    t.wait_for("edit behind the new target", || {
+        dotenv(&out) == kv(&[("A", "22")])
+    });
+}
+
 // ---------------------------------------------------------------------------------------
 // Clean exit
 
