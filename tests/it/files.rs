@@ -653,7 +653,9 @@ fn a_symlinked_source_is_followed_into_another_directory() {
 
     // Edited in place where the link points: nothing changes in the link's directory.
     fs::write(w.path("secrets/v1/app.env"), "A=11\n").unwrap();
-    t.wait_for("edit behind the link", || dotenv(&out) == kv(&[("A", "11")]));
+    t.wait_for("edit behind the link", || {
+        dotenv(&out) == kv(&[("A", "11")])
+    });
 
     // The link re-pointed, then the new target edited in place.
     symlink(w.path("secrets/v2/app.env"), w.path("conf/.tmp")).unwrap();
