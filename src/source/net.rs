@@ -6,14 +6,13 @@
 //! duplicates, resyncs on a gap, never moves backwards. Keeps the last state in a state
 //! directory (0600) and can start from it while no node is reachable (degraded).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use rand::seq::SliceRandom;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -25,6 +24,13 @@ use crate::protocol::{
     judge_change,
 };
 use crate::state::{Entries, Entry};
+
+mod endpoint;
+mod saved;
+
+pub use endpoint::{http_url, tls_config, ws_url};
+pub use saved::default_state_dir;
+use saved::state_file_name;
 
 /// Largest frame accepted from a node.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -51,123 +57,6 @@ impl NetSource {
     pub fn ack(&self, position: Position, result: Result<(), String>) {
         let _ = self.acks.send((position, result));
     }
-}
-
-/// `http(s)://` or `ws(s)://` base URL → the WebSocket endpoint.
-pub fn ws_url(base: &str) -> Result<String, String> {
-    let (scheme, rest) = split_url(base)?;
-    let scheme = match scheme {
-        "http" | "ws" => "ws",
-        "https" | "wss" => "wss",
-        _ => unreachable!("split_url checks the scheme"),
-    };
-    Ok(format!("{scheme}://{}/v1/ws", rest.trim_end_matches('/')))
-}
-
-/// `http(s)://` or `ws(s)://` base URL → the HTTP base.
-pub fn http_url(base: &str) -> Result<String, String> {
-    let (scheme, rest) = split_url(base)?;
-    let scheme = match scheme {
-        "http" | "ws" => "http",
-        _ => "https",
-    };
-    Ok(format!("{scheme}://{}", rest.trim_end_matches('/')))
-}
-
-fn split_url(base: &str) -> Result<(&str, &str), String> {
-    let (scheme, rest) = base
-        .split_once("://")
-        .ok_or_else(|| format!("{base:?} is not a URL like http://host:7070"))?;
-    if !matches!(scheme, "http" | "https" | "ws" | "wss") {
-        return Err(format!(
-            "{base:?}: the scheme must be http, https, ws or wss"
-        ));
-    }
-    let host = rest.split('/').next().unwrap_or("");
-    if host.is_empty() {
-        return Err(format!("{base:?} has no host"));
-    }
-    if host.contains('@') {
-        return Err("credentials do not go in the URL; use --token-file or TETHER_TOKEN".into());
-    }
-    if rest.contains(['?', '#']) {
-        return Err(format!("{base:?}: a base URL has no query or fragment"));
-    }
-    Ok((scheme, rest))
-}
-
-/// The TLS settings for nodes: system roots plus the optional CA file.
-pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-            {
-                let cert =
-                    cert.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(cfg))
-}
-
-/// Saved state: position and entries of the followed environment.
-#[derive(Serialize, Deserialize)]
-struct Saved {
-    env: String,
-    position: Position,
-    entries: Vec<WireEntry>,
-}
-
-/// The saved state's file: per environment, and per set of nodes and token, so two agents
-/// on one host that follow the same name in different clusters, or with tokens that see
-/// different secrets, never load each other's state.
-fn state_file_name(spec: &NetSpec) -> String {
-    use sha2::{Digest, Sha256};
-    let mut servers: Vec<&str> = spec.servers.iter().map(String::as_str).collect();
-    servers.sort_unstable();
-    let mut h = Sha256::new();
-    for s in servers {
-        h.update(s.as_bytes());
-        h.update([0]);
-    }
-    if let Some(t) = &spec.token {
-        h.update(t.expose());
-    }
-    let digest = hex::encode(h.finalize());
-    format!("{}-{}.json", spec.env, &digest[..12])
-}
-
-/// Where the state is kept when `--state-dir` is not given.
-pub fn default_state_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
-        return Some(PathBuf::from(d));
-    }
-    if nix::unistd::geteuid().is_root() {
-        return Some(PathBuf::from("/var/lib/tether"));
-    }
-    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
-        return Some(Path::new(&d).join("tether"));
-    }
-    std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state/tether"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -248,58 +137,6 @@ pub fn start(spec: NetSpec) -> Result<NetSource, String> {
 }
 
 impl Follower {
-    fn load_saved(&mut self) {
-        let Some(path) = &self.state_file else { return };
-        let Ok(text) = std::fs::read_to_string(path) else {
-            return;
-        };
-        match serde_json::from_str::<Saved>(&text) {
-            Ok(saved) if saved.env == self.spec.env => {
-                self.entries = to_entries(saved.entries);
-                self.position = Some(saved.position);
-                tracing::info!(env = %self.spec.env, position = %saved.position, "resuming from saved state");
-            }
-            Ok(_) => {
-                tracing::warn!(path = %path.display(), "saved state is for another environment; ignored")
-            }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "saved state unreadable; ignored")
-            }
-        }
-    }
-
-    fn save(&self) {
-        let (Some(path), Some(position)) = (&self.state_file, self.position) else {
-            return;
-        };
-        let saved = Saved {
-            env: self.spec.env.clone(),
-            position,
-            entries: self
-                .entries
-                .iter()
-                .map(|(k, e)| WireEntry {
-                    name: k.clone(),
-                    value: Some(e.value.clone()),
-                    secret: e.secret,
-                })
-                .collect(),
-        };
-        let Ok(bytes) = serde_json::to_vec(&saved) else {
-            return;
-        };
-        if let Some(dir) = path.parent() {
-            use std::os::unix::fs::DirBuilderExt;
-            let _ = std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir);
-        }
-        if let Err(e) = crate::output::atomic::write_atomic(path, &bytes, 0o600, None) {
-            tracing::warn!(error = %e, "cannot save state");
-        }
-    }
-
     fn emit(&mut self) {
         let Some(position) = self.position else {
             return;
@@ -646,25 +483,6 @@ fn jitter(max: Duration) -> Duration {
 mod tests {
     use super::*;
     use crate::secret::Value;
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            ws_url("http://127.0.0.1:7070").unwrap(),
-            "ws://127.0.0.1:7070/v1/ws"
-        );
-        assert_eq!(
-            ws_url("https://cfg.example/base/").unwrap(),
-            "wss://cfg.example/base/v1/ws"
-        );
-        assert_eq!(ws_url("wss://h:1").unwrap(), "wss://h:1/v1/ws");
-        assert_eq!(http_url("ws://h:1").unwrap(), "http://h:1");
-        assert_eq!(http_url("wss://h/x").unwrap(), "https://h/x");
-        assert!(ws_url("ftp://h").is_err());
-        assert!(ws_url("h:7070").is_err());
-        assert!(ws_url("http://user:pw@h").is_err());
-        assert!(ws_url("http://").is_err());
-    }
 
     #[test]
     fn backoff_is_capped_and_jittered() {
