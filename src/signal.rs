@@ -17,6 +17,8 @@ impl Signal {
     pub const INT: Signal = Signal(NixSignal::SIGINT);
     pub const TERM: Signal = Signal(NixSignal::SIGTERM);
     pub const KILL: Signal = Signal(NixSignal::SIGKILL);
+    pub const QUIT: Signal = Signal(NixSignal::SIGQUIT);
+    pub const CONT: Signal = Signal(NixSignal::SIGCONT);
 
     pub fn number(self) -> i32 {
         self.0 as i32

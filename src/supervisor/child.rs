@@ -18,6 +18,8 @@ pub struct ChildSpec {
     pub argv: Vec<OsString>,
     /// tether's own environment, less what the child must not inherit.
     pub base_env: Vec<(OsString, OsString)>,
+    /// Standard input is a terminal: the child's group takes it when tether has it.
+    pub terminal: bool,
 }
 
 impl std::fmt::Debug for ChildSpec {
@@ -40,7 +42,11 @@ impl ChildSpec {
         let base_env = std::env::vars_os()
             .filter(|(k, _)| !PRIVATE_VARS.iter().any(|p| k == p))
             .collect();
-        ChildSpec { argv, base_env }
+        ChildSpec {
+            argv,
+            base_env,
+            terminal: super::tty::is_terminal(),
+        }
     }
 
     /// The command for one start. Injected values override tether's environment.
@@ -52,14 +58,22 @@ impl ChildSpec {
             .envs(injected.iter().map(|(k, v)| (k, v)))
             .process_group(0);
         let parent = nix::unistd::getpid();
+        let parent_group = nix::unistd::getpgrp();
+        let terminal = self.terminal;
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // syscalls (prctl, getppid, kill); it allocates nothing.
+        // syscalls (prctl, getppid, kill, setpgid, sigprocmask, tcgetpgrp/tcsetpgrp); it
+        // allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(NixSignal::SIGKILL)?;
                 // tether died between fork and prctl: the death signal will never come.
                 if nix::unistd::getppid() != parent {
                     let _ = nix::sys::signal::kill(nix::unistd::getpid(), NixSignal::SIGKILL);
+                }
+                if terminal {
+                    // Its own group first (std may order this after us), then the terminal.
+                    nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+                    super::tty::take_in_child(parent_group);
                 }
                 Ok(())
             });

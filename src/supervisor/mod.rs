@@ -5,6 +5,7 @@
 
 pub mod child;
 pub mod reaper;
+pub mod tty;
 
 use std::time::Duration;
 
@@ -108,7 +109,7 @@ struct Running {
 
 fn spawn(spec: &ChildSpec, env: &EnvVars, reaper: &Reaper) -> Result<Running, SpawnError> {
     let (pid, exit) = reaper
-        .spawn(&mut spec.command(env))
+        .spawn_with(&mut spec.command(env), spec.terminal)
         .map_err(|source| SpawnError {
             program: spec.argv[0].clone(),
             source,
@@ -158,14 +159,18 @@ impl Actor {
             let release_at = child.started + self.opts.reload_grace;
             tokio::select! {
                 exit = &mut child.exit => {
-                    let exit = exit.unwrap_or(Exit::Code(1));
+                                        let exit = exit.unwrap_or(Exit::Code(1));
                     tracing::info!(pid = child.pid.as_raw(), %exit, "child exited");
+                    // Ctrl-C or Ctrl-\ at the terminal reach the child's group, not tether:
+                    // a child they ended is the user stopping the program, not a crash.
+                    let interrupted = tty::foreground() == Some(child.pid)
+                        && matches!(exit, Exit::Signaled(n) if n == Signal::INT.number() || n == Signal::QUIT.number());
                     self.clear_group(child.pid).await;
                     let again = match self.opts.restart_on_exit {
                         RestartPolicy::Never => false,
                         RestartPolicy::OnFailure => !exit.success(),
                         RestartPolicy::Always => true,
-                    };
+                    } && !interrupted;
                     if terminating || !again {
                         return exit;
                     }
@@ -178,8 +183,13 @@ impl Actor {
                     }
                 }
                 cmd = self.rx.recv() => match cmd {
-                    Some(Control::Signal(sig)) => {
+                                        Some(Control::Signal(sig)) => {
                         tracing::debug!(signal = %sig, "signalling child");
+                        if sig == Signal::CONT && self.spec.terminal && tty::tether_in_foreground() {
+                            // Continued in the foreground (`fg`): the terminal goes back to
+                            // the child before it runs again.
+                            let _ = tty::give(child.pid);
+                        }
                         let _ = child::signal_group(child.pid, Some(sig));
                     }
                     Some(Control::Reload(sig)) if Instant::now() < release_at => {
@@ -296,6 +306,13 @@ impl Actor {
 
     /// The leader is gone: kill what is left of its group and wait until nothing is.
     async fn clear_group(&self, pgid: Pid) {
+        self.kill_group(pgid).await;
+        if self.spec.terminal {
+            tty::child_gone(pgid);
+        }
+    }
+
+    async fn kill_group(&self, pgid: Pid) {
         if !child::group_alive(pgid) {
             return;
         }

@@ -53,6 +53,9 @@ type Waiters = Arc<Mutex<HashMap<i32, oneshot::Sender<Exit>>>>;
 #[derive(Clone)]
 pub struct Reaper {
     waiters: Waiters,
+    /// The supervised child that was started for a terminal (see [`super::tty`]): when it
+    /// stops, tether stops too.
+    interactive: Arc<Mutex<Option<i32>>>,
 }
 
 static GLOBAL: Mutex<Option<Reaper>> = Mutex::new(None);
@@ -65,18 +68,20 @@ impl Reaper {
             return Ok(r.clone());
         }
         let mut signals = Signals::new([SIGCHLD])?;
-        let waiters: Waiters = Arc::default();
-        let w = waiters.clone();
+        let r = Reaper {
+            waiters: Arc::default(),
+            interactive: Arc::default(),
+        };
+        let inner = r.clone();
         std::thread::Builder::new()
             .name("tether-reaper".into())
             .stack_size(64 * 1024)
             .spawn(move || {
-                reap_all(&w);
+                inner.reap_all();
                 for _ in signals.forever() {
-                    reap_all(&w);
+                    inner.reap_all();
                 }
             })?;
-        let r = Reaper { waiters };
         *global = Some(r.clone());
         Ok(r)
     }
@@ -85,40 +90,82 @@ impl Reaper {
     /// the whole spawn: when exec fails, std waits for the child itself, and panics if the
     /// reaper took it first.
     pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<(Pid, oneshot::Receiver<Exit>)> {
+        self.spawn_with(cmd, false)
+    }
+
+    /// [`Reaper::spawn`], for the supervised child: `interactive` when it was started for a
+    /// terminal, so that its stops are passed on to tether's own job control.
+    pub fn spawn_with(
+        &self,
+        cmd: &mut Command,
+        interactive: bool,
+    ) -> std::io::Result<(Pid, oneshot::Receiver<Exit>)> {
         let (tx, rx) = oneshot::channel();
         let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
         let child = cmd.spawn()?;
         let pid = child.id() as i32;
         waiters.insert(pid, tx);
+        if interactive {
+            *self
+                .interactive
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(pid);
+        }
         // The std handle is dropped without waiting: the reaper owns waitpid.
         drop(child);
         Ok((Pid::from_raw(pid), rx))
     }
 }
 
-fn reap_all(waiters: &Waiters) {
-    loop {
-        // Locked before waiting, so that no child is reaped while `spawn` runs.
-        let mut registered = waiters.lock().unwrap_or_else(PoisonError::into_inner);
-        let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signaled(sig as i32)),
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-            Ok(_) => continue,
-            Err(Errno::EINTR) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "waitpid failed");
-                return;
+impl Reaper {
+    fn reap_all(&self) {
+        loop {
+            // Locked before waiting, so that no child is reaped while `spawn` runs.
+            let mut registered = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+            let flags = WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED;
+            let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(flags)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signaled(sig as i32)),
+                Ok(WaitStatus::Stopped(pid, _)) => {
+                    drop(registered);
+                    if self.is_interactive(pid) {
+                        super::tty::child_stopped(pid);
+                    }
+                    continue;
+                }
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(_) => continue,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "waitpid failed");
+                    return;
+                }
+            };
+            let waiter = registered.remove(&pid.as_raw());
+            drop(registered);
+            let mut interactive = self
+                .interactive
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if *interactive == Some(pid.as_raw()) {
+                *interactive = None;
             }
-        };
-        let waiter = registered.remove(&pid.as_raw());
-        drop(registered);
-        match waiter {
-            Some(tx) => {
-                let _ = tx.send(exit);
+            drop(interactive);
+            match waiter {
+                Some(tx) => {
+                    let _ = tx.send(exit);
+                }
+                None => tracing::debug!(pid = pid.as_raw(), %exit, "reaped an orphan"),
             }
-            None => tracing::debug!(pid = pid.as_raw(), %exit, "reaped an orphan"),
         }
+    }
+
+    fn is_interactive(&self, pid: Pid) -> bool {
+        *self
+            .interactive
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            == Some(pid.as_raw())
     }
 }
 

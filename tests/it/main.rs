@@ -8,4 +8,5 @@ mod run;
 mod serve;
 mod support;
 mod tls;
+mod tty;
 mod watch;
