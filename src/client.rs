@@ -294,13 +294,27 @@ pub fn status(args: &StatusArgs) -> Result<i32, ClientError> {
             })
             .unwrap_or_default(),
     };
-    // Each node knows its own agents: ask every node given and add them up.
+    // A node of a cluster answers for the whole cluster; single nodes each know their own
+    // agents, so every node given is asked and the answers added up.
     for env in envs {
         let path = format!("/v1/envs/{}/status", seg(&env));
         let mut total = json!({"env": env, "position": Json::Null, "agents": 0, "current": 0, "by_version": {}, "connected": [], "nodes": []});
         let mut best: Option<(String, u64)> = None;
         for base in &client.bases {
             match client.call_one(base, "GET", &path, None) {
+                Ok(r) if r["scope"] == "cluster" => {
+                    let mut whole = r.clone();
+                    whole["nodes"] = json!(
+                        r["node_registries"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|n| json!({"server": base, "node": n["node"], "agents": n["agents"]}))
+                            .collect::<Vec<_>>()
+                    );
+                    total = whole;
+                    break;
+                }
                 Ok(r) => {
                     let pos = (
                         r.pointer("/position/epoch")
@@ -365,6 +379,9 @@ pub fn status(args: &StatusArgs) -> Result<i32, ClientError> {
             for (v, n) in map {
                 println!("  version {v}: {n}");
             }
+        }
+        if let Some(w) = total["warning"].as_str() {
+            println!("  warning: {w}");
         }
         for n in total["nodes"].as_array().into_iter().flatten() {
             if let Some(err) = n.get("error").and_then(|e| e.as_str()) {

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -308,22 +308,39 @@ async fn list_envs(
     Ok(Json(json!({ "envs": envs })).into_response())
 }
 
+#[derive(Deserialize)]
+struct StatusQuery {
+    /// `node`: only the agents connected to this node, even in a cluster.
+    scope: Option<String>,
+}
+
 async fn status(
     State(node): State<Arc<Node>>,
     Path(env): Path<String>,
+    Query(q): Query<StatusQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let g = grant(&node, &headers)?;
     need_read(&g, &env)?;
     let current = node.store.position(&env).await?;
+    let registry = match q.scope.as_deref() {
+        None | Some("cluster") => super::rollout::registry(&node).await,
+        Some("node") => super::rollout::this_node(&node),
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("scope must be node or cluster, not {other:?}"),
+            ));
+        }
+    };
     let mut by_version = std::collections::BTreeMap::<String, usize>::new();
     let mut agents = Vec::new();
     let mut current_count = 0;
-    for a in node
-        .hub
-        .agents()
+    for (on, a) in registry
+        .agents
         .into_iter()
-        .filter(|a| a.envs.contains_key(&env))
+        .filter(|(_, a)| a.envs.contains_key(&env))
     {
         let ack = a.envs.get(&env).cloned().flatten();
         let key = match &ack {
@@ -336,17 +353,27 @@ async fn status(
             None => "none".into(),
         };
         *by_version.entry(key).or_default() += 1;
-        agents.push(json!({"agent": a.agent, "token": a.token, "node": node.id, "ack": ack}));
+        agents.push(json!({"agent": a.agent, "token": a.token, "node": on, "ack": ack}));
     }
-    Ok(Json(json!({
+    let nodes: Vec<serde_json::Value> = registry
+        .nodes
+        .iter()
+        .map(|(id, n)| json!({"node": id, "agents": n}))
+        .collect();
+    let mut body = json!({
         "env": env,
         "position": current,
+        "scope": registry.scope,
         "agents": agents.len(),
         "current": current_count,
         "by_version": by_version,
         "connected": agents,
-    }))
-    .into_response())
+        "node_registries": nodes,
+    });
+    if let Some(w) = registry.warning {
+        body["warning"] = json!(w);
+    }
+    Ok(Json(body).into_response())
 }
 
 async fn readyz(State(node): State<Arc<Node>>) -> Response {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::ws::Utf8Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::store::{ChangeSet, Snapshot};
@@ -79,15 +79,15 @@ pub fn encode(msg: &ServerMsg) -> Utf8Bytes {
 }
 
 /// One agent's acknowledgement of an environment.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AckState {
     pub position: Position,
     pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AgentInfo {
     pub agent: String,
     pub token: String,
@@ -114,6 +114,8 @@ pub struct Hub {
     tx: broadcast::Sender<Arc<Published>>,
     latest: Mutex<HashMap<String, Position>>,
     agents: Mutex<HashMap<u64, AgentInfo>>,
+    /// Bumped by every change to `agents`, so that a copy kept elsewhere knows it is stale.
+    generation: AtomicU64,
     next_id: AtomicU64,
     pub counters: Counters,
 }
@@ -125,6 +127,7 @@ impl Hub {
             tx,
             latest: Mutex::default(),
             agents: Mutex::default(),
+            generation: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             counters: Counters::default(),
         }
@@ -186,6 +189,7 @@ impl Hub {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, info);
+        self.generation.fetch_add(1, Ordering::Relaxed);
         id
     }
 
@@ -194,6 +198,7 @@ impl Hub {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+        self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn ack(&self, id: u64, env: &str, state: AckState) {
@@ -205,6 +210,7 @@ impl Hub {
         {
             if let Some(slot) = a.envs.get_mut(env) {
                 *slot = Some(state);
+                self.generation.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -216,6 +222,11 @@ impl Hub {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Changes with every registration, departure and acknowledgement.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     pub fn agent_count(&self) -> usize {

@@ -7,6 +7,7 @@ pub mod bus;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod rollout;
 pub mod store;
 pub mod ws;
 
@@ -144,6 +145,9 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
             node.shutdown.clone(),
         );
         let _ = node.bus.set(bus);
+        if let Store::Redis(r) = &node.store {
+            rollout::start(node.clone(), r.clone(), node.shutdown.clone());
+        }
     }
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: cfg.listen,

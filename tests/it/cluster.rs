@@ -505,8 +505,11 @@ impl Cluster {
             let on: Vec<usize> = (0..self.nodes.len())
                 .filter(|&i| self.nodes[i].up())
                 .filter(|&i| {
-                    get(self.nodes[i].port, &format!("/v1/envs/{ENV}/status"))
-                        .is_ok_and(|(s, v)| s == 200 && v["agents"].as_u64() == Some(1))
+                    get(
+                        self.nodes[i].port,
+                        &format!("/v1/envs/{ENV}/status?scope=node"),
+                    )
+                    .is_ok_and(|(s, v)| s == 200 && v["agents"].as_u64() == Some(1))
                 })
                 .collect();
             found = on.first().copied();
@@ -853,27 +856,63 @@ fn a_write_through_any_node_reaches_agents_on_every_node() {
     for (i, expect) in [(0, 1), (1, 1), (2, 0)] {
         let port = c.nodes[i].port;
         wait_for("acknowledgements on every node", || {
-            get(port, &format!("/v1/envs/{ENV}/status")).is_ok_and(|(_, s)| {
-                s["agents"].as_u64() == Some(expect) && s["current"].as_u64() == Some(expect)
+            get(port, &format!("/v1/envs/{ENV}/status?scope=node")).is_ok_and(|(_, s)| {
+                s["scope"] == "node"
+                    && s["agents"].as_u64() == Some(expect)
+                    && s["current"].as_u64() == Some(expect)
             })
         });
     }
-    // `tether status` given every node adds them up: the rollout of the whole cluster.
+    // Any node answers for the whole cluster (a load balancer sends the request anywhere),
+    // node C too, which has no agent of its own.
+    for i in 0..3 {
+        let port = c.nodes[i].port;
+        wait_for("the cluster's rollout from every node", || {
+            get(port, &format!("/v1/envs/{ENV}/status")).is_ok_and(|(_, s)| {
+                s["scope"] == "cluster"
+                    && s["agents"].as_u64() == Some(2)
+                    && s["current"].as_u64() == Some(2)
+                    && s["by_version"]["2"].as_u64() == Some(2)
+            })
+        });
+    }
+    let (_, s) = get(c.nodes[2].port, &format!("/v1/envs/{ENV}/status")).unwrap();
+    let on: std::collections::BTreeSet<&str> = s["connected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["node"].as_str())
+        .collect();
+    let expect: std::collections::BTreeSet<&str> =
+        [c.nodes[0].id.as_str(), c.nodes[1].id.as_str()].into();
+    assert_eq!(on, expect, "{s}");
+    // `tether status` given one node, or all of them, reports the cluster once.
     let servers: Vec<String> = c
         .nodes
         .iter()
         .map(|n| format!("http://127.0.0.1:{}", n.port))
         .collect();
-    let mut args = vec!["status", "--env", ENV, "--json"];
-    for s in &servers {
-        args.extend(["--server", s.as_str()]);
+    for given in [&servers[2..], &servers[..]] {
+        let mut args = vec!["status", "--env", ENV, "--json"];
+        for s in given {
+            args.extend(["--server", s.as_str()]);
+        }
+        let (code, out, err) = crate::support::run_to_end(std::path::Path::new("/"), &args);
+        assert_eq!(code, 0, "{err}");
+        let total: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(total["agents"], 2, "{out}");
+        assert_eq!(total["current"], 2, "{out}");
+        assert_eq!(total["nodes"].as_array().map(Vec::len), Some(3), "{out}");
     }
-    let (code, out, err) = crate::support::run_to_end(std::path::Path::new("/"), &args);
-    assert_eq!(code, 0, "{err}");
-    let total: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(total["agents"], 2, "{out}");
-    assert_eq!(total["current"], 2, "{out}");
-    assert_eq!(total["nodes"].as_array().map(Vec::len), Some(3), "{out}");
+    // A node that goes away drops out of the registry once its entry expires.
+    c.nodes[1].kill();
+    wait_for("the killed node's agents to drop out", || {
+        get(c.nodes[2].port, &format!("/v1/envs/{ENV}/status")).is_ok_and(|(_, s)| {
+            s["node_registries"]
+                .as_array()
+                .is_some_and(|n| n.iter().all(|n| n["node"] != c.nodes[1].id.as_str()))
+        })
+    });
     assert_no_panic(&c);
 }
 

@@ -1125,6 +1125,29 @@ fn admin_verbs_put_get_rm_status() {
     let v: Json = serde_json::from_str(out.trim()).expect("JSON");
     assert_eq!(v["agents"], 1);
     assert_eq!(v["current"], 1);
+    // One node alone: its own agents, whatever the scope asked; a bad scope is refused.
+    for scope in ["", "?scope=node", "?scope=cluster"] {
+        let r = http(
+            "GET",
+            &format!("{url}/v1/envs/prod/status{scope}"),
+            None,
+            None,
+        );
+        assert_eq!(
+            (r.status, &r.json["scope"]),
+            (200, &json!("node")),
+            "{}",
+            r.text
+        );
+        assert_eq!(r.json["agents"], 1, "{}", r.text);
+    }
+    let r = http(
+        "GET",
+        &format!("{url}/v1/envs/prod/status?scope=all"),
+        None,
+        None,
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
 
     // Bad URLs are usage errors; an unreachable node is a clear failure.
     for bad in [
