@@ -110,6 +110,15 @@ impl Counters {
     }
 }
 
+/// Serializes the values of the registry map as a JSON array.
+struct AllAgents<'a>(&'a HashMap<u64, AgentInfo>);
+
+impl Serialize for AllAgents<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.values())
+    }
+}
+
 pub struct Hub {
     tx: broadcast::Sender<Arc<Published>>,
     latest: Mutex<HashMap<String, Position>>,
@@ -222,6 +231,14 @@ impl Hub {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// The registry as a JSON array of [`AgentInfo`], written into `out` (cleared first)
+    /// straight from the map: no copy of the registry is made.
+    pub fn agents_json(&self, out: &mut Vec<u8>) {
+        out.clear();
+        let agents = self.agents.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = serde_json::to_writer(&mut *out, &AllAgents(&agents));
     }
 
     /// Changes with every registration, departure and acknowledgement.

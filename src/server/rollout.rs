@@ -19,7 +19,7 @@ const TTL: Duration = Duration::from_secs(6);
 /// Rewritten at least this often, changed or not.
 const REFRESH: Duration = Duration::from_secs(2);
 /// How often a change (a connection, a departure, an acknowledgement) is looked for.
-const TICK: Duration = Duration::from_millis(250);
+const TICK: Duration = Duration::from_millis(500);
 
 /// The agents of the whole cluster (or of this node alone), each with the node it is on.
 pub struct Registry {
@@ -36,6 +36,8 @@ pub struct Registry {
 pub fn start(node: Arc<Node>, store: Arc<RedisStore>, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut written: Option<(u64, Instant)> = None;
+        // Reused: with thousands of agents the registry is hundreds of KiB of JSON.
+        let mut json = Vec::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -45,7 +47,7 @@ pub fn start(node: Arc<Node>, store: Arc<RedisStore>, shutdown: CancellationToke
             if written.is_some_and(|(g, at)| g == generation && at.elapsed() < REFRESH) {
                 continue;
             }
-            let json = serde_json::to_string(&node.hub.agents()).unwrap_or_default();
+            node.hub.agents_json(&mut json);
             match store.put_agents(&node.id, &json, TTL).await {
                 Ok(()) => written = Some((generation, Instant::now())),
                 // Redis being down is reported by /readyz; try again next tick.

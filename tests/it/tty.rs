@@ -116,9 +116,36 @@ impl Terminal {
 
 impl Drop for Terminal {
     fn drop(&mut self) {
+        // Everything in the session the test made (bash, tether, the child), even when a
+        // failed assertion left them stopped or running.
+        for pid in session_members(self.pid()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
         let _ = self.tether.kill();
         let _ = self.tether.wait();
     }
+}
+
+/// The processes of session `sid`.
+fn session_members(sid: i32) -> Vec<i32> {
+    proc_stats()
+        .filter(|(_, fields)| fields.get(3).and_then(|v| v.parse::<i32>().ok()) == Some(sid))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Every process with the fields of its `/proc/PID/stat` after the command name.
+fn proc_stats() -> impl Iterator<Item = (i32, Vec<String>)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (_, rest) = stat.rsplit_once(") ")?;
+            Some((pid, rest.split(' ').map(str::to_owned).collect()))
+        })
 }
 
 /// The state letter of a process (`S`, `R`, `T` for stopped...).
@@ -147,21 +174,10 @@ const RUN_ARGS: &[&str] = &[
 
 /// The processes whose parent is `pid`.
 fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.split(' ').nth(1))
-            .and_then(|v| v.parse::<i32>().ok());
-        if ppid == Some(pid) {
-            out.push(p);
-        }
-    }
-    out
+    proc_stats()
+        .filter(|(_, fields)| fields.get(1).and_then(|v| v.parse::<i32>().ok()) == Some(pid))
+        .map(|(p, _)| p)
+        .collect()
 }
 
 #[test]

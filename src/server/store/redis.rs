@@ -288,7 +288,7 @@ impl RedisStore {
     pub async fn put_agents(
         &self,
         node: &str,
-        json: &str,
+        json: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
