@@ -175,6 +175,10 @@ fn install_signals(cfg: &Config) -> Result<mpsc::UnboundedReceiver<Signal>, Agen
         .collect();
     if cfg.mode == Mode::Run {
         set.extend(cfg.forward_signals.iter().map(|s| s.number()));
+        // `fg` must give the terminal back to a stopped child and continue it.
+        if crate::supervisor::tty::is_terminal() {
+            set.insert(Signal::CONT.number());
+        }
     }
     let (tx, rx) = mpsc::unbounded_channel();
     for n in set {

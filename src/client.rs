@@ -312,10 +312,19 @@ pub fn status(args: &StatusArgs) -> Result<i32, ClientError> {
                             .map(|n| json!({"server": base, "node": n["node"], "agents": n["agents"]}))
                             .collect::<Vec<_>>()
                     );
+                    // Servers tried before this one that did not answer stay listed.
+                    if let Some(earlier) = total["nodes"].as_array().cloned() {
+                        if let Some(nodes) = whole["nodes"].as_array_mut() {
+                            nodes.extend(earlier);
+                        }
+                    }
                     total = whole;
                     break;
                 }
                 Ok(r) => {
+                    if let Some(w) = r.get("warning") {
+                        total["warning"] = w.clone();
+                    }
                     let pos = (
                         r.pointer("/position/epoch")
                             .and_then(|e| e.as_str())

@@ -293,6 +293,18 @@ pub fn validate(raw: &RawConfig, mode: Mode) -> Result<Config, ConfigError> {
         ) {
             p.push("forward_signals", format!("{s} cannot be forwarded"));
         }
+        // Job-control stops: tether must keep their default action to stop with its child.
+        if matches!(
+            s.0,
+            nix::sys::signal::Signal::SIGTSTP
+                | nix::sys::signal::Signal::SIGTTIN
+                | nix::sys::signal::Signal::SIGTTOU
+        ) {
+            p.push(
+                "forward_signals",
+                format!("{s} is job control: the terminal sends it to the child itself"),
+            );
+        }
     }
     let restart_on_exit = match raw.restart_on_exit.as_deref() {
         None | Some("never") => RestartPolicy::Never,

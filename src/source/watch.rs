@@ -95,16 +95,13 @@ pub fn watch(
             match s.kind {
                 SourceKind::Dir => Target {
                     index,
-                    dir: abs,
+                    dir: canonical_dir(&abs),
                     name: None,
                     followed: false,
                 },
                 SourceKind::Dotenv | SourceKind::Json => Target {
                     index,
-                    dir: abs
-                        .parent()
-                        .map(Path::to_path_buf)
-                        .unwrap_or_else(|| PathBuf::from("/")),
+                    dir: canonical_dir(abs.parent().unwrap_or(Path::new("/"))),
                     name: abs.file_name().map(OsString::from),
                     followed: false,
                 },
@@ -261,6 +258,12 @@ impl SourceWatcher {
     }
 }
 
+/// A watched directory by its real path: inotify watches an inode, and two spellings of
+/// one directory (through a symlink) must share one watch and match the same events.
+fn canonical_dir(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
@@ -386,5 +389,33 @@ mod tests {
         let w = watch(&[spec], tx).unwrap();
         assert!(w.targets.lock().unwrap().iter().all(|t| !t.followed));
         assert_eq!(w.watched.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn one_directory_under_two_spellings_keeps_both_sources_watched() {
+        let d = tempfile::tempdir().unwrap();
+        let (conf, real) = (d.path().join("conf"), d.path().join("real"));
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, d.path().join("alias")).unwrap();
+        std::fs::write(real.join("a.env"), "A=1").unwrap();
+        std::fs::write(real.join("b.env"), "B=1").unwrap();
+        std::os::unix::fs::symlink(real.join("a.env"), conf.join("a.env")).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let specs = [
+            SourceSpec {
+                kind: SourceKind::Dotenv,
+                path: conf.join("a.env"),
+            },
+            SourceSpec {
+                kind: SourceKind::Dotenv,
+                path: d.path().join("alias/b.env"),
+            },
+        ];
+        let _w = watch(&specs, tx).unwrap();
+        std::fs::write(d.path().join("alias/b.env"), "B=2").unwrap();
+        assert_eq!(next(&mut rx).await, Some(1));
+        std::fs::write(real.join("a.env"), "A=2").unwrap();
+        assert_eq!(next(&mut rx).await, Some(0));
     }
 }

@@ -140,6 +140,15 @@ impl Backoff {
     }
 }
 
+/// Death by SIGINT or SIGQUIT, or the exit code a program that handles them gives (128+N).
+fn is_interrupt(exit: Exit) -> bool {
+    let (int, quit) = (Signal::INT.number(), Signal::QUIT.number());
+    match exit {
+        Exit::Signaled(n) => n == int || n == quit,
+        Exit::Code(c) => c == 128 + int || c == 128 + quit,
+    }
+}
+
 struct Actor {
     spec: ChildSpec,
     env: EnvVars,
@@ -164,7 +173,7 @@ impl Actor {
                     // Ctrl-C or Ctrl-\ at the terminal reach the child's group, not tether:
                     // a child they ended is the user stopping the program, not a crash.
                     let interrupted = tty::foreground() == Some(child.pid)
-                        && matches!(exit, Exit::Signaled(n) if n == Signal::INT.number() || n == Signal::QUIT.number());
+                        && is_interrupt(exit);
                     self.clear_group(child.pid).await;
                     let again = match self.opts.restart_on_exit {
                         RestartPolicy::Never => false,

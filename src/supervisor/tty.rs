@@ -56,9 +56,18 @@ pub fn take_in_child(parent_pgid: Pid) {
 
 /// The child that holds the terminal stopped: take the terminal back (only if the child's
 /// group has it; a job in the background must not steal it) and stop tether as well, so
-/// that the shell sees its job stopped. As PID 1 there is no job control to report to.
+/// that the shell sees its job stopped.
 pub fn child_stopped(pgid: Pid) {
-    if std::process::id() == 1 {
+    // As PID 1 or a session leader (`docker run -it`, `kubectl exec -it`, `setsid`) nothing
+    // above tether could continue it: the stop is undone rather than leaving the child
+    // frozen with the terminal.
+    let me = Pid::this();
+    if me.as_raw() == 1 || nix::unistd::getsid(None).is_ok_and(|sid| sid == me) {
+        tracing::debug!(
+            pgid = pgid.as_raw(),
+            "child stopped with no job control above tether; continuing it"
+        );
+        let _ = nix::sys::signal::killpg(pgid, Signal::SIGCONT);
         return;
     }
     if foreground() == Some(pgid) {
@@ -68,7 +77,9 @@ pub fn child_stopped(pgid: Pid) {
         pgid = pgid.as_raw(),
         "child stopped; stopping tether for job control"
     );
-    let _ = nix::sys::signal::kill(Pid::this(), Signal::SIGTSTP);
+    // The whole group, as the terminal would have: a wrapper above tether (`npm run`,
+    // `make`) stops too, and the shell sees its job stopped.
+    let _ = nix::sys::signal::killpg(getpgrp(), Signal::SIGTSTP);
 }
 
 /// The child that held the terminal is gone: the terminal returns to tether's group.

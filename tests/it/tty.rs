@@ -235,11 +235,17 @@ fn job_control_of_an_interactive_shell_works_through_tether() {
 }
 
 #[test]
-fn ctrl_c_ends_the_child_and_is_not_restarted() {
+fn without_a_shell_ctrl_z_is_undone_and_ctrl_c_ends_the_child_unrestarted() {
     // tether itself leads the session: no shell, as PID 1 of `docker run -it` would.
     let mut t = Terminal::start(BIN, RUN_ARGS);
     t.type_keys(b"ready\n");
     t.wait_for_screen("got:ready");
+
+    // Ctrl-Z with no job-control shell above tether: nothing could continue a stopped job,
+    // so the child is continued and keeps the terminal.
+    t.type_keys(&[0x1a]);
+    t.type_keys(b"after\n");
+    t.wait_for_screen("got:after");
 
     t.type_keys(&[0x03]);
     let mut code = None;
