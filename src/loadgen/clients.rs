@@ -291,7 +291,8 @@ fn frame(b: &[u8]) -> Option<(u8, std::ops::Range<usize>, usize)> {
         126 | 127 => return None,
         n => (n as usize, 2),
     };
-    (b.len() >= head + len).then_some((opcode, head..head + len, head + len))
+    let end = len.checked_add(head)?;
+    (b.len() >= end).then_some((opcode, head..end, end))
 }
 
 /// Connect, upgrade to WebSocket, say hello for `env` and read until `synced`. Returns the
