@@ -142,17 +142,21 @@ fn proc_stats() -> impl Iterator<Item = (i32, Vec<String>)> {
         .flatten()
         .filter_map(|entry| {
             let pid = entry.file_name().to_string_lossy().parse::<i32>().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (_, rest) = stat.rsplit_once(") ")?;
-            Some((pid, rest.split(' ').map(str::to_owned).collect()))
+            Some((pid, stat_fields(pid)?))
         })
+}
+
+/// The fields of `/proc/PID/stat` after the command name: state, ppid, pgrp, session...
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    Some(rest.split(' ').map(str::to_owned).collect())
 }
 
 /// The state letter of a process (`S`, `R`, `T` for stopped...).
 fn state(pid: i32) -> char {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit_once(") ")
-        .and_then(|(_, rest)| rest.chars().next())
+    stat_fields(pid)
+        .and_then(|f| f.first().and_then(|s| s.chars().next()))
         .unwrap_or('?')
 }
 
