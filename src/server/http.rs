@@ -458,6 +458,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
 async fn upgrade(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let g = match grant(&node, &headers) {
@@ -469,9 +470,10 @@ async fn upgrade(
         Err(e) => return ApiError::new(e.status(), "bad_request", e.body_text()).into_response(),
     };
     let shutdown = node.shutdown.clone();
+    let plain = extensions.get::<super::PlainConn>().map(|p| p.0.clone());
     ws.max_message_size(node.max_frame)
         .max_frame_size(node.max_frame)
         .read_buffer_size(super::WS_READ_BUFFER)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| super::ws::serve(socket, node, g, shutdown))
+        .on_upgrade(move |socket| super::ws::serve(socket, plain, node, g, shutdown))
 }

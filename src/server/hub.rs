@@ -1,16 +1,21 @@
 //! The node's fan-out point: committed change sets are published here once (frames
-//! serialized once, with and without secret values) and every agent connection of this
-//! node picks up those of its environments. Also the registry of connected agents and
-//! their acknowledgements (rollout status), and the node's counters.
+//! serialized once, with and without secret values, also as ready WebSocket frames) and
+//! handed to a few fan-out threads, each of which offers them to its share of the agent
+//! connections following that environment (see `outlet`). Also the registry of connected
+//! agents and their acknowledgements (rollout status), and the node's counters.
+//!
+//! Not a `broadcast` channel with one receiving task per connection: waking ten thousand
+//! tasks to each write one frame cost more than the writes themselves.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
 use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
 
+use super::outlet::Outlet;
 use super::store::{ChangeSet, Snapshot};
 use crate::protocol::{Position, ServerMsg, WireChange, WireEntry};
 
@@ -21,9 +26,22 @@ pub struct Published {
     pub full: Utf8Bytes,
     /// Secret values left out, for tokens that may not read them.
     pub redacted: Utf8Bytes,
+    /// `full` and `redacted` as whole server-to-client WebSocket frames.
+    wire_full: Bytes,
+    wire_redacted: Bytes,
 }
 
 impl Published {
+    pub fn new(set: ChangeSet, full: Utf8Bytes, redacted: Utf8Bytes) -> Published {
+        Published {
+            wire_full: ws_text_frame(full.as_bytes()),
+            wire_redacted: ws_text_frame(redacted.as_bytes()),
+            set,
+            full,
+            redacted,
+        }
+    }
+
     pub fn frame(&self, secrets: bool) -> Utf8Bytes {
         if secrets {
             self.full.clone()
@@ -31,6 +49,33 @@ impl Published {
             self.redacted.clone()
         }
     }
+
+    pub fn wire(&self, secrets: bool) -> &Bytes {
+        if secrets {
+            &self.wire_full
+        } else {
+            &self.wire_redacted
+        }
+    }
+}
+
+/// A final, unmasked text frame (RFC 6455 §5.2), as a server sends it.
+pub fn ws_text_frame(payload: &[u8]) -> Bytes {
+    let mut f = Vec::with_capacity(payload.len() + 10);
+    f.push(0x81);
+    match payload.len() {
+        n if n < 126 => f.push(n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            f.push(126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(payload);
+    Bytes::from(f)
 }
 
 /// Serialize a change frame, leaving out secret values unless `secrets`.
@@ -119,43 +164,94 @@ impl Serialize for AllAgents<'_> {
     }
 }
 
+/// The outlets of one fan-out thread, by environment and connection id.
+type Outlets = Mutex<HashMap<String, HashMap<u64, Arc<Outlet>>>>;
+
+/// A share of the connections and the thread that writes to them.
+struct Shard {
+    outlets: Arc<Outlets>,
+    /// None when the thread could not be started: the publisher delivers itself.
+    tx: Option<mpsc::Sender<Arc<Published>>>,
+}
+
 pub struct Hub {
-    tx: broadcast::Sender<Arc<Published>>,
+    shards: Vec<Shard>,
+    deferred_cap: usize,
     latest: Mutex<HashMap<String, Position>>,
     agents: Mutex<HashMap<u64, AgentInfo>>,
     /// Bumped by every change to `agents`, so that a copy kept elsewhere knows it is stale.
     generation: AtomicU64,
     next_id: AtomicU64,
-    pub counters: Counters,
+    pub counters: Arc<Counters>,
 }
 
 impl Hub {
+    /// `capacity`: change sets a connection holds while it catches up from the store;
+    /// past that it catches up again instead.
     pub fn new(capacity: usize) -> Hub {
-        let (tx, _) = broadcast::channel(capacity);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let counters = Arc::new(Counters::default());
+        let shards = (0..threads)
+            .map(|i| {
+                let outlets = Arc::new(Outlets::default());
+                let (tx, rx) = mpsc::channel();
+                let (o, c) = (outlets.clone(), counters.clone());
+                let tx = std::thread::Builder::new()
+                    .name(format!("tether-fanout-{i}"))
+                    .spawn(move || fan_out(rx, o, c))
+                    .map_err(|e| tracing::warn!(error = %e, "cannot start a fan-out thread"))
+                    .ok()
+                    .map(|_| tx);
+                Shard { outlets, tx }
+            })
+            .collect();
         Hub {
-            tx,
+            shards,
+            deferred_cap: capacity,
             latest: Mutex::default(),
             agents: Mutex::default(),
             generation: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
-            counters: Counters::default(),
+            counters,
         }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
-        self.tx.subscribe()
+    pub fn deferred_cap(&self) -> usize {
+        self.deferred_cap
+    }
+
+    fn shard(&self, id: u64) -> &Shard {
+        &self.shards[(id % self.shards.len() as u64) as usize]
+    }
+
+    /// Offer this node's change sets of the outlet's environments to it from now on.
+    pub fn attach(&self, outlet: &Arc<Outlet>) {
+        let mut map = lock(&self.shard(outlet.id).outlets);
+        for env in outlet.envs() {
+            map.entry(env)
+                .or_default()
+                .insert(outlet.id, outlet.clone());
+        }
+    }
+
+    pub fn detach(&self, outlet: &Outlet) {
+        let mut map = lock(&self.shard(outlet.id).outlets);
+        for env in outlet.envs() {
+            if let Some(m) = map.get_mut(&env) {
+                m.remove(&outlet.id);
+                if m.is_empty() {
+                    map.remove(&env);
+                }
+            }
+        }
     }
 
     /// Publish a committed change set to every connection of this node.
     pub fn publish(&self, set: ChangeSet) {
         self.note_position(&set.env, set.position);
-        let p = Published {
-            full: change_frame(&set, true),
-            redacted: change_frame(&set, false),
-            set,
-        };
-        // No receivers is fine: no agent follows anything on this node right now.
-        let _ = self.tx.send(Arc::new(p));
+        let full = change_frame(&set, true);
+        let redacted = change_frame(&set, false);
+        self.deliver(Arc::new(Published::new(set, full, redacted)));
     }
 
     /// Tell connections that `env` moved to `pos` in a way only a snapshot can follow (a new
@@ -167,12 +263,22 @@ impl Hub {
             position: pos,
             changes: Vec::new(),
         };
-        let p = Published {
-            full: Utf8Bytes::from_static(""),
-            redacted: Utf8Bytes::from_static(""),
-            set,
-        };
-        let _ = self.tx.send(Arc::new(p));
+        let empty = Utf8Bytes::from_static("");
+        self.deliver(Arc::new(Published::new(set, empty.clone(), empty)));
+    }
+
+    fn deliver(&self, p: Arc<Published>) {
+        let mut batch = Vec::new();
+        for shard in &self.shards {
+            let undelivered = match &shard.tx {
+                Some(tx) => tx.send(p.clone()).err().map(|e| e.0),
+                None => Some(p.clone()),
+            };
+            if let Some(p) = undelivered {
+                let sent = offer_all(&shard.outlets, &p, &mut batch);
+                self.counters.frames_sent.fetch_add(sent, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Record a position seen for an environment (newest wins).
@@ -252,4 +358,30 @@ impl Hub {
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
+}
+
+fn lock(
+    outlets: &Outlets,
+) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u64, Arc<Outlet>>>> {
+    outlets.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A fan-out thread: offers each change set, in the order published, to its outlets.
+fn fan_out(rx: mpsc::Receiver<Arc<Published>>, outlets: Arc<Outlets>, counters: Arc<Counters>) {
+    let mut batch = Vec::new();
+    while let Ok(p) = rx.recv() {
+        let sent = offer_all(&outlets, &p, &mut batch);
+        counters.frames_sent.fetch_add(sent, Ordering::Relaxed);
+    }
+}
+
+/// Offer `p` to the outlets following its environment; the map is locked only to copy
+/// them out, so connections come and go while frames are written.
+fn offer_all(outlets: &Outlets, p: &Arc<Published>, batch: &mut Vec<Arc<Outlet>>) -> u64 {
+    if let Some(m) = lock(outlets).get(&p.set.env) {
+        batch.extend(m.values().cloned());
+    }
+    let sent = batch.iter().map(|o| o.offer(p)).sum();
+    batch.clear();
+    sent
 }

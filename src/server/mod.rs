@@ -7,6 +7,8 @@ pub mod bus;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod outlet;
+pub mod plain;
 pub mod rollout;
 pub mod store;
 pub mod ws;
@@ -180,8 +182,9 @@ pub async fn serve(
                     let app = app.clone();
                     let tls = tls.clone();
                     let cancel = node.shutdown.clone();
+                    let limit = (node.max_frame * 4).max(1 << 20);
                     tracker.spawn(async move {
-                        if let Err(e) = connection(stream, app, tls, cancel).await {
+                        if let Err(e) = connection(stream, app, tls, limit, cancel).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
                     });
@@ -205,17 +208,32 @@ pub async fn serve(
     }
 }
 
+/// A plain-TCP connection's shared socket, for the WebSocket upgrade (request extension).
+#[derive(Clone)]
+pub struct PlainConn(pub Arc<plain::PlainSocket>);
+
+/// Serve one accepted connection; `limit` bounds what a plain socket queues for a slow agent.
 async fn connection(
     stream: TcpStream,
     app: axum::Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    limit: usize,
     cancel: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use tower::ServiceExt;
     let _ = stream.set_nodelay(true);
-    let svc = hyper_util::service::TowerToHyperService::new(app);
     match tls {
-        None => serve_http(TokioIo::new(stream), svc, cancel).await,
+        None => {
+            let (io, socket) = plain::PlainSocket::new(stream, limit);
+            let app = app.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(PlainConn(socket.clone()));
+                req
+            });
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            serve_http(TokioIo::new(io), svc, cancel).await
+        }
         Some(acceptor) => {
+            let svc = hyper_util::service::TowerToHyperService::new(app);
             let s =
                 tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await??;
             serve_http(TokioIo::new(s), svc, cancel).await

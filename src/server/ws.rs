@@ -1,25 +1,26 @@
 //! One agent connection: hello, catch-up from the agent's position, then live change sets
 //! in order without duplicates, heartbeats with current positions, acknowledgements into
-//! the rollout registry. Generic over `Sink`/`Stream` so it is tested without a socket.
+//! the rollout registry. Live change sets are judged and, on a plain socket, written by the
+//! fan-out (`outlet`); this task catches up, answers and drains. Generic over
+//! `Sink`/`Stream` so it is tested without a socket.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, close_code};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use super::Node;
 use super::auth::Grant;
 use super::hub::{self, AckState, AgentInfo, Counters};
+use super::outlet::Outlet;
+use super::plain::PlainSocket;
 use super::store::{CatchUp, StoreError};
-use crate::protocol::{
-    ClientMsg, EnvPosition, Position, ServerMsg, Subscription, Verdict, judge_change,
-};
+use crate::protocol::{ClientMsg, EnvPosition, Position, ServerMsg, Subscription};
 
 /// How long an agent has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,14 +36,21 @@ struct Conn<S> {
     socket: S,
     node: Arc<Node>,
     grant: Grant,
-    /// Last position sent per subscribed environment.
-    sent: BTreeMap<String, Option<Position>>,
+    /// The socket under `socket` when it is plain TCP: the fan-out writes to it directly.
+    plain: Option<Arc<PlainSocket>>,
+    /// Set once the agent said hello: where live change sets arrive.
+    outlet: Option<Arc<Outlet>>,
     id: u64,
 }
 
 /// Serve one agent until it leaves, misbehaves, or the node shuts down.
-pub async fn serve<S, E>(socket: S, node: Arc<Node>, grant: Grant, shutdown: CancellationToken)
-where
+pub async fn serve<S, E>(
+    socket: S,
+    plain: Option<Arc<PlainSocket>>,
+    node: Arc<Node>,
+    grant: Grant,
+    shutdown: CancellationToken,
+) where
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
     E: std::fmt::Display,
 {
@@ -51,10 +59,16 @@ where
         socket,
         node: node.clone(),
         grant,
-        sent: BTreeMap::new(),
+        plain,
+        outlet: None,
         id: 0,
     };
     let end = conn.run(shutdown).await;
+    // Before the close frame: nothing may be written after it.
+    if let Some(outlet) = conn.outlet.take() {
+        outlet.close();
+        node.hub.detach(&outlet);
+    }
     if conn.id != 0 {
         node.hub.unregister(conn.id);
     }
@@ -84,7 +98,7 @@ where
     async fn send(&mut self, frame: Utf8Bytes) -> Result<(), End> {
         Counters::inc(&self.node.hub.counters.frames_sent);
         // An agent that stops reading is dropped rather than holding frames forever.
-        let limit = (self.node.heartbeat * 2).max(Duration::from_secs(5));
+        let limit = self.patience();
         let result = {
             let mut send = std::pin::pin!(self.socket.send(Message::Text(frame)));
             // Nearly every send completes at once (room in the socket buffer): those need
@@ -110,6 +124,15 @@ where
 
     async fn send_msg(&mut self, msg: &ServerMsg) -> Result<(), End> {
         self.send(hub::encode(msg)).await
+    }
+
+    fn outlet(&self) -> Result<Arc<Outlet>, End> {
+        self.outlet.clone().ok_or(End::Gone)
+    }
+
+    /// How long an agent may leave frames unread before it is dropped.
+    fn patience(&self) -> Duration {
+        (self.node.heartbeat * 2).max(Duration::from_secs(5))
     }
 
     /// Next text frame from the agent; pings are answered by the WebSocket layer.
@@ -178,7 +201,10 @@ where
                 .await?;
                 continue;
             }
-            subs_ok.push(s);
+            // The same environment twice is followed once.
+            if !subs_ok.iter().any(|o| o.env == s.env) {
+                subs_ok.push(s);
+            }
         }
         if subs_ok.is_empty() {
             return Err(End::Close(
@@ -191,65 +217,51 @@ where
             token: self.grant.name.clone(),
             envs: subs_ok.iter().map(|s| (s.env.clone(), None)).collect(),
         });
+        let outlet = Arc::new(Outlet::new(
+            self.id,
+            self.grant.secrets,
+            self.plain.clone(),
+            subs_ok
+                .iter()
+                .map(|s| (s.env.clone(), s.position))
+                .collect(),
+            self.node.hub.deferred_cap(),
+        ));
+        // Attached (paused) before reading the store, so nothing committed in between is
+        // missed: it waits in the outlet until the catch-up is done.
+        self.node.hub.attach(&outlet);
+        self.outlet = Some(outlet.clone());
         self.send_msg(&ServerMsg::Welcome {
             node: self.node.id.clone(),
             heartbeat_ms: self.node.heartbeat.as_millis() as u64,
         })
         .await?;
-        // Subscribe before reading the store, so nothing committed in between is missed.
-        let mut live = self.node.hub.subscribe();
-        for s in subs_ok {
-            self.sent.insert(s.env.clone(), s.position);
-            self.catch_up(&s.env, s.position).await?;
-        }
+        self.catch_up(subs_ok.into_iter().map(|s| s.env).collect(), None)
+            .await?;
         let mut heartbeat = tokio::time::interval(self.node.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
         // Registered once: re-creating it in every turn of the loop would take the token's
         // lock for every frame of every connection.
         let mut cancelled = std::pin::pin!(shutdown.cancelled());
+        let plain = self.plain.clone();
         loop {
             tokio::select! {
                 _ = &mut cancelled => return Ok(()),
-                msg = live.recv() => match msg {
-                    Ok(p) => {
-                        let Some(&sent) = self.sent.get(&p.set.env) else { continue };
-                        if p.set.changes.is_empty() {
-                            // Moved beyond what change sets can bridge: catch up from the store.
-                            if sent != Some(p.set.position) {
-                                let env = p.set.env.clone();
-                                self.catch_up(&env, sent).await?;
-                            }
-                            continue;
-                        }
-                        match judge_change(sent, p.set.position) {
-                            Verdict::Apply => {
-                                self.send(p.frame(self.grant.secrets)).await?;
-                                                                if let Some(slot) = self.sent.get_mut(&p.set.env) {
-                                    *slot = Some(p.set.position);
-                                }
-                            }
-                            Verdict::Drop => {}
-                            Verdict::Resync => {
-                                let env = p.set.env.clone();
-                                self.catch_up(&env, sent).await?;
-                            }
-                        }
-                    }
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "agent connection lagged; catching up from the store");
-                        let envs: Vec<(String, Option<Position>)> = self.sent.iter().map(|(k, v)| (k.clone(), *v)).collect();
-                        for (env, pos) in envs {
-                            self.catch_up(&env, pos).await?;
-                        }
-                    }
-                    Err(RecvError::Closed) => return Ok(()),
-                },
+                _ = outlet.notified() => self.service(&outlet).await?,
+                e = backlog(plain.as_deref()) => {
+                    tracing::debug!(agent = self.id, error = %e, "agent socket failed");
+                    return Err(End::Gone);
+                }
                 _ = heartbeat.tick() => {
-                    let positions = self
-                        .sent
-                        .keys()
-                        .filter_map(|env| self.node.hub.position(env).map(|position| EnvPosition { env: env.clone(), position }))
+                    if plain.as_ref().and_then(|p| p.stalled_for()).is_some_and(|t| t > self.patience()) {
+                        tracing::warn!(agent = self.id, "agent stopped reading; dropping its connection");
+                        return Err(End::Gone);
+                    }
+                    let positions = outlet
+                        .envs()
+                        .into_iter()
+                        .filter_map(|env| self.node.hub.position(&env).map(|position| EnvPosition { env, position }))
                         .collect();
                     self.send_msg(&ServerMsg::Heartbeat { positions }).await?;
                 }
@@ -259,6 +271,25 @@ where
                 }
             }
         }
+    }
+
+    /// Do what the fan-out left: frames to send (no plain socket), environments to catch up.
+    async fn service(&mut self, outlet: &Outlet) -> Result<(), End> {
+        let work = outlet.take_work();
+        if work.overflow {
+            tracing::warn!(
+                agent = self.id,
+                "agent stopped reading; dropping its connection"
+            );
+            return Err(End::Gone);
+        }
+        for frame in work.frames {
+            self.send(frame).await?;
+        }
+        if !work.resync.is_empty() {
+            self.catch_up(work.resync, None).await?;
+        }
+        Ok(())
     }
 
     async fn handle(&mut self, text: &str) -> Result<(), End> {
@@ -301,7 +332,7 @@ where
                 );
             }
             ClientMsg::Resync { env, position } => {
-                if !self.sent.contains_key(&env) {
+                if !self.outlet()?.follows(&env) {
                     self.send_msg(&ServerMsg::Error {
                         code: "not_subscribed".into(),
                         message: format!(
@@ -312,34 +343,70 @@ where
                     return Ok(());
                 }
                 Counters::inc(&self.node.hub.counters.resyncs);
-                self.catch_up(&env, position).await?;
+                self.catch_up(vec![env], Some(position)).await?;
             }
         }
         Ok(())
     }
 
-    /// Send what an agent at `from` is missing in `env`, then `synced`, and remember where
-    /// it now stands.
-    async fn catch_up(&mut self, env: &str, from: Option<Position>) -> Result<(), End> {
-        self.send_catch_up(env, from).await?;
-        if let Some(Some(position)) = self.sent.get(env).copied() {
-            self.send_msg(&ServerMsg::Synced {
-                env: env.to_string(),
-                position,
-            })
-            .await?;
+    /// Send what the agent is missing in `envs` (from what was last sent, or from `from`
+    /// when the agent said where it stands), each followed by `synced`; live change sets
+    /// wait meanwhile and are judged after. Catches up again if too many waited.
+    async fn catch_up(
+        &mut self,
+        mut envs: Vec<String>,
+        mut from: Option<Option<Position>>,
+    ) -> Result<(), End> {
+        let outlet = self.outlet()?;
+        for frame in outlet.pause() {
+            self.send(frame).await?;
         }
-        Ok(())
+        loop {
+            for env in &envs {
+                let start = match from {
+                    Some(p) => p,
+                    None => outlet.sent(env),
+                };
+                self.send_catch_up(&outlet, env, start).await?;
+                if let Some(position) = outlet.sent(env) {
+                    self.send_msg(&ServerMsg::Synced {
+                        env: env.clone(),
+                        position,
+                    })
+                    .await?;
+                }
+            }
+            match outlet.resume() {
+                Some(sent) => {
+                    let c = &self.node.hub.counters.frames_sent;
+                    c.fetch_add(sent, Ordering::Relaxed);
+                    return Ok(());
+                }
+                None => {
+                    tracing::warn!(
+                        agent = self.id,
+                        "too many changes while catching up; catching up again"
+                    );
+                    envs = outlet.envs();
+                    from = None;
+                }
+            }
+        }
     }
 
-    async fn send_catch_up(&mut self, env: &str, from: Option<Position>) -> Result<(), End> {
+    async fn send_catch_up(
+        &mut self,
+        outlet: &Outlet,
+        env: &str,
+        from: Option<Position>,
+    ) -> Result<(), End> {
         // Boxed: store futures are large and only live during a catch-up.
         let result = Box::pin(self.node.store.catch_up(env, from)).await;
         match result {
             Ok(CatchUp::UpToDate) => {
                 if let Some(p) = from {
                     self.node.hub.note_position(env, p);
-                    self.sent.insert(env.to_string(), Some(p));
+                    outlet.set_sent(env, Some(p));
                 }
             }
             Ok(CatchUp::Changes(sets)) => {
@@ -347,7 +414,7 @@ where
                     let frame = hub::change_frame(&set, self.grant.secrets);
                     self.send(frame).await?;
                     self.node.hub.note_position(env, set.position);
-                    self.sent.insert(env.to_string(), Some(set.position));
+                    outlet.set_sent(env, Some(set.position));
                 }
             }
             Ok(CatchUp::Snapshot(snap)) => {
@@ -355,7 +422,7 @@ where
                 self.node.hub.note_position(env, snap.position);
                 let frame = hub::snapshot_frame(&snap, self.grant.secrets);
                 self.send(frame).await?;
-                self.sent.insert(env.to_string(), Some(snap.position));
+                outlet.set_sent(env, Some(snap.position));
             }
             Err(e) => {
                 self.store_error(e).await?;
@@ -371,6 +438,14 @@ where
             message: e.to_string(),
         })
         .await
+    }
+}
+
+/// Resolves when the plain socket's backlog can no longer be drained; never without one.
+async fn backlog(plain: Option<&PlainSocket>) -> std::io::Error {
+    match plain {
+        Some(p) => std::future::poll_fn(|cx| p.poll_backlog(cx)).await,
+        None => std::future::pending().await,
     }
 }
 

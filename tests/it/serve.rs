@@ -1066,6 +1066,73 @@ fn a_thousand_protocol_clients_all_receive_one_change() {
     );
 }
 
+/// A client that stops reading while change sets pile up past the socket buffers gets them
+/// all later, whole and in order, with the node's own answer to it in between, and the
+/// connection stays.
+#[test]
+fn a_client_that_reads_late_gets_every_change_whole_and_in_order() {
+    const N: u64 = 100;
+    let w = Work::new();
+    let node = Node::start(&w, &[]);
+    commit(&node.url(), None, "prod", &[("A", "0")]);
+    let rt = runtime();
+    let mut ws = rt.block_on(async {
+        let mut ws = ws_connect(&node.ws(), None).await.expect("upgrade");
+        assert_eq!(hello_and_sync(&mut ws, "prod").await.version, 1);
+        ws
+    });
+    // About 3 MiB while the client reads nothing: more than loopback's buffers take.
+    let filler = "x".repeat(30_000);
+    for i in 1..=N {
+        commit(
+            &node.url(),
+            None,
+            "prod",
+            &[("A", &format!("{i}:{filler}"))],
+        );
+        if i == N / 2 {
+            rt.block_on(ws.send(Message::text(r#"{"type":"nonsense"}"#)))
+                .expect("send a frame");
+        }
+    }
+    rt.block_on(async {
+        let (mut next, mut errors) = (1, 0);
+        while next <= N {
+            match next_server_msg(&mut ws).await {
+                ServerMsg::Change {
+                    position, changes, ..
+                } => {
+                    assert_eq!(position.version, next + 1, "change sets out of order");
+                    let value = changes[0].value.as_ref().expect("a value");
+                    assert_eq!(
+                        value.expose(),
+                        format!("{next}:{filler}").as_bytes(),
+                        "version {} arrived damaged",
+                        position.version
+                    );
+                    next += 1;
+                }
+                ServerMsg::Error { code, .. } => {
+                    assert_eq!(code, "unknown_type");
+                    errors += 1;
+                }
+                ServerMsg::Heartbeat { .. } => {}
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+        assert_eq!(next, N + 1);
+        if errors == 0 {
+            match next_server_msg(&mut ws).await {
+                ServerMsg::Error { code, .. } => assert_eq!(code, "unknown_type"),
+                other => panic!("expected the answer to the unknown type, got {other:?}"),
+            }
+        }
+    });
+    commit(&node.url(), None, "prod", &[("A", "last")]);
+    let changes = rt.block_on(wait_change(&mut ws, "prod", N + 2));
+    assert_eq!(changes[0].value, Some(Value::from("last")));
+}
+
 // ---------------------------------------------------------------------------------------
 // 9. Admin verbs.
 

@@ -68,6 +68,7 @@ fn start(grant: Grant) -> Harness {
     let (tx, from_node) = mpsc::unbounded_channel();
     tokio::spawn(serve(
         FakeSocket { rx, tx },
+        None,
         node.clone(),
         grant,
         node.shutdown.clone(),
@@ -274,6 +275,7 @@ async fn connection_state_is_small() {
     let (tx, _from) = mpsc::unbounded_channel();
     let fut = serve(
         FakeSocket { rx, tx },
+        None,
         node.clone(),
         Grant::dev(),
         node.shutdown.clone(),

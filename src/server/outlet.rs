@@ -1,0 +1,371 @@
+//! One agent connection's delivery state, shared by the connection's task and the node's
+//! fan-out threads. The fan-out offers every change set of an environment the connection
+//! follows; under the outlet's lock it decides, per the protocol's rule, to send it (the
+//! next version), drop it (already sent) or ask the task to catch up from the store (a
+//! gap, a new epoch). On a plain socket the frame goes straight into the kernel from the
+//! fan-out thread, so a change reaches ten thousand agents without waking ten thousand
+//! tasks; otherwise (TLS, tests) the frame is queued and the task is woken to send it.
+//! While the task catches up, offers wait in order and are judged when it is done.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::Notify;
+
+use super::hub::Published;
+use super::plain::PlainSocket;
+use crate::protocol::{Position, Verdict, judge_change};
+
+pub struct Outlet {
+    pub id: u64,
+    secrets: bool,
+    plain: Option<Arc<PlainSocket>>,
+    /// Offers kept while the task catches up; past this, it catches up again instead.
+    deferred_cap: usize,
+    state: Mutex<Delivery>,
+    wake: Notify,
+}
+
+struct Delivery {
+    /// Last position sent per followed environment.
+    sent: Vec<(String, Option<Position>)>,
+    /// The task is catching up from the store: offers wait in `deferred`.
+    paused: bool,
+    deferred: Vec<Arc<Published>>,
+    lagged: bool,
+    /// Environments the task must catch up from the store.
+    resync: Vec<String>,
+    /// Frames for the task to send (connections without a plain socket).
+    frames: VecDeque<Utf8Bytes>,
+    /// The agent stopped reading: its backlog overflowed.
+    overflow: bool,
+    closed: bool,
+}
+
+impl Delivery {
+    fn slot(&mut self, env: &str) -> Option<&mut Option<Position>> {
+        self.sent.iter_mut().find(|(e, _)| e == env).map(|(_, p)| p)
+    }
+}
+
+/// What the task has to do after a wake-up.
+pub struct Work {
+    pub frames: VecDeque<Utf8Bytes>,
+    pub resync: Vec<String>,
+    pub overflow: bool,
+}
+
+impl Outlet {
+    /// A new outlet starts paused: the task catches up first.
+    pub fn new(
+        id: u64,
+        secrets: bool,
+        plain: Option<Arc<PlainSocket>>,
+        sent: Vec<(String, Option<Position>)>,
+        deferred_cap: usize,
+    ) -> Outlet {
+        Outlet {
+            id,
+            secrets,
+            plain,
+            deferred_cap,
+            state: Mutex::new(Delivery {
+                sent,
+                paused: true,
+                deferred: Vec::new(),
+                lagged: false,
+                resync: Vec::new(),
+                frames: VecDeque::new(),
+                overflow: false,
+                closed: false,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Delivery> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Resolves when the fan-out left work for the task (see [`Outlet::take_work`]).
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
+    pub fn envs(&self) -> Vec<String> {
+        self.lock().sent.iter().map(|(e, _)| e.clone()).collect()
+    }
+
+    pub fn follows(&self, env: &str) -> bool {
+        self.lock().sent.iter().any(|(e, _)| e == env)
+    }
+
+    /// Last position sent for `env`.
+    pub fn sent(&self, env: &str) -> Option<Position> {
+        self.lock().slot(env).and_then(|p| *p)
+    }
+
+    pub fn set_sent(&self, env: &str, pos: Option<Position>) {
+        if let Some(slot) = self.lock().slot(env) {
+            *slot = pos;
+        }
+    }
+
+    /// From the fan-out: a change set of an environment this outlet may follow. Returns
+    /// how many frames were sent.
+    pub fn offer(&self, p: &Arc<Published>) -> u64 {
+        let mut st = self.lock();
+        if st.closed || st.overflow {
+            return 0;
+        }
+        if st.paused {
+            if st.deferred.len() < self.deferred_cap {
+                st.deferred.push(p.clone());
+            } else {
+                st.deferred.clear();
+                st.lagged = true;
+            }
+            return 0;
+        }
+        self.judge(&mut st, p)
+    }
+
+    fn judge(&self, st: &mut Delivery, p: &Published) -> u64 {
+        let env = &p.set.env;
+        let Some(slot) = st.slot(env) else { return 0 };
+        let sent = *slot;
+        if p.set.changes.is_empty() {
+            // Moved beyond what change sets can bridge: catch up from the store.
+            if sent != Some(p.set.position) {
+                self.ask_resync(st, env);
+            }
+            return 0;
+        }
+        match judge_change(sent, p.set.position) {
+            Verdict::Apply => {
+                *slot = Some(p.set.position);
+                match &self.plain {
+                    Some(plain) => {
+                        if plain.send(p.wire(self.secrets)).is_err() {
+                            st.overflow = true;
+                            self.wake.notify_one();
+                        }
+                    }
+                    None => {
+                        st.frames.push_back(p.frame(self.secrets));
+                        self.wake.notify_one();
+                    }
+                }
+                1
+            }
+            Verdict::Drop => 0,
+            Verdict::Resync => {
+                self.ask_resync(st, env);
+                0
+            }
+        }
+    }
+
+    fn ask_resync(&self, st: &mut Delivery, env: &str) {
+        if !st.resync.iter().any(|e| e == env) {
+            st.resync.push(env.to_string());
+        }
+        self.wake.notify_one();
+    }
+
+    /// For the task: what the fan-out left for it.
+    pub fn take_work(&self) -> Work {
+        let mut st = self.lock();
+        Work {
+            frames: std::mem::take(&mut st.frames),
+            resync: std::mem::take(&mut st.resync),
+            overflow: st.overflow,
+        }
+    }
+
+    /// The task starts catching up: offers wait from now on. Returns frames queued before,
+    /// which go out first.
+    pub fn pause(&self) -> VecDeque<Utf8Bytes> {
+        let mut st = self.lock();
+        st.paused = true;
+        std::mem::take(&mut st.frames)
+    }
+
+    /// The task caught up: judge what waited, in order, and go live; returns how many
+    /// frames that sent. None when too much waited: the task must catch up every
+    /// environment again (still paused).
+    pub fn resume(&self) -> Option<u64> {
+        let mut st = self.lock();
+        if std::mem::take(&mut st.lagged) {
+            return None;
+        }
+        st.paused = false;
+        let mut sent = 0;
+        for p in std::mem::take(&mut st.deferred) {
+            sent += self.judge(&mut st, &p);
+        }
+        Some(sent)
+    }
+
+    /// The connection is ending: nothing more is written to it.
+    pub fn close(&self) {
+        self.lock().closed = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Epoch, WireChange};
+    use crate::server::hub::{Hub, change_frame};
+    use crate::server::store::ChangeSet;
+
+    fn pos(epoch: u64, version: u64) -> Position {
+        Position {
+            epoch: Epoch(epoch),
+            version,
+        }
+    }
+
+    fn published(env: &str, p: Position) -> Arc<Published> {
+        let set = ChangeSet {
+            env: env.into(),
+            position: p,
+            changes: vec![WireChange {
+                name: "A".into(),
+                value: Some(crate::secret::Value::from(p.version.to_string())),
+                secret: false,
+                delete: false,
+            }],
+        };
+        let (full, redacted) = (change_frame(&set, true), change_frame(&set, false));
+        Arc::new(Published::new(set, full, redacted))
+    }
+
+    fn outlet(at: Option<Position>, cap: usize) -> Outlet {
+        Outlet::new(1, true, None, vec![("prod".into(), at)], cap)
+    }
+
+    fn versions(o: &Outlet) -> Vec<u64> {
+        o.take_work()
+            .frames
+            .iter()
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+                v["position"]["version"].as_u64().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn offers_wait_while_catching_up_then_are_judged_in_order() {
+        let o = outlet(Some(pos(1, 1)), 16);
+        for v in [2, 3, 2, 5] {
+            assert_eq!(o.offer(&published("prod", pos(1, v))), 0, "paused");
+        }
+        assert!(versions(&o).is_empty());
+        // The catch-up brought it to 2: 2 is a duplicate, 3 applies, 5 is a gap.
+        o.set_sent("prod", Some(pos(1, 2)));
+        assert_eq!(o.resume(), Some(1));
+        let work = o.take_work();
+        assert_eq!(work.frames.len(), 1);
+        assert_eq!(work.resync, vec!["prod".to_string()]);
+        assert_eq!(o.sent("prod"), Some(pos(1, 3)));
+    }
+
+    #[test]
+    fn live_offers_apply_next_drop_old_and_ask_a_resync_on_gaps_and_epochs() {
+        let o = outlet(Some(pos(1, 1)), 16);
+        assert_eq!(o.resume(), Some(0));
+        assert_eq!(o.offer(&published("prod", pos(1, 2))), 1);
+        assert_eq!(o.offer(&published("prod", pos(1, 2))), 0);
+        assert_eq!(o.offer(&published("prod", pos(1, 1))), 0);
+        assert_eq!(o.offer(&published("other", pos(1, 3))), 0);
+        assert_eq!(versions(&o), vec![2]);
+        assert_eq!(o.offer(&published("prod", pos(1, 4))), 0);
+        assert_eq!(o.take_work().resync, vec!["prod".to_string()]);
+        assert_eq!(o.offer(&published("prod", pos(2, 1))), 0);
+        assert_eq!(o.take_work().resync, vec!["prod".to_string()]);
+        assert_eq!(o.sent("prod"), Some(pos(1, 2)), "never moved by a gap");
+    }
+
+    #[test]
+    fn too_many_offers_while_paused_mean_catching_up_again() {
+        let o = outlet(Some(pos(1, 1)), 3);
+        for v in 2..=6 {
+            o.offer(&published("prod", pos(1, v)));
+        }
+        assert_eq!(o.resume(), None, "lagged: catch up again, still paused");
+        o.offer(&published("prod", pos(1, 7)));
+        o.set_sent("prod", Some(pos(1, 6)));
+        assert_eq!(o.resume(), Some(1));
+        assert_eq!(versions(&o), vec![7]);
+    }
+
+    #[test]
+    fn a_move_without_changes_asks_a_resync_unless_already_there() {
+        let o = outlet(Some(pos(1, 3)), 16);
+        o.resume();
+        let moved = |p: Position| {
+            let set = ChangeSet {
+                env: "prod".into(),
+                position: p,
+                changes: Vec::new(),
+            };
+            let empty = Utf8Bytes::from_static("");
+            Arc::new(Published::new(set, empty.clone(), empty))
+        };
+        o.offer(&moved(pos(1, 3)));
+        assert!(o.take_work().resync.is_empty());
+        o.offer(&moved(pos(2, 7)));
+        assert_eq!(o.take_work().resync, vec!["prod".to_string()]);
+    }
+
+    #[test]
+    fn a_closed_outlet_takes_nothing() {
+        let o = outlet(Some(pos(1, 1)), 16);
+        o.resume();
+        o.close();
+        assert_eq!(o.offer(&published("prod", pos(1, 2))), 0);
+        assert!(versions(&o).is_empty());
+    }
+
+    /// Through the hub's fan-out threads: only outlets of the environment get it, and an
+    /// outlet detached gets nothing more. Ids 12 and 24 share a fan-out thread for any
+    /// count up to four, so one frame to `dev` shows the thread is past what `prod` got.
+    #[tokio::test]
+    async fn the_hub_offers_an_environment_to_its_outlets_only() {
+        let hub = Hub::new(16);
+        let follow = |id, env: &str| {
+            Arc::new(Outlet::new(
+                id,
+                true,
+                None,
+                vec![(env.into(), Some(pos(1, 1)))],
+                16,
+            ))
+        };
+        let (prod, dev) = (follow(12, "prod"), follow(24, "dev"));
+        for o in [&prod, &dev] {
+            hub.attach(o);
+            o.resume();
+        }
+        let wait = |o: Arc<Outlet>| async move {
+            tokio::time::timeout(std::time::Duration::from_secs(10), o.notified())
+                .await
+                .expect("woken within the deadline");
+            versions(&o)
+        };
+        hub.publish(published("prod", pos(1, 2)).set.clone());
+        assert_eq!(wait(prod.clone()).await, vec![2]);
+        hub.publish(published("dev", pos(1, 2)).set.clone());
+        assert_eq!(wait(dev.clone()).await, vec![2]);
+        assert!(versions(&prod).is_empty());
+        hub.detach(&prod);
+        hub.publish(published("prod", pos(1, 3)).set.clone());
+        hub.publish(published("dev", pos(1, 3)).set.clone());
+        assert_eq!(wait(dev.clone()).await, vec![3]);
+        assert!(versions(&prod).is_empty(), "detached");
+    }
+}

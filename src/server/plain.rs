@@ -1,0 +1,363 @@
+//! A plain-TCP agent socket that two parties write: the connection's own task (HTTP, then
+//! WebSocket frames through tungstenite) and the node's fan-out threads, which write change
+//! frames straight into the kernel without waking the task. Every write goes through one
+//! backlog under one lock, so frames never interleave and order is kept: a write goes to
+//! the kernel only when nothing is queued before it, and whatever the kernel does not take
+//! is queued whole and drained by the connection's task when the socket is writable.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker, ready};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// The write side, shared by the connection and the fan-out.
+pub struct PlainSocket {
+    write: OwnedWriteHalf,
+    backlog: Mutex<Backlog>,
+    /// Most bytes a connection may have queued; past it the agent is not reading.
+    limit: usize,
+}
+
+#[derive(Default)]
+struct Backlog {
+    /// Bytes the kernel has not taken yet, in order; the front may be partly written.
+    queue: VecDeque<Bytes>,
+    bytes: usize,
+    /// When the backlog last went from empty to non-empty.
+    since: Option<Instant>,
+    /// The connection's task, to drain what was queued.
+    drainer: Option<Waker>,
+}
+
+/// The backlog outgrew its limit: the agent stopped reading.
+#[derive(Debug)]
+pub struct Overflow;
+
+impl PlainSocket {
+    /// Split `stream`: the read half for hyper, the shared write side for everyone.
+    pub fn new(stream: TcpStream, limit: usize) -> (PlainIo, Arc<PlainSocket>) {
+        let (read, write) = stream.into_split();
+        let socket = Arc::new(PlainSocket {
+            write,
+            backlog: Mutex::default(),
+            limit,
+        });
+        let io = PlainIo {
+            read,
+            socket: socket.clone(),
+        };
+        (io, socket)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Backlog> {
+        self.backlog.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Write `bytes` after everything written before, without waiting: what the kernel
+    /// does not take now is queued for the connection's task. Called by the fan-out.
+    pub fn send(&self, bytes: &Bytes) -> Result<(), Overflow> {
+        let mut b = self.lock();
+        let mut rest = bytes.clone();
+        if b.queue.is_empty() {
+            match self.write.try_write(&rest) {
+                Ok(n) if n == rest.len() => return Ok(()),
+                Ok(n) => rest.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // A broken socket: the connection's task finds out from its own read or write.
+                Err(_) => return Ok(()),
+            }
+        }
+        if b.bytes + rest.len() > self.limit {
+            return Err(Overflow);
+        }
+        let waker = push(&mut b, rest);
+        drop(b);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// How long bytes have been waiting for the agent to read them.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        self.lock().since.map(|t| t.elapsed())
+    }
+
+    /// Drain the backlog; ready when it is empty. A waker registered while the kernel's
+    /// buffer is full is woken when it has room.
+    fn poll_drain(&self, b: &mut Backlog, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(front) = b.queue.front_mut() {
+            match self.write.try_write(front) {
+                Ok(n) => {
+                    b.bytes -= n;
+                    front.advance(n);
+                    if front.is_empty() {
+                        b.queue.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.write.as_ref().poll_write_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        b.since = None;
+        Poll::Ready(Ok(()))
+    }
+
+    /// For the connection's task: drain whatever the fan-out queued. Ready only with the
+    /// error that broke the socket; pending with the backlog empty means "wake me when
+    /// bytes are queued".
+    pub fn poll_backlog(&self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let mut b = self.lock();
+        match self.poll_drain(&mut b, cx) {
+            Poll::Ready(Ok(())) => {
+                if !b.drainer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    b.drainer = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(e),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Queue `bytes`; returns the drainer to wake when the backlog was empty.
+fn push(b: &mut Backlog, bytes: Bytes) -> Option<Waker> {
+    let was_empty = b.queue.is_empty();
+    b.bytes += bytes.len();
+    b.queue.push_back(bytes);
+    if was_empty {
+        b.since = Some(Instant::now());
+        b.drainer.take()
+    } else {
+        None
+    }
+}
+
+/// The connection's I/O as hyper and tungstenite see it.
+pub struct PlainIo {
+    read: OwnedReadHalf,
+    socket: Arc<PlainSocket>,
+}
+
+impl AsyncRead for PlainIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PlainIo {
+    /// Takes the whole buffer or nothing, so that what the caller writes as one frame stays
+    /// one piece in the byte stream; waits only when the backlog is over its limit.
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let s = &*self.socket;
+        let mut b = s.lock();
+        if !b.queue.is_empty() {
+            if let Poll::Ready(Err(e)) = s.poll_drain(&mut b, cx) {
+                return Poll::Ready(Err(e));
+            }
+            if !b.queue.is_empty() {
+                if b.bytes + buf.len() > s.limit {
+                    // Woken by poll_drain's write-readiness registration above.
+                    return Poll::Pending;
+                }
+                let waker = push(&mut b, Bytes::copy_from_slice(buf));
+                drop(b);
+                if let Some(w) = waker {
+                    w.wake();
+                }
+                return Poll::Ready(Ok(buf.len()));
+            }
+        }
+        let n = match s.write.try_write(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        if n < buf.len() {
+            let waker = push(&mut b, Bytes::copy_from_slice(&buf[n..]));
+            drop(b);
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    /// Flushed means the kernel has every byte, the fan-out's included.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let s = &*self.socket;
+        let mut b = s.lock();
+        s.poll_drain(&mut b, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        let fd = std::os::fd::AsFd::as_fd(self.socket.write.as_ref());
+        match nix::sys::socket::shutdown(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            nix::sys::socket::Shutdown::Write,
+        ) {
+            Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair(limit: usize) -> (PlainIo, Arc<PlainSocket>, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let (io, socket) = PlainSocket::new(s, limit);
+        (io, socket, peer)
+    }
+
+    const BLOCK: usize = 16 * 1024;
+
+    /// A block of `writer`'s bytes carrying its sequence number.
+    fn block(writer: u8, seq: u32) -> Vec<u8> {
+        let mut b = vec![writer; BLOCK];
+        b[1..5].copy_from_slice(&seq.to_be_bytes());
+        b
+    }
+
+    /// A fan-out thread and the connection's task write at once, many times what the kernel
+    /// buffers, to a peer that reads in fits: every block arrives whole, and each writer's
+    /// blocks in the order it wrote them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_from_both_sides_stay_whole_and_ordered() {
+        const EACH: u32 = 400;
+        let (mut io, socket, mut peer) = pair(256 << 20).await;
+        let total = 2 * EACH as usize * BLOCK;
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::with_capacity(total);
+            let mut buf = vec![0u8; 32 * 1024];
+            while all.len() < total {
+                let n = peer.read(&mut buf).await.unwrap();
+                assert!(n > 0, "socket closed early");
+                all.extend_from_slice(&buf[..n]);
+                // Reading in fits fills and empties the buffers again and again.
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            all
+        });
+        let drainer = {
+            let socket = socket.clone();
+            // Stands in for the connection task's drain arm.
+            tokio::spawn(async move { std::future::poll_fn(|cx| socket.poll_backlog(cx)).await })
+        };
+        let fan_out = {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                for seq in 0..EACH {
+                    socket.send(&Bytes::from(block(1, seq))).unwrap();
+                    // Paced, so that its writes meet every state of the backlog.
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            })
+        };
+        for seq in 0..EACH {
+            io.write_all(&block(2, seq)).await.unwrap();
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+        tokio::task::spawn_blocking(move || fan_out.join().unwrap())
+            .await
+            .unwrap();
+        io.flush().await.unwrap();
+        let all = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .expect("the peer reads everything within the deadline")
+            .unwrap();
+        drainer.abort();
+        let mut next = [0u32; 3];
+        for (i, b) in all.chunks(BLOCK).enumerate() {
+            let w = b[0];
+            assert!(w == 1 || w == 2, "block {i} starts mid-block");
+            assert!(b[5..].iter().all(|&x| x == w), "block {i} is not whole");
+            let seq = u32::from_be_bytes(b[1..5].try_into().unwrap());
+            assert_eq!(seq, next[w as usize], "writer {w}'s blocks out of order");
+            next[w as usize] += 1;
+        }
+        assert_eq!(next, [0, EACH, EACH]);
+        assert_eq!(socket.stalled_for(), None);
+    }
+
+    /// Once bytes wait in the backlog, a later write waits behind them even when the
+    /// kernel has room again before the backlog was drained.
+    #[tokio::test]
+    async fn a_write_never_overtakes_the_backlog() {
+        let (_io, socket, mut peer) = pair(256 << 20).await;
+        let mut seq = 0u32;
+        // Fill the kernel's buffers until a block has to wait.
+        while socket.stalled_for().is_none() {
+            socket.send(&Bytes::from(block(1, seq))).unwrap();
+            seq += 1;
+        }
+        // The peer takes everything the kernel holds; the socket is writable again.
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while got.len() < (seq as usize - 1) * BLOCK {
+            let n = peer.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        tokio::time::timeout(Duration::from_secs(10), socket.write.as_ref().writable())
+            .await
+            .expect("writable within the deadline")
+            .unwrap();
+        socket.send(&Bytes::from(block(1, seq))).unwrap();
+        let drainer = {
+            let socket = socket.clone();
+            tokio::spawn(async move { std::future::poll_fn(|cx| socket.poll_backlog(cx)).await })
+        };
+        while got.len() < (seq as usize + 1) * BLOCK {
+            let n = tokio::time::timeout(Duration::from_secs(10), peer.read(&mut buf))
+                .await
+                .expect("the rest within the deadline")
+                .unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        drainer.abort();
+        for (i, b) in got.chunks(BLOCK).enumerate() {
+            assert_eq!(b[1..5], (i as u32).to_be_bytes(), "block {i} out of order");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_reads_overflows_the_limit() {
+        let (_io, socket, _peer) = pair(1 << 20).await;
+        let block = Bytes::from(vec![7u8; 256 * 1024]);
+        let mut overflowed = false;
+        // Kernel buffers on loopback take a few MiB; the backlog then fills to its limit.
+        for _ in 0..400 {
+            if socket.send(&block).is_err() {
+                overflowed = true;
+                break;
+            }
+        }
+        assert!(overflowed, "a stuck peer must overflow the backlog");
+        assert!(socket.stalled_for().is_some());
+    }
+}
