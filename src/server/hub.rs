@@ -164,8 +164,10 @@ impl Serialize for AllAgents<'_> {
     }
 }
 
-/// The outlets of one fan-out thread, by environment and connection id.
-type Outlets = Mutex<HashMap<String, HashMap<u64, Arc<Outlet>>>>;
+/// The outlets of one fan-out thread by environment and connection id, each with the index
+/// of the environment in its list.
+type OutletMap = HashMap<String, HashMap<u64, (Arc<Outlet>, usize)>>;
+type Outlets = Mutex<OutletMap>;
 
 /// A share of the connections and the thread that writes to them.
 struct Shard {
@@ -227,10 +229,10 @@ impl Hub {
     /// Offer this node's change sets of the outlet's environments to it from now on.
     pub fn attach(&self, outlet: &Arc<Outlet>) {
         let mut map = lock(&self.shard(outlet.id).outlets);
-        for env in outlet.envs() {
+        for (i, env) in outlet.envs().into_iter().enumerate() {
             map.entry(env)
                 .or_default()
-                .insert(outlet.id, outlet.clone());
+                .insert(outlet.id, (outlet.clone(), i));
         }
     }
 
@@ -360,9 +362,7 @@ impl Hub {
     }
 }
 
-fn lock(
-    outlets: &Outlets,
-) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u64, Arc<Outlet>>>> {
+fn lock(outlets: &Outlets) -> std::sync::MutexGuard<'_, OutletMap> {
     outlets.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -377,11 +377,11 @@ fn fan_out(rx: mpsc::Receiver<Arc<Published>>, outlets: Arc<Outlets>, counters: 
 
 /// Offer `p` to the outlets following its environment; the map is locked only to copy
 /// them out, so connections come and go while frames are written.
-fn offer_all(outlets: &Outlets, p: &Arc<Published>, batch: &mut Vec<Arc<Outlet>>) -> u64 {
+fn offer_all(outlets: &Outlets, p: &Arc<Published>, batch: &mut Vec<(Arc<Outlet>, usize)>) -> u64 {
     if let Some(m) = lock(outlets).get(&p.set.env) {
         batch.extend(m.values().cloned());
     }
-    let sent = batch.iter().map(|o| o.offer(p)).sum();
+    let sent = batch.iter().map(|(o, i)| o.offer(p, *i)).sum();
     batch.clear();
     sent
 }

@@ -44,6 +44,10 @@ struct Delivery {
 }
 
 impl Delivery {
+    fn index(&self, env: &str) -> Option<usize> {
+        self.sent.iter().position(|(e, _)| e == env)
+    }
+
     fn slot(&mut self, env: &str) -> Option<&mut Option<Position>> {
         self.sent.iter_mut().find(|(e, _)| e == env).map(|(_, p)| p)
     }
@@ -112,11 +116,13 @@ impl Outlet {
         }
     }
 
-    /// From the fan-out: a change set of an environment this outlet may follow. Returns
-    /// how many frames were sent.
-    pub fn offer(&self, p: &Arc<Published>) -> u64 {
+    /// From the fan-out: a change set of the environment at `index` in this outlet's list
+    /// (see [`Outlet::envs`]). Returns how many frames were sent.
+    pub fn offer(&self, p: &Arc<Published>, index: usize) -> u64 {
         let mut st = self.lock();
-        if st.closed || st.overflow {
+        // The index comes from the hub's map, which is keyed by environment: no names are
+        // compared per connection.
+        if st.closed || st.overflow || index >= st.sent.len() {
             return 0;
         }
         if st.paused {
@@ -128,12 +134,12 @@ impl Outlet {
             }
             return 0;
         }
-        self.judge(&mut st, p)
+        self.judge(&mut st, p, index)
     }
 
-    fn judge(&self, st: &mut Delivery, p: &Published) -> u64 {
+    fn judge(&self, st: &mut Delivery, p: &Published, index: usize) -> u64 {
         let env = &p.set.env;
-        let Some(slot) = st.slot(env) else { return 0 };
+        let slot = &mut st.sent[index].1;
         let sent = *slot;
         if p.set.changes.is_empty() {
             // Moved beyond what change sets can bridge: catch up from the store.
@@ -203,7 +209,9 @@ impl Outlet {
         st.paused = false;
         let mut sent = 0;
         for p in std::mem::take(&mut st.deferred) {
-            sent += self.judge(&mut st, &p);
+            if let Some(i) = st.index(&p.set.env) {
+                sent += self.judge(&mut st, &p, i);
+            }
         }
         Some(sent)
     }
@@ -262,7 +270,7 @@ mod tests {
     fn offers_wait_while_catching_up_then_are_judged_in_order() {
         let o = outlet(Some(pos(1, 1)), 16);
         for v in [2, 3, 2, 5] {
-            assert_eq!(o.offer(&published("prod", pos(1, v))), 0, "paused");
+            assert_eq!(o.offer(&published("prod", pos(1, v)), 0), 0, "paused");
         }
         assert!(versions(&o).is_empty());
         // The catch-up brought it to 2: 2 is a duplicate, 3 applies, 5 is a gap.
@@ -278,14 +286,13 @@ mod tests {
     fn live_offers_apply_next_drop_old_and_ask_a_resync_on_gaps_and_epochs() {
         let o = outlet(Some(pos(1, 1)), 16);
         assert_eq!(o.resume(), Some(0));
-        assert_eq!(o.offer(&published("prod", pos(1, 2))), 1);
-        assert_eq!(o.offer(&published("prod", pos(1, 2))), 0);
-        assert_eq!(o.offer(&published("prod", pos(1, 1))), 0);
-        assert_eq!(o.offer(&published("other", pos(1, 3))), 0);
+        assert_eq!(o.offer(&published("prod", pos(1, 2)), 0), 1);
+        assert_eq!(o.offer(&published("prod", pos(1, 2)), 0), 0);
+        assert_eq!(o.offer(&published("prod", pos(1, 1)), 0), 0);
         assert_eq!(versions(&o), vec![2]);
-        assert_eq!(o.offer(&published("prod", pos(1, 4))), 0);
+        assert_eq!(o.offer(&published("prod", pos(1, 4)), 0), 0);
         assert_eq!(o.take_work().resync, vec!["prod".to_string()]);
-        assert_eq!(o.offer(&published("prod", pos(2, 1))), 0);
+        assert_eq!(o.offer(&published("prod", pos(2, 1)), 0), 0);
         assert_eq!(o.take_work().resync, vec!["prod".to_string()]);
         assert_eq!(o.sent("prod"), Some(pos(1, 2)), "never moved by a gap");
     }
@@ -294,10 +301,10 @@ mod tests {
     fn too_many_offers_while_paused_mean_catching_up_again() {
         let o = outlet(Some(pos(1, 1)), 3);
         for v in 2..=6 {
-            o.offer(&published("prod", pos(1, v)));
+            o.offer(&published("prod", pos(1, v)), 0);
         }
         assert_eq!(o.resume(), None, "lagged: catch up again, still paused");
-        o.offer(&published("prod", pos(1, 7)));
+        o.offer(&published("prod", pos(1, 7)), 0);
         o.set_sent("prod", Some(pos(1, 6)));
         assert_eq!(o.resume(), Some(1));
         assert_eq!(versions(&o), vec![7]);
@@ -316,9 +323,9 @@ mod tests {
             let empty = Utf8Bytes::from_static("");
             Arc::new(Published::new(set, empty.clone(), empty))
         };
-        o.offer(&moved(pos(1, 3)));
+        o.offer(&moved(pos(1, 3)), 0);
         assert!(o.take_work().resync.is_empty());
-        o.offer(&moved(pos(2, 7)));
+        o.offer(&moved(pos(2, 7)), 0);
         assert_eq!(o.take_work().resync, vec!["prod".to_string()]);
     }
 
@@ -327,7 +334,7 @@ mod tests {
         let o = outlet(Some(pos(1, 1)), 16);
         o.resume();
         o.close();
-        assert_eq!(o.offer(&published("prod", pos(1, 2))), 0);
+        assert_eq!(o.offer(&published("prod", pos(1, 2)), 0), 0);
         assert!(versions(&o).is_empty());
     }
 
