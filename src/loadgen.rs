@@ -42,6 +42,9 @@ pub struct AgentsBenchArgs {
     /// Seconds of sustained writes for the throughput figure.
     #[arg(long, default_value_t = 3)]
     pub write_secs: u64,
+    /// Threads reading the clients' sockets.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub client_threads: u16,
 }
 
 /// A node process started by the bench.
@@ -308,10 +311,7 @@ pub fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
     // 2. Open the clients.
     let baseline: u64 = node_pids.iter().map(|&p| rss_kib(p)).sum();
     let t_open = Instant::now();
-    let threads = std::env::var("THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+    let threads = usize::from(args.client_threads);
     let fleet = clients::Fleet::open(&addrs, "bench", args.count, threads)?;
     let open_time = t_open.elapsed();
     std::thread::sleep(Duration::from_millis(500));
@@ -402,11 +402,12 @@ pub fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
     );
     if node_pid.is_some() {
         println!(
-            "  CPU time per fan-out: node {:.1} ms, the {} clients {:.1} ms (all on the same {} cores)",
+            "  CPU time per fan-out: node {:.1} ms, the {} clients {:.1} ms ({} reader threads; all on the same {} cores)",
             node_cpu / fanout.len().max(1) as f64,
             args.count,
             clients_cpu / fanout.len().max(1) as f64,
-            threads
+            threads,
+            std::thread::available_parallelism().map_or(1, |n| n.get())
         );
     }
     drop(fleet);

@@ -22,8 +22,10 @@ use crate::protocol::{ClientMsg, Subscription};
 const SETUP_DEADLINE: Duration = Duration::from_secs(30);
 /// How often an idle reader thread looks at the stop flag.
 const POLL_MS: u16 = 50;
-/// How long a reader busy-polls for an awaited change before it goes back to sleeping.
-const BUSY_POLL_LIMIT: Duration = Duration::from_secs(2);
+/// How long a reader polls for an awaited change before it goes back to sleeping.
+const AWAIT_LIMIT: Duration = Duration::from_secs(2);
+/// The nap between two polls while a change is awaited: at most this late in the figures.
+const AWAIT_NAP: Duration = Duration::from_micros(250);
 
 /// What the client threads share with the bench.
 struct Shared {
@@ -198,11 +200,11 @@ fn reader(
     let mut awaited = (0u64, String::new(), 0usize, Instant::now());
     while !shared.stop.load(Ordering::Relaxed) {
         let target = awaited.0;
-        // While a change is awaited, poll instead of sleeping: a sleeping reader must be woken
-        // for its first frame, and on a small VM the node pays for that wake-up (an
-        // inter-processor interrupt) inside its send. Yielding keeps the node's threads first.
-        let busy =
-            target != 0 && awaited.2 < clients.len() && awaited.3.elapsed() < BUSY_POLL_LIMIT;
+        // While a change is awaited, poll every AWAIT_NAP instead of sleeping in epoll_wait:
+        // a reader asleep there must be woken for its first frames, and on a small VM the
+        // node pays for that wake-up (an inter-processor interrupt) inside its send. A nap,
+        // not a spin: spinning readers take half the cores from the node's fan-out threads.
+        let busy = target != 0 && awaited.2 < clients.len() && awaited.3.elapsed() < AWAIT_LIMIT;
         let timeout = if busy {
             EpollTimeout::ZERO
         } else {
@@ -214,7 +216,7 @@ fn reader(
             Err(e) => return Err(e).context("epoll_wait"),
         };
         if n == 0 && busy {
-            std::thread::yield_now();
+            std::thread::sleep(AWAIT_NAP);
         }
         // Read after the wait: frames that woke this thread may carry a newly awaited value.
         let target = shared.target.load(Ordering::SeqCst);
