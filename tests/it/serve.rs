@@ -1133,6 +1133,66 @@ fn a_client_that_reads_late_gets_every_change_whole_and_in_order() {
     assert_eq!(changes[0].value, Some(Value::from("last")));
 }
 
+/// An agent that stops reading is dropped once what waits for it passes the limit
+/// (max(4 × max_frame, 1 MiB)); the node and its other agents carry on.
+#[test]
+fn an_agent_that_stops_reading_is_dropped_and_the_others_carry_on() {
+    let w = Work::new();
+    let node = Node::start(&w, &["--max-frame", "8192"]);
+    commit(&node.url(), None, "prod", &[("A", "0")]);
+    let rt = runtime();
+    let (mut stuck, mut reading) = rt.block_on(async {
+        let mut stuck = ws_connect(&node.ws(), None).await.expect("upgrade");
+        hello_and_sync(&mut stuck, "prod").await;
+        let mut reading = ws_connect(&node.ws(), None).await.expect("upgrade");
+        hello_and_sync(&mut reading, "prod").await;
+        (stuck, reading)
+    });
+    assert_eq!(node.metric("tether_agents_connected"), 2);
+    // Up to 12 MiB that `stuck` never reads: past the kernel's buffers (up to 4 MiB of
+    // send buffer here) and the 1 MiB backlog.
+    let filler = "y".repeat(60_000);
+    let mut dropped = false;
+    for i in 0..200 {
+        let v = commit(
+            &node.url(),
+            None,
+            "prod",
+            &[("A", &format!("{i}:{filler}"))],
+        );
+        rt.block_on(wait_change(&mut reading, "prod", v));
+        if i % 10 == 9 && node.metric("tether_agents_connected") == 1 {
+            dropped = true;
+            break;
+        }
+    }
+    if !dropped {
+        crate::support::wait_for("the agent that stopped reading is dropped", || {
+            node.metric("tether_agents_connected") == 1
+        });
+    }
+    // What reached `stuck` before the drop is whole and in order; then the socket ends.
+    rt.block_on(async {
+        let mut next = 2;
+        loop {
+            match tokio::time::timeout(DEADLINE, stuck.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    if let Ok(ServerMsg::Change { position, .. }) = serde_json::from_str(&t) {
+                        assert_eq!(position.version, next, "out of order before the drop");
+                        next += 1;
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) => break,
+                Err(_) => panic!("the dropped connection did not end within {DEADLINE:?}"),
+            }
+        }
+    });
+    let v = commit(&node.url(), None, "prod", &[("A", "after")]);
+    let changes = rt.block_on(wait_change(&mut reading, "prod", v));
+    assert_eq!(changes[0].value, Some(Value::from("after")));
+}
+
 // ---------------------------------------------------------------------------------------
 // 9. Admin verbs.
 
