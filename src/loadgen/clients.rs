@@ -180,7 +180,8 @@ fn reader(
         if shared.stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let (stream, partial) = connect(addr, env).with_context(|| format!("client of {addr}"))?;
+        let (stream, partial) =
+            connect(addr, env, &shared.stop).with_context(|| format!("client of {addr}"))?;
         stream.set_nonblocking(true)?;
         epoll.add(
             stream.as_fd(),
@@ -298,18 +299,44 @@ fn frame(b: &[u8]) -> Option<(u8, std::ops::Range<usize>, usize)> {
 }
 
 /// Connect, upgrade to WebSocket, say hello for `env` and read until `synced`. Returns the
-/// socket and any bytes read past `synced`.
-fn connect(addr: &str, env: &str) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+/// socket and any bytes read past `synced`. Gives up at the set-up deadline or once `stop`
+/// is set.
+fn connect(addr: &str, env: &str, stop: &AtomicBool) -> anyhow::Result<(TcpStream, Vec<u8>)> {
     let deadline = Instant::now() + SETUP_DEADLINE;
     let mut stream = loop {
         match TcpStream::connect(addr) {
             Ok(s) => break s,
             Err(e) if Instant::now() > deadline => return Err(e).context("connect"),
+            Err(_) if stop.load(Ordering::Relaxed) => bail!("stopped"),
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     };
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(SETUP_DEADLINE))?;
+    // Short, so that a stalled node does not hold the bench past its stop flag.
+    stream.set_read_timeout(Some(Duration::from_millis(250)))?;
+    let read = |stream: &mut TcpStream, buf: &mut [u8]| -> anyhow::Result<usize> {
+        loop {
+            match stream.read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    if stop.load(Ordering::Relaxed) {
+                        bail!("stopped");
+                    }
+                    if Instant::now() > deadline {
+                        bail!("no answer from the node within {SETUP_DEADLINE:?}");
+                    }
+                }
+                Err(e) => return Err(e).context("read"),
+            }
+        }
+    };
     write!(
         stream,
         "GET /v1/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -321,7 +348,7 @@ fn connect(addr: &str, env: &str) -> anyhow::Result<(TcpStream, Vec<u8>)> {
         if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        let n = stream.read(&mut buf)?;
+        let n = read(&mut stream, &mut buf)?;
         if n == 0 {
             bail!("the node closed the connection during the upgrade");
         }
@@ -353,7 +380,7 @@ fn connect(addr: &str, env: &str) -> anyhow::Result<(TcpStream, Vec<u8>)> {
                 return Ok((stream, data));
             }
         }
-        let n = stream.read(&mut buf)?;
+        let n = read(&mut stream, &mut buf)?;
         if n == 0 {
             bail!("the node closed the connection before synced");
         }
