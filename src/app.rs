@@ -32,7 +32,22 @@ pub fn run(cli: Cli) -> i32 {
         Err(e) => return usage(e),
     };
     crate::logging::init(cfg.log_level.as_deref(), cfg.log_format);
+    fix_mmap_threshold();
     finish(block_on(async { Ok(crate::agent::run(cfg).await?) }))
+}
+
+/// An agent runs for months while the same few large buffers (a snapshot frame, a rendered
+/// file, the saved state) come and go. Each time glibc frees such a buffer it raises its
+/// mmap threshold, after which they are carved from the heap, which then keeps its largest
+/// mix of them for good: 1.5 to 6.4 MiB of heap for the same 100 changes of 1,000 entries,
+/// depending on timing. With the threshold fixed, buffers of 128 KiB and more are mapped
+/// and given back when freed, and the heap stays at 1.4 MiB.
+fn fix_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; no other thread runs yet.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 fn finish(r: anyhow::Result<anyhow::Result<i32>>) -> i32 {
