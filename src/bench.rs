@@ -146,9 +146,15 @@ fn print_header(dir: &Path, entries: usize) {
         .unwrap_or_else(|_| "unknown kernel".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let build = if cfg!(debug_assertions) {
-        "DEBUG build: figures are not representative, build with --release"
+        "DEBUG build: figures are not representative, build with --release".to_string()
+    } else if let Some(how) = option_env!("TETHER_BUILD") {
+        format!("release build ({how})")
+    } else if cfg!(target_feature = "crt-static") {
+        "release build, static".to_string()
     } else {
-        "release build"
+        "release build, dynamically linked (packaging/release/build.sh builds the shipped \
+         binary: static, start-up code grouped, about half the RSS)"
+            .to_string()
     };
     let fs = if crate::output::atomic::is_tmpfs(dir) {
         "tmpfs: fsync is nearly free"
