@@ -29,6 +29,14 @@ use store::{ChangeSet, Store};
 /// Read buffer of an agent's WebSocket: small, since agents send little.
 pub const WS_READ_BUFFER: usize = 512;
 
+/// Most bytes a plain agent socket queues before the agent counts as not reading: two of the
+/// largest frames an agent accepts (`source::net::MAX_FRAME`), so that a reader may be in
+/// the middle of one while the next waits. Not tied to `max_frame`, which bounds what agents
+/// send: a change set the HTTP API takes (4 MiB body, values as base64) is several MiB once
+/// JSON-escaped, and the store keeps snapshots under the agent's limit. Change frames are
+/// shared by every connection, so this counts more than each connection holds.
+pub const BACKLOG_LIMIT: usize = 2 * crate::source::net::MAX_FRAME;
+
 /// Shared state of one node.
 pub struct Node {
     pub id: String,
@@ -182,9 +190,8 @@ pub async fn serve(
                     let app = app.clone();
                     let tls = tls.clone();
                     let cancel = node.shutdown.clone();
-                    let limit = (node.max_frame * 4).max(1 << 20);
                     tracker.spawn(async move {
-                        if let Err(e) = connection(stream, app, tls, limit, cancel).await {
+                        if let Err(e) = connection(stream, app, tls, BACKLOG_LIMIT, cancel).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
                     });

@@ -4,6 +4,10 @@
 //! backlog under one lock, so frames never interleave and order is kept: a write goes to
 //! the kernel only when nothing is queued before it, and whatever the kernel does not take
 //! is queued whole and drained by the connection's task when the socket is writable.
+//! Once a frame has a byte on the wire its rest is always queued, however large: only the
+//! bytes that waited before it count against the limit. Past the limit the socket is given
+//! up and nothing more is written to it, so the agent never sees a frame cut short and
+//! followed by another.
 
 use std::collections::VecDeque;
 use std::io;
@@ -33,6 +37,8 @@ struct Backlog {
     /// Bytes the kernel has not taken yet, in order; the front may be partly written.
     queue: VecDeque<Bytes>,
     bytes: usize,
+    /// The limit was passed: nothing more is written, the connection is being dropped.
+    overflow: bool,
     /// When the backlog last went from empty to non-empty.
     since: Option<Instant>,
     /// The connection's task, to drain what was queued.
@@ -67,6 +73,9 @@ impl PlainSocket {
     /// does not take now is queued for the connection's task. Called by the fan-out.
     pub fn send(&self, bytes: &Bytes) -> Result<(), Overflow> {
         let mut b = self.lock();
+        if b.overflow {
+            return Err(Overflow);
+        }
         let mut rest = bytes.clone();
         if b.queue.is_empty() {
             // A plain send(2), not tokio's try_write: that would first read the socket's
@@ -76,13 +85,23 @@ impl PlainSocket {
             let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
             match nix::sys::socket::send(fd, &rest, flags) {
                 Ok(n) if n == rest.len() => return Ok(()),
+                // Its start is on the wire: the rest is queued whole, whatever its size.
                 Ok(n) => rest.advance(n),
                 Err(Errno::EAGAIN | Errno::EINTR) => {}
                 // A broken socket: the connection's task finds out from its own read or write.
                 Err(_) => return Ok(()),
             }
-        }
-        if b.bytes + rest.len() > self.limit {
+        } else if b.bytes + rest.len() > self.limit {
+            // Nothing of this frame was written, and every queued frame is whole: the byte
+            // stream ends at a frame boundary. Give the socket up; the queue is not drained.
+            b.overflow = true;
+            b.queue.clear();
+            b.bytes = 0;
+            let waker = b.drainer.take();
+            drop(b);
+            if let Some(w) = waker {
+                w.wake();
+            }
             return Err(Overflow);
         }
         let waker = push(&mut b, rest);
@@ -93,6 +112,11 @@ impl PlainSocket {
         Ok(())
     }
 
+    /// The backlog passed its limit: the socket takes no more writes.
+    pub fn overflowed(&self) -> bool {
+        self.lock().overflow
+    }
+
     /// How long bytes have been waiting for the agent to read them.
     pub fn stalled_for(&self) -> Option<Duration> {
         self.lock().since.map(|t| t.elapsed())
@@ -101,6 +125,9 @@ impl PlainSocket {
     /// Drain the backlog; ready when it is empty. A waker registered while the kernel's
     /// buffer is full is woken when it has room.
     fn poll_drain(&self, b: &mut Backlog, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if b.overflow {
+            return Poll::Ready(Err(overflow_error()));
+        }
         while let Some(front) = b.queue.front_mut() {
             match self.write.try_write(front) {
                 Ok(n) => {
@@ -136,6 +163,10 @@ impl PlainSocket {
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+fn overflow_error() -> io::Error {
+    io::Error::other("send backlog over its limit: the agent stopped reading")
 }
 
 /// Queue `bytes`; returns the drainer to wake when the backlog was empty.
@@ -177,6 +208,9 @@ impl AsyncWrite for PlainIo {
     ) -> Poll<io::Result<usize>> {
         let s = &*self.socket;
         let mut b = s.lock();
+        if b.overflow {
+            return Poll::Ready(Err(overflow_error()));
+        }
         if !b.queue.is_empty() {
             if let Poll::Ready(Err(e)) = s.poll_drain(&mut b, cx) {
                 return Poll::Ready(Err(e));
@@ -364,5 +398,90 @@ mod tests {
         }
         assert!(overflowed, "a stuck peer must overflow the backlog");
         assert!(socket.stalled_for().is_some());
+    }
+
+    /// A pair whose node side has a small send buffer, so the kernel takes little at once.
+    async fn narrow_pair(limit: usize) -> (PlainIo, Arc<PlainSocket>, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::SndBuf, &(16 * 1024)).unwrap();
+        let (io, socket) = PlainSocket::new(s, limit);
+        (io, socket, peer)
+    }
+
+    /// A frame far over the limit that the kernel takes only part of is queued whole: its
+    /// start is on the wire, and cutting it short would leave the next frame inside it. The
+    /// limit counts only what waited before. A reader gets it whole, then what follows.
+    #[tokio::test]
+    async fn a_frame_partly_written_is_queued_whole_whatever_its_size() {
+        let (_io, socket, mut peer) = narrow_pair(64 * 1024).await;
+        let big: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        socket
+            .send(&Bytes::from(big.clone()))
+            .expect("the rest of a frame begun is queued, whatever its size");
+        assert!(
+            socket.stalled_for().is_some(),
+            "more than the kernel takes at once"
+        );
+        let drainer = {
+            let socket = socket.clone();
+            tokio::spawn(async move { std::future::poll_fn(|cx| socket.poll_backlog(cx)).await })
+        };
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while got.len() < big.len() {
+            let n = tokio::time::timeout(Duration::from_secs(10), peer.read(&mut buf))
+                .await
+                .expect("the frame within the deadline")
+                .unwrap();
+            assert!(n > 0, "socket closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got == big, "the frame arrived whole");
+        socket.send(&Bytes::from_static(b"next")).unwrap();
+        let mut next = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), peer.read_exact(&mut next))
+            .await
+            .expect("the next frame within the deadline")
+            .unwrap();
+        assert_eq!(&next, b"next");
+        drainer.abort();
+    }
+
+    /// Once the backlog overflowed, the socket is given up: neither the fan-out nor the
+    /// connection's task writes anything more, and the drainer stops, so the peer sees part
+    /// of what was queued before and then the end, never a later frame.
+    #[tokio::test]
+    async fn after_an_overflow_nothing_more_is_written() {
+        let (mut io, socket, mut peer) = narrow_pair(64 * 1024).await;
+        let first = Bytes::from(vec![1u8; 1 << 20]);
+        socket.send(&first).unwrap();
+        assert!(socket.send(&Bytes::from(vec![2u8; 128 * 1024])).is_err());
+        assert!(
+            socket.send(&Bytes::from_static(&[3])).is_err(),
+            "refused after"
+        );
+        let write = tokio::time::timeout(Duration::from_secs(5), io.write_all(&[4u8; 16])).await;
+        assert!(
+            matches!(write, Ok(Err(_))),
+            "the task's writes fail at once"
+        );
+        let drained = std::future::poll_fn(|cx| Poll::Ready(socket.poll_backlog(cx))).await;
+        assert!(drained.is_ready(), "the drainer learns it is over");
+        drop((io, socket));
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), peer.read_to_end(&mut got))
+            .await
+            .expect("the end within the deadline")
+            .unwrap();
+        assert!(
+            got.len() < first.len(),
+            "the queue is not drained after the overflow"
+        );
+        assert!(
+            got.iter().all(|&b| b == 1),
+            "nothing written after the overflow"
+        );
     }
 }

@@ -250,7 +250,11 @@ where
                 _ = &mut cancelled => return Ok(()),
                 _ = outlet.notified() => self.service(&outlet).await?,
                 e = backlog(plain.as_deref()) => {
-                    tracing::debug!(agent = self.id, error = %e, "agent socket failed");
+                    if plain.as_ref().is_some_and(|p| p.overflowed()) {
+                        tracing::warn!(agent = self.id, "agent stopped reading; dropping its connection");
+                    } else {
+                        tracing::debug!(agent = self.id, error = %e, "agent socket failed");
+                    }
                     return Err(End::Gone);
                 }
                 _ = heartbeat.tick() => {
