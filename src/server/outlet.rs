@@ -6,6 +6,9 @@
 //! fan-out thread, so a change reaches ten thousand agents without waking ten thousand
 //! tasks; otherwise (TLS, tests) the frame is queued and the task is woken to send it.
 //! While the task catches up, offers wait in order and are judged when it is done.
+//! Frames queued for the task are capped in bytes: past the cap they are dropped and the
+//! task catches every environment up from the store, so a slow TLS agent costs a catch-up,
+//! not memory without bound.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -23,6 +26,8 @@ pub struct Outlet {
     plain: Option<Arc<PlainSocket>>,
     /// Offers kept while the task catches up; past this, it catches up again instead.
     deferred_cap: usize,
+    /// Bytes of frames kept for the task to send; past this, it catches up instead.
+    frames_cap: usize,
     state: Mutex<Delivery>,
     wake: Notify,
 }
@@ -37,10 +42,20 @@ struct Delivery {
     /// Environments the task must catch up from the store.
     resync: Vec<String>,
     /// Frames for the task to send (connections without a plain socket).
-    frames: VecDeque<Utf8Bytes>,
+    frames: VecDeque<Queued>,
+    /// Bytes in `frames`.
+    queued: usize,
     /// The agent stopped reading: its backlog overflowed.
     overflow: bool,
     closed: bool,
+}
+
+/// A frame waiting for the task, with the position its environment had before it: where
+/// the environment goes back to if the frame is dropped unsent.
+struct Queued {
+    frame: Utf8Bytes,
+    index: usize,
+    before: Option<Position>,
 }
 
 impl Delivery {
@@ -68,12 +83,14 @@ impl Outlet {
         plain: Option<Arc<PlainSocket>>,
         sent: Vec<(String, Option<Position>)>,
         deferred_cap: usize,
+        frames_cap: usize,
     ) -> Outlet {
         Outlet {
             id,
             secrets,
             plain,
             deferred_cap,
+            frames_cap,
             state: Mutex::new(Delivery {
                 sent,
                 paused: true,
@@ -81,6 +98,7 @@ impl Outlet {
                 lagged: false,
                 resync: Vec::new(),
                 frames: VecDeque::new(),
+                queued: 0,
                 overflow: false,
                 closed: false,
             }),
@@ -139,8 +157,7 @@ impl Outlet {
 
     fn judge(&self, st: &mut Delivery, p: &Published, index: usize) -> u64 {
         let env = &p.set.env;
-        let slot = &mut st.sent[index].1;
-        let sent = *slot;
+        let sent = st.sent[index].1;
         if p.set.changes.is_empty() {
             // Moved beyond what change sets can bridge: catch up from the store.
             if sent != Some(p.set.position) {
@@ -150,20 +167,17 @@ impl Outlet {
         }
         match judge_change(sent, p.set.position) {
             Verdict::Apply => {
-                *slot = Some(p.set.position);
+                st.sent[index].1 = Some(p.set.position);
                 match &self.plain {
                     Some(plain) => {
                         if plain.send(p.wire(self.secrets)).is_err() {
                             st.overflow = true;
                             self.wake.notify_one();
                         }
+                        1
                     }
-                    None => {
-                        st.frames.push_back(p.frame(self.secrets));
-                        self.wake.notify_one();
-                    }
+                    None => self.queue(st, p.frame(self.secrets), index, sent),
                 }
-                1
             }
             Verdict::Drop => 0,
             Verdict::Resync => {
@@ -171,6 +185,42 @@ impl Outlet {
                 0
             }
         }
+    }
+
+    /// Queue a frame for the task; returns how many frames that adds.
+    fn queue(
+        &self,
+        st: &mut Delivery,
+        frame: Utf8Bytes,
+        index: usize,
+        before: Option<Position>,
+    ) -> u64 {
+        if st.frames.is_empty() || st.queued + frame.len() <= self.frames_cap {
+            st.queued += frame.len();
+            st.frames.push_back(Queued {
+                frame,
+                index,
+                before,
+            });
+            self.wake.notify_one();
+            return 1;
+        }
+        // The task sends slower than changes come. Drop what waits, put each environment
+        // back to before its first dropped frame (newest first, so the oldest wins), and
+        // catch every environment up from the store, as after too many deferred offers.
+        tracing::warn!(
+            agent = self.id,
+            queued = st.queued,
+            "agent reads slower than changes come; catching it up from the store"
+        );
+        st.sent[index].1 = before;
+        for q in std::mem::take(&mut st.frames).into_iter().rev() {
+            st.sent[q.index].1 = q.before;
+        }
+        st.queued = 0;
+        st.resync = st.sent.iter().map(|(e, _)| e.clone()).collect();
+        self.wake.notify_one();
+        0
     }
 
     fn ask_resync(&self, st: &mut Delivery, env: &str) {
@@ -183,8 +233,12 @@ impl Outlet {
     /// For the task: what the fan-out left for it.
     pub fn take_work(&self) -> Work {
         let mut st = self.lock();
+        st.queued = 0;
         Work {
-            frames: std::mem::take(&mut st.frames),
+            frames: std::mem::take(&mut st.frames)
+                .into_iter()
+                .map(|q| q.frame)
+                .collect(),
             resync: std::mem::take(&mut st.resync),
             overflow: st.overflow,
         }
@@ -195,7 +249,11 @@ impl Outlet {
     pub fn pause(&self) -> VecDeque<Utf8Bytes> {
         let mut st = self.lock();
         st.paused = true;
+        st.queued = 0;
         std::mem::take(&mut st.frames)
+            .into_iter()
+            .map(|q| q.frame)
+            .collect()
     }
 
     /// The task caught up: judge what waited, in order, and go live; returns how many
@@ -252,7 +310,7 @@ mod tests {
     }
 
     fn outlet(at: Option<Position>, cap: usize) -> Outlet {
-        Outlet::new(1, true, None, vec![("prod".into(), at)], cap)
+        Outlet::new(1, true, None, vec![("prod".into(), at)], cap, 1 << 20)
     }
 
     fn versions(o: &Outlet) -> Vec<u64> {
@@ -338,6 +396,49 @@ mod tests {
         assert!(versions(&o).is_empty());
     }
 
+    /// Without a plain socket, frames wait for the task. When more bytes wait than the cap
+    /// (a TLS agent reading slower than changes come), they are dropped, every environment
+    /// goes back to what the task really took and is caught up from the store; meanwhile
+    /// nothing more piles up.
+    #[test]
+    fn frames_past_the_cap_are_dropped_and_every_environment_catches_up() {
+        let len = published("prod", pos(1, 2)).full.len();
+        let envs = vec![
+            ("prod".into(), Some(pos(1, 1))),
+            ("dev".into(), Some(pos(1, 1))),
+        ];
+        let o = Outlet::new(1, true, None, envs, 16, 3 * len + 2);
+        o.resume();
+        o.offer(&published("prod", pos(1, 2)), 0);
+        o.offer(&published("prod", pos(1, 3)), 0);
+        assert_eq!(versions(&o), vec![2, 3], "taken by the task");
+        o.offer(&published("prod", pos(1, 4)), 0);
+        o.offer(&published("dev", pos(1, 2)), 1);
+        o.offer(&published("prod", pos(1, 5)), 0);
+        assert_eq!(o.offer(&published("dev", pos(1, 3)), 1), 0, "past the cap");
+        for v in 6..100 {
+            o.offer(&published("prod", pos(1, v)), 0);
+        }
+        let work = o.take_work();
+        assert!(work.frames.is_empty(), "{} frames kept", work.frames.len());
+        let mut resync = work.resync.clone();
+        resync.sort();
+        assert_eq!(resync, vec!["dev".to_string(), "prod".to_string()]);
+        assert_eq!(
+            o.sent("prod"),
+            Some(pos(1, 3)),
+            "back to what the task took"
+        );
+        assert_eq!(o.sent("dev"), Some(pos(1, 1)));
+        // Caught up from the store, it goes live again.
+        o.pause();
+        o.set_sent("prod", Some(pos(1, 99)));
+        o.set_sent("dev", Some(pos(1, 3)));
+        assert_eq!(o.resume(), Some(0));
+        assert_eq!(o.offer(&published("prod", pos(1, 100)), 0), 1);
+        assert_eq!(versions(&o), vec![100]);
+    }
+
     /// Through the hub's fan-out threads: only outlets of the environment get it, and an
     /// outlet detached gets nothing more. Ids 12 and 24 share a fan-out thread for any
     /// count up to four, so one frame to `dev` shows the thread is past what `prod` got.
@@ -351,6 +452,7 @@ mod tests {
                 None,
                 vec![(env.into(), Some(pos(1, 1)))],
                 16,
+                1 << 20,
             ))
         };
         let (prod, dev) = (follow(12, "prod"), follow(24, "dev"));

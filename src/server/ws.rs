@@ -226,6 +226,7 @@ where
                 .map(|s| (s.env.clone(), s.position))
                 .collect(),
             self.node.hub.deferred_cap(),
+            super::BACKLOG_LIMIT,
         ));
         // Attached (paused) before reading the store, so nothing committed in between is
         // missed: it waits in the outlet until the catch-up is done.
