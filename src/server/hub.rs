@@ -354,6 +354,15 @@ impl Hub {
         self.generation.load(Ordering::Relaxed)
     }
 
+    /// Connections attached to the fan-out (each counted once per environment it follows).
+    #[cfg(test)]
+    pub fn attached(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| lock(&s.outlets).values().map(HashMap::len).sum::<usize>())
+            .sum()
+    }
+
     pub fn agent_count(&self) -> usize {
         self.agents
             .lock()

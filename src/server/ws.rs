@@ -65,13 +65,7 @@ pub async fn serve<S, E>(
     };
     let end = conn.run(shutdown).await;
     // Before the close frame: nothing may be written after it.
-    if let Some(outlet) = conn.outlet.take() {
-        outlet.close();
-        node.hub.detach(&outlet);
-    }
-    if conn.id != 0 {
-        node.hub.unregister(conn.id);
-    }
+    conn.leave();
     if let End::Close(code, mut reason) = end {
         tracing::debug!(code, reason = %reason, "closing agent connection");
         // A close frame's reason is at most 123 bytes.
@@ -87,6 +81,29 @@ pub async fn serve<S, E>(
                 reason: Utf8Bytes::from(reason),
             })))
             .await;
+    }
+}
+
+impl<S> Conn<S> {
+    /// Stop the fan-out writing to this connection and take it out of the hub and the
+    /// registry. Safe to call twice.
+    fn leave(&mut self) {
+        if let Some(outlet) = self.outlet.take() {
+            outlet.close();
+            self.node.hub.detach(&outlet);
+        }
+        if self.id != 0 {
+            self.node.hub.unregister(std::mem::take(&mut self.id));
+        }
+    }
+}
+
+/// However the connection's task ends (returned, panicked, or dropped unfinished), it
+/// leaves: otherwise the hub would keep its outlet, and with it the socket, and go on
+/// writing to it.
+impl<S> Drop for Conn<S> {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 

@@ -295,3 +295,91 @@ async fn shutdown_closes_with_going_away() {
     h.node.shutdown.cancel();
     assert!(matches!(h.recv().await, Message::Close(Some(c)) if c.code == close_code::AWAY));
 }
+
+/// A socket that panics when the agent sends "boom", as a bug under the handler would.
+struct Panicky(FakeSocket);
+
+impl Stream for Panicky {
+    type Item = Result<Message, std::io::Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match Pin::new(&mut self.0).poll_next(cx) {
+            Poll::Ready(Some(Ok(Message::Text(t)))) if t == "boom" => panic!("socket failed"),
+            other => other,
+        }
+    }
+}
+
+impl Sink<Message> for Panicky {
+    type Error = std::io::Error;
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.0).poll_ready(cx)
+    }
+    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        Pin::new(&mut self.0).start_send(item)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+/// A connection past hello and catch-up, served by its own task.
+async fn following(
+    node: &Arc<Node>,
+) -> (tokio::task::JoinHandle<()>, mpsc::UnboundedSender<Message>) {
+    let (to_node, rx) = mpsc::unbounded_channel();
+    let (tx, mut from_node) = mpsc::unbounded_channel();
+    let task = tokio::spawn(serve(
+        Panicky(FakeSocket { rx, tx }),
+        None,
+        node.clone(),
+        Grant::dev(),
+        node.shutdown.clone(),
+    ));
+    to_node
+        .send(Message::Text(Utf8Bytes::from(hello("prod", None))))
+        .unwrap();
+    // Welcome, snapshot, synced.
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(10), from_node.recv())
+            .await
+            .expect("a frame within the deadline")
+            .expect("socket open");
+    }
+    assert_eq!(node.hub.agent_count(), 1);
+    assert_eq!(node.hub.attached(), 1);
+    (task, to_node)
+}
+
+/// However the connection's task ends, its outlet leaves the hub and the agent the
+/// registry: nothing keeps the socket open or goes on writing to it. Here the task is
+/// aborted, as when the runtime drops it.
+#[tokio::test]
+async fn an_aborted_connection_leaves_the_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path());
+    let (task, _to_node) = following(&node).await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(node.hub.attached(), 0, "the outlet is detached");
+    assert_eq!(node.hub.agent_count(), 0, "the agent is unregistered");
+}
+
+/// The same when the task panics (a debug build; release builds abort).
+#[tokio::test]
+async fn a_panicking_connection_leaves_the_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path());
+    let (task, to_node) = following(&node).await;
+    to_node
+        .send(Message::Text(Utf8Bytes::from("boom")))
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the task ends within the deadline");
+    assert!(end.unwrap_err().is_panic());
+    assert_eq!(node.hub.attached(), 0, "the outlet is detached");
+    assert_eq!(node.hub.agent_count(), 0, "the agent is unregistered");
+}
