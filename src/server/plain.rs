@@ -15,7 +15,7 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use nix::errno::Errno;
@@ -23,6 +23,8 @@ use nix::sys::socket::MsgFlags;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+// tokio's, so that tests can stop the clock; the same as std's when it runs.
+use tokio::time::Instant;
 
 /// The write side, shared by the connection and the fan-out.
 pub struct PlainSocket {
@@ -39,7 +41,7 @@ struct Backlog {
     bytes: usize,
     /// The limit was passed: nothing more is written, the connection is being dropped.
     overflow: bool,
-    /// When the backlog last went from empty to non-empty.
+    /// When the backlog last moved: bytes started waiting, or the kernel took some of them.
     since: Option<Instant>,
     /// The connection's task, to drain what was queued.
     drainer: Option<Waker>,
@@ -117,7 +119,9 @@ impl PlainSocket {
         self.lock().overflow
     }
 
-    /// How long bytes have been waiting for the agent to read them.
+    /// How long bytes have been waiting without the agent taking any of them. Progress
+    /// restarts the clock: an agent that reads steadily on a slow link, while changes keep
+    /// coming, never lets the backlog empty, but it is not stalled.
     pub fn stalled_for(&self) -> Option<Duration> {
         self.lock().since.map(|t| t.elapsed())
     }
@@ -135,6 +139,9 @@ impl PlainSocket {
                     front.advance(n);
                     if front.is_empty() {
                         b.queue.pop_front();
+                    }
+                    if n > 0 {
+                        b.since = Some(Instant::now());
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -483,5 +490,36 @@ mod tests {
             got.iter().all(|&b| b == 1),
             "nothing written after the overflow"
         );
+    }
+
+    /// The stall clock measures how long the backlog has not moved, not how long it has not
+    /// been empty: an agent that reads steadily while more keeps coming is not stalled.
+    #[tokio::test(start_paused = true)]
+    async fn progress_restarts_the_stall_clock() {
+        let (_io, socket, mut peer) = narrow_pair(256 << 20).await;
+        let frame = Bytes::from(vec![5u8; 4 << 20]);
+        socket.send(&frame).unwrap();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(socket.stalled_for(), Some(Duration::from_secs(60)));
+        let drainer = {
+            let socket = socket.clone();
+            tokio::spawn(async move { std::future::poll_fn(|cx| socket.poll_backlog(cx)).await })
+        };
+        // The peer reads a little at a time; the drainer passes more on as it does.
+        let (mut got, mut buf) = (0, vec![0u8; 16 * 1024]);
+        while socket.stalled_for() == Some(Duration::from_secs(60)) {
+            let n = peer.read(&mut buf).await.unwrap();
+            assert!(n > 0, "socket closed early");
+            got += n;
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            socket.stalled_for(),
+            Some(Duration::ZERO),
+            "the clock restarts while bytes still wait ({got} read)"
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(socket.stalled_for(), Some(Duration::from_secs(3)));
+        drainer.abort();
     }
 }
