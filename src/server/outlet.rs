@@ -10,7 +10,7 @@
 //! task catches every environment up from the store, so a slow TLS agent costs a catch-up,
 //! not memory without bound.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::extract::ws::Utf8Bytes;
@@ -33,14 +33,21 @@ pub struct Outlet {
 }
 
 struct Delivery {
-    /// Last position sent per followed environment.
+    /// Last position sent per followed environment; the fan-out names an environment by
+    /// its index here (the hub keeps it), the task by its name (through `index`).
     sent: Vec<(String, Option<Position>)>,
-    /// The task is catching up from the store: offers wait in `deferred`.
+    /// Where each environment is in `sent`: an agent may follow tens of thousands, and
+    /// a hello or a catch-up looks each of them up.
+    index: HashMap<String, usize>,
+    /// The task is catching up from the store: offers wait in `deferred`, with the index
+    /// of their environment.
     paused: bool,
-    deferred: Vec<Arc<Published>>,
+    deferred: Vec<(Arc<Published>, usize)>,
     lagged: bool,
-    /// Environments the task must catch up from the store.
-    resync: Vec<String>,
+    /// Environments (indices into `sent`) the task must catch up from the store, each
+    /// once, in the order asked; `asked` marks those in the list.
+    resync: Vec<usize>,
+    asked: Vec<bool>,
     /// Frames for the task to send (connections without a plain socket).
     frames: VecDeque<Queued>,
     /// Bytes in `frames`.
@@ -59,12 +66,15 @@ struct Queued {
 }
 
 impl Delivery {
-    fn index(&self, env: &str) -> Option<usize> {
-        self.sent.iter().position(|(e, _)| e == env)
+    fn slot(&mut self, env: &str) -> Option<&mut Option<Position>> {
+        let i = *self.index.get(env)?;
+        Some(&mut self.sent[i].1)
     }
 
-    fn slot(&mut self, env: &str) -> Option<&mut Option<Position>> {
-        self.sent.iter_mut().find(|(e, _)| e == env).map(|(_, p)| p)
+    fn ask_resync(&mut self, index: usize) {
+        if !std::mem::replace(&mut self.asked[index], true) {
+            self.resync.push(index);
+        }
     }
 }
 
@@ -76,7 +86,8 @@ pub struct Work {
 }
 
 impl Outlet {
-    /// A new outlet starts paused: the task catches up first.
+    /// A new outlet starts paused: the task catches up first. `sent` names each
+    /// environment once.
     pub fn new(
         id: u64,
         secrets: bool,
@@ -85,6 +96,11 @@ impl Outlet {
         deferred_cap: usize,
         frames_cap: usize,
     ) -> Outlet {
+        let mut index = HashMap::with_capacity(sent.len());
+        for (i, (env, _)) in sent.iter().enumerate() {
+            index.entry(env.clone()).or_insert(i);
+        }
+        let asked = vec![false; sent.len()];
         Outlet {
             id,
             secrets,
@@ -93,10 +109,12 @@ impl Outlet {
             frames_cap,
             state: Mutex::new(Delivery {
                 sent,
+                index,
                 paused: true,
                 deferred: Vec::new(),
                 lagged: false,
                 resync: Vec::new(),
+                asked,
                 frames: VecDeque::new(),
                 queued: 0,
                 overflow: false,
@@ -120,7 +138,7 @@ impl Outlet {
     }
 
     pub fn follows(&self, env: &str) -> bool {
-        self.lock().sent.iter().any(|(e, _)| e == env)
+        self.lock().index.contains_key(env)
     }
 
     /// Last position sent for `env`.
@@ -145,7 +163,7 @@ impl Outlet {
         }
         if st.paused {
             if st.deferred.len() < self.deferred_cap {
-                st.deferred.push(p.clone());
+                st.deferred.push((p.clone(), index));
             } else {
                 st.deferred.clear();
                 st.lagged = true;
@@ -156,12 +174,11 @@ impl Outlet {
     }
 
     fn judge(&self, st: &mut Delivery, p: &Published, index: usize) -> u64 {
-        let env = &p.set.env;
         let sent = st.sent[index].1;
         if p.set.changes.is_empty() {
             // Moved beyond what change sets can bridge: catch up from the store.
             if sent != Some(p.set.position) {
-                self.ask_resync(st, env);
+                self.ask_resync(st, index);
             }
             return 0;
         }
@@ -181,7 +198,7 @@ impl Outlet {
             }
             Verdict::Drop => 0,
             Verdict::Resync => {
-                self.ask_resync(st, env);
+                self.ask_resync(st, index);
                 0
             }
         }
@@ -218,15 +235,15 @@ impl Outlet {
             st.sent[q.index].1 = q.before;
         }
         st.queued = 0;
-        st.resync = st.sent.iter().map(|(e, _)| e.clone()).collect();
+        for i in 0..st.sent.len() {
+            st.ask_resync(i);
+        }
         self.wake.notify_one();
         0
     }
 
-    fn ask_resync(&self, st: &mut Delivery, env: &str) {
-        if !st.resync.iter().any(|e| e == env) {
-            st.resync.push(env.to_string());
-        }
+    fn ask_resync(&self, st: &mut Delivery, index: usize) {
+        st.ask_resync(index);
         self.wake.notify_one();
     }
 
@@ -239,7 +256,13 @@ impl Outlet {
                 .into_iter()
                 .map(|q| q.frame)
                 .collect(),
-            resync: std::mem::take(&mut st.resync),
+            resync: std::mem::take(&mut st.resync)
+                .into_iter()
+                .map(|i| {
+                    st.asked[i] = false;
+                    st.sent[i].0.clone()
+                })
+                .collect(),
             overflow: st.overflow,
         }
     }
@@ -266,10 +289,8 @@ impl Outlet {
         }
         st.paused = false;
         let mut sent = 0;
-        for p in std::mem::take(&mut st.deferred) {
-            if let Some(i) = st.index(&p.set.env) {
-                sent += self.judge(&mut st, &p, i);
-            }
+        for (p, i) in std::mem::take(&mut st.deferred) {
+            sent += self.judge(&mut st, &p, i);
         }
         Some(sent)
     }
@@ -437,6 +458,39 @@ mod tests {
         assert_eq!(o.resume(), Some(0));
         assert_eq!(o.offer(&published("prod", pos(1, 100)), 0), 1);
         assert_eq!(versions(&o), vec![100]);
+    }
+
+    /// Lookups by name and resync requests with many environments: each environment is
+    /// found where it is, and asked to catch up once however often its gaps are seen.
+    #[test]
+    fn many_environments_are_found_by_name_and_resynced_once_each() {
+        const N: u64 = 50_000;
+        let envs = (0..N).map(|i| (format!("env{i}"), None)).collect();
+        let o = Outlet::new(1, true, None, envs, 16, 1 << 20);
+        for i in 0..N {
+            o.set_sent(&format!("env{i}"), Some(pos(1, i + 1)));
+        }
+        for i in 0..N {
+            let env = format!("env{i}");
+            assert!(o.follows(&env));
+            assert_eq!(o.sent(&env), Some(pos(1, i + 1)), "{env}");
+        }
+        assert!(!o.follows("env50000") && o.sent("env50000").is_none());
+        assert_eq!(o.envs().len(), N as usize);
+        o.resume();
+        // Gaps in three environments, each seen twice, and one change that applies.
+        for _ in 0..2 {
+            for i in [7, 49_999, 3] {
+                o.offer(&published(&format!("env{i}"), pos(1, i + 5)), i as usize);
+            }
+        }
+        assert_eq!(o.offer(&published("env9", pos(1, 11)), 9), 1);
+        let work = o.take_work();
+        assert_eq!(work.resync, vec!["env7", "env49999", "env3"]);
+        assert_eq!(work.frames.len(), 1);
+        // Asked again after the task took them: asked again.
+        o.offer(&published("env7", pos(1, 12)), 7);
+        assert_eq!(o.take_work().resync, vec!["env7"]);
     }
 
     /// Through the hub's fan-out threads: only outlets of the environment get it, and an

@@ -4,6 +4,7 @@
 //! fan-out (`outlet`); this task catches up, answers and drains. Generic over
 //! `Sink`/`Stream` so it is tested without a socket.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -203,6 +204,8 @@ where
             }
         };
         let mut subs_ok: Vec<Subscription> = Vec::new();
+        // A hello may name tens of thousands of environments: no search through a list.
+        let mut seen = HashSet::with_capacity(subs.len());
         for s in subs {
             if super::store::validate_name("environment", &s.env).is_err()
                 || !self.grant.can_read(&s.env)
@@ -219,7 +222,7 @@ where
                 continue;
             }
             // The same environment twice is followed once.
-            if !subs_ok.iter().any(|o| o.env == s.env) {
+            if seen.insert(s.env.clone()) {
                 subs_ok.push(s);
             }
         }

@@ -296,6 +296,50 @@ async fn shutdown_closes_with_going_away() {
     assert!(matches!(h.recv().await, Message::Close(Some(c)) if c.code == close_code::AWAY));
 }
 
+/// An environment named twice in hello (or more) is followed once, in the order first
+/// named; forbidden and invalid ones are answered with an error and left out.
+#[tokio::test]
+async fn hello_follows_each_environment_once() {
+    let mut h = start(Grant::dev());
+    h.commit("prod", "A", "1", false).await;
+    h.commit("dev", "B", "1", false).await;
+    let subscribe = ["prod", "dev", "prod", "a/b", "dev", "prod"]
+        .iter()
+        .map(|e| Subscription {
+            env: e.to_string(),
+            position: None,
+        })
+        .collect();
+    h.send(
+        &serde_json::to_string(&ClientMsg::Hello {
+            agent: "t".into(),
+            subscribe,
+        })
+        .unwrap(),
+    );
+    assert!(matches!(h.recv_msg().await, ServerMsg::Error { code, .. } if code == "forbidden"));
+    assert!(matches!(h.recv_msg().await, ServerMsg::Welcome { .. }));
+    let mut synced = Vec::new();
+    while synced.len() < 2 {
+        match h.recv_msg().await {
+            ServerMsg::Synced { env, .. } => synced.push(env),
+            ServerMsg::Snapshot { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(synced, vec!["prod", "dev"]);
+    let agents = h.node.hub.agents();
+    assert_eq!(
+        agents[0].envs.keys().collect::<Vec<_>>(),
+        vec!["dev", "prod"]
+    );
+    assert_eq!(h.node.hub.attached(), 2);
+    h.commit("prod", "A", "2", false).await;
+    assert!(
+        matches!(h.recv_msg().await, ServerMsg::Change { position, .. } if position.version == 2)
+    );
+}
+
 /// A socket that panics when the agent sends "boom", as a bug under the handler would.
 struct Panicky(FakeSocket);
 
