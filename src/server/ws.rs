@@ -26,6 +26,10 @@ use crate::protocol::{ClientMsg, EnvPosition, Position, ServerMsg, Subscription}
 /// How long an agent has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the close frame may take to go out. A peer that stopped reading would
+/// otherwise hold the task (and its socket) until TCP gives up, which takes many minutes.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 enum End {
     /// Close with this code and reason.
     Close(u16, String),
@@ -58,13 +62,14 @@ pub async fn serve<S, E>(
     Counters::inc(&node.hub.counters.connections);
     let mut conn = Conn {
         socket,
-        node: node.clone(),
+        node,
         grant,
         plain,
         outlet: None,
         id: 0,
     };
     let end = conn.run(shutdown).await;
+    let agent = conn.id;
     // Before the close frame: nothing may be written after it.
     conn.leave();
     if let End::Close(code, mut reason) = end {
@@ -75,13 +80,16 @@ pub async fn serve<S, E>(
             cut -= 1;
         }
         reason.truncate(cut);
-        let _ = conn
-            .socket
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from(reason),
-            })))
-            .await;
+        let close = conn.socket.send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        })));
+        if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+            tracing::debug!(
+                agent,
+                "close frame not taken within {CLOSE_TIMEOUT:?}; dropping the connection"
+            );
+        }
     }
 }
 

@@ -340,6 +340,54 @@ async fn hello_follows_each_environment_once() {
     );
 }
 
+/// A socket that takes frames from the agent but never has room to send one.
+struct Unwritable(mpsc::UnboundedReceiver<Message>);
+
+impl Stream for Unwritable {
+    type Item = Result<Message, std::io::Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|m| m.map(Ok))
+    }
+}
+
+impl Sink<Message> for Unwritable {
+    type Error = std::io::Error;
+    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Pending
+    }
+    fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), Self::Error> {
+        unreachable!("never ready")
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Pending
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Pending
+    }
+}
+
+/// The close frame gets a few seconds to go out: a peer that never reads does not hold the
+/// connection's task until TCP gives up.
+#[tokio::test(start_paused = true)]
+async fn the_close_frame_does_not_wait_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path());
+    let (to_node, rx) = mpsc::unbounded_channel();
+    to_node
+        .send(Message::Text(Utf8Bytes::from("{not json")))
+        .unwrap();
+    let served = serve(
+        Unwritable(rx),
+        None,
+        node.clone(),
+        Grant::dev(),
+        node.shutdown.clone(),
+    );
+    tokio::time::timeout(Duration::from_secs(60), served)
+        .await
+        .expect("the task ends though the close frame cannot be sent");
+}
+
 /// A socket that panics when the agent sends "boom", as a bug under the handler would.
 struct Panicky(FakeSocket);
 
