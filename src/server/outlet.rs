@@ -33,21 +33,21 @@ pub struct Outlet {
 }
 
 struct Delivery {
-    /// Last position sent per followed environment; the fan-out names an environment by
-    /// its index here (the hub keeps it), the task by its name (through `index`).
-    sent: Vec<(String, Option<Position>)>,
-    /// Where each environment is in `sent`: an agent may follow tens of thousands, and
-    /// a hello or a catch-up looks each of them up.
-    index: HashMap<String, usize>,
+    /// Each followed environment; the fan-out names one by its index here (the hub keeps
+    /// it), the task by its name (through `find`).
+    sent: Vec<Followed>,
+    /// Where each environment is in `sent`, when there are more than [`LINEAR_MAX`]: an
+    /// agent may follow tens of thousands, and a hello or a catch-up looks each of them up.
+    /// Most follow one or two, and a map would cost each connection a few hundred bytes.
+    index: Option<HashMap<String, usize>>,
     /// The task is catching up from the store: offers wait in `deferred`, with the index
     /// of their environment.
     paused: bool,
     deferred: Vec<(Arc<Published>, usize)>,
     lagged: bool,
     /// Environments (indices into `sent`) the task must catch up from the store, each
-    /// once, in the order asked; `asked` marks those in the list.
+    /// once, in the order asked ([`Followed::asked`] marks those in the list).
     resync: Vec<usize>,
-    asked: Vec<bool>,
     /// Frames for the task to send (connections without a plain socket).
     frames: VecDeque<Queued>,
     /// Bytes in `frames`.
@@ -65,14 +65,32 @@ struct Queued {
     before: Option<Position>,
 }
 
+/// Up to this many followed environments are found by a linear search.
+const LINEAR_MAX: usize = 16;
+
+struct Followed {
+    env: String,
+    /// Last position sent.
+    pos: Option<Position>,
+    /// In the resync list.
+    asked: bool,
+}
+
 impl Delivery {
+    fn find(&self, env: &str) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(env).copied(),
+            None => self.sent.iter().position(|f| f.env == env),
+        }
+    }
+
     fn slot(&mut self, env: &str) -> Option<&mut Option<Position>> {
-        let i = *self.index.get(env)?;
-        Some(&mut self.sent[i].1)
+        let i = self.find(env)?;
+        Some(&mut self.sent[i].pos)
     }
 
     fn ask_resync(&mut self, index: usize) {
-        if !std::mem::replace(&mut self.asked[index], true) {
+        if !std::mem::replace(&mut self.sent[index].asked, true) {
             self.resync.push(index);
         }
     }
@@ -96,11 +114,21 @@ impl Outlet {
         deferred_cap: usize,
         frames_cap: usize,
     ) -> Outlet {
-        let mut index = HashMap::with_capacity(sent.len());
-        for (i, (env, _)) in sent.iter().enumerate() {
-            index.entry(env.clone()).or_insert(i);
-        }
-        let asked = vec![false; sent.len()];
+        let index = (sent.len() > LINEAR_MAX).then(|| {
+            let mut index = HashMap::with_capacity(sent.len());
+            for (i, (env, _)) in sent.iter().enumerate() {
+                index.entry(env.clone()).or_insert(i);
+            }
+            index
+        });
+        let sent = sent
+            .into_iter()
+            .map(|(env, pos)| Followed {
+                env,
+                pos,
+                asked: false,
+            })
+            .collect();
         Outlet {
             id,
             secrets,
@@ -114,7 +142,6 @@ impl Outlet {
                 deferred: Vec::new(),
                 lagged: false,
                 resync: Vec::new(),
-                asked,
                 frames: VecDeque::new(),
                 queued: 0,
                 overflow: false,
@@ -134,11 +161,11 @@ impl Outlet {
     }
 
     pub fn envs(&self) -> Vec<String> {
-        self.lock().sent.iter().map(|(e, _)| e.clone()).collect()
+        self.lock().sent.iter().map(|f| f.env.clone()).collect()
     }
 
     pub fn follows(&self, env: &str) -> bool {
-        self.lock().index.contains_key(env)
+        self.lock().find(env).is_some()
     }
 
     /// Last position sent for `env`.
@@ -174,7 +201,7 @@ impl Outlet {
     }
 
     fn judge(&self, st: &mut Delivery, p: &Published, index: usize) -> u64 {
-        let sent = st.sent[index].1;
+        let sent = st.sent[index].pos;
         if p.set.changes.is_empty() {
             // Moved beyond what change sets can bridge: catch up from the store.
             if sent != Some(p.set.position) {
@@ -184,7 +211,7 @@ impl Outlet {
         }
         match judge_change(sent, p.set.position) {
             Verdict::Apply => {
-                st.sent[index].1 = Some(p.set.position);
+                st.sent[index].pos = Some(p.set.position);
                 match &self.plain {
                     Some(plain) => {
                         if plain.send(p.wire(self.secrets)).is_err() {
@@ -230,9 +257,9 @@ impl Outlet {
             queued = st.queued,
             "agent reads slower than changes come; catching it up from the store"
         );
-        st.sent[index].1 = before;
+        st.sent[index].pos = before;
         for q in std::mem::take(&mut st.frames).into_iter().rev() {
-            st.sent[q.index].1 = q.before;
+            st.sent[q.index].pos = q.before;
         }
         st.queued = 0;
         for i in 0..st.sent.len() {
@@ -259,8 +286,8 @@ impl Outlet {
             resync: std::mem::take(&mut st.resync)
                 .into_iter()
                 .map(|i| {
-                    st.asked[i] = false;
-                    st.sent[i].0.clone()
+                    st.sent[i].asked = false;
+                    st.sent[i].env.clone()
                 })
                 .collect(),
             overflow: st.overflow,
@@ -464,33 +491,46 @@ mod tests {
     /// found where it is, and asked to catch up once however often its gaps are seen.
     #[test]
     fn many_environments_are_found_by_name_and_resynced_once_each() {
-        const N: u64 = 50_000;
-        let envs = (0..N).map(|i| (format!("env{i}"), None)).collect();
+        // Either side of the switch from a linear search to a map, and far past it.
+        for n in [3, LINEAR_MAX as u64, LINEAR_MAX as u64 + 1, 50_000] {
+            found_by_name_and_resynced_once(n);
+        }
+    }
+
+    fn found_by_name_and_resynced_once(n: u64) {
+        let envs = (0..n).map(|i| (format!("env{i}"), None)).collect();
         let o = Outlet::new(1, true, None, envs, 16, 1 << 20);
-        for i in 0..N {
+        for i in 0..n {
             o.set_sent(&format!("env{i}"), Some(pos(1, i + 1)));
         }
-        for i in 0..N {
+        for i in 0..n {
             let env = format!("env{i}");
             assert!(o.follows(&env));
             assert_eq!(o.sent(&env), Some(pos(1, i + 1)), "{env}");
         }
-        assert!(!o.follows("env50000") && o.sent("env50000").is_none());
-        assert_eq!(o.envs().len(), N as usize);
+        let past = format!("env{n}");
+        assert!(!o.follows(&past) && o.sent(&past).is_none());
+        o.set_sent(&past, Some(pos(1, 1)));
+        assert!(
+            !o.follows(&past),
+            "an environment not followed is not added"
+        );
+        assert_eq!(o.envs().len(), n as usize);
         o.resume();
-        // Gaps in three environments, each seen twice, and one change that applies.
+        // Gaps in two environments, each seen twice, and one change that applies.
+        let last = n - 1;
         for _ in 0..2 {
-            for i in [7, 49_999, 3] {
+            for i in [last, 0] {
                 o.offer(&published(&format!("env{i}"), pos(1, i + 5)), i as usize);
             }
         }
-        assert_eq!(o.offer(&published("env9", pos(1, 11)), 9), 1);
+        assert_eq!(o.offer(&published("env1", pos(1, 3)), 1), 1);
         let work = o.take_work();
-        assert_eq!(work.resync, vec!["env7", "env49999", "env3"]);
+        assert_eq!(work.resync, vec![format!("env{last}"), "env0".to_string()]);
         assert_eq!(work.frames.len(), 1);
         // Asked again after the task took them: asked again.
-        o.offer(&published("env7", pos(1, 12)), 7);
-        assert_eq!(o.take_work().resync, vec!["env7"]);
+        o.offer(&published("env0", pos(1, 6)), 0);
+        assert_eq!(o.take_work().resync, vec!["env0"]);
     }
 
     /// Through the hub's fan-out threads: only outlets of the environment get it, and an

@@ -212,8 +212,10 @@ where
             }
         };
         let mut subs_ok: Vec<Subscription> = Vec::new();
-        // A hello may name tens of thousands of environments: no search through a list.
-        let mut seen = HashSet::with_capacity(subs.len());
+        // A hello may name tens of thousands of environments: past a few, duplicates are
+        // found with a set rather than by searching the list.
+        let mut seen: Option<HashSet<String>> =
+            (subs.len() > 16).then(|| HashSet::with_capacity(subs.len()));
         for s in subs {
             if super::store::validate_name("environment", &s.env).is_err()
                 || !self.grant.can_read(&s.env)
@@ -230,7 +232,11 @@ where
                 continue;
             }
             // The same environment twice is followed once.
-            if seen.insert(s.env.clone()) {
+            let first = match &mut seen {
+                Some(seen) => seen.insert(s.env.clone()),
+                None => !subs_ok.iter().any(|o| o.env == s.env),
+            };
+            if first {
                 subs_ok.push(s);
             }
         }

@@ -298,12 +298,20 @@ async fn shutdown_closes_with_going_away() {
 
 /// An environment named twice in hello (or more) is followed once, in the order first
 /// named; forbidden and invalid ones are answered with an error and left out.
+/// Short lists are searched, long ones go through a set: both are checked.
 #[tokio::test]
 async fn hello_follows_each_environment_once() {
+    hello_follows_each_once(&["prod", "dev", "prod", "a/b", "dev", "prod"]).await;
+    let mut long = vec!["prod", "dev", "a/b"];
+    long.extend(["dev", "prod"].repeat(10));
+    hello_follows_each_once(&long).await;
+}
+
+async fn hello_follows_each_once(names: &[&str]) {
     let mut h = start(Grant::dev());
     h.commit("prod", "A", "1", false).await;
     h.commit("dev", "B", "1", false).await;
-    let subscribe = ["prod", "dev", "prod", "a/b", "dev", "prod"]
+    let subscribe = names
         .iter()
         .map(|e| Subscription {
             env: e.to_string(),
