@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Rewrites packaging/release/tether.order: the functions a tether agent runs, in the order it
-# first runs them, for build.sh to lay out together. It builds the shipped binary, runs the
-# agent's usual jobs under valgrind's callgrind (run with file and dir sources and a signal,
-# run with env injection and restarts, watch with a pidfile and an exec hook, run fed by a
-# node over WebSocket), keeps the names callgrind saw that the binary defines, and relinks.
+# Rewrites packaging/release/tether.order: the functions a tether agent runs, in the order
+# callgrind lists them, for build.sh to lay out together (that order keeps callers near their
+# callees: sorted by name, the same list costs 0.3 MiB more). It builds the shipped binary,
+# runs the agent's usual jobs under valgrind's callgrind (run with file and dir sources and a
+# signal, run with env injection and restarts, watch with a pidfile and an exec hook, run fed
+# by a node over WebSocket), keeps the names callgrind saw that the binary defines, and
+# relinks.
 #
 # Run it after upgrading rustc or dependencies, or after large changes to the agent; build.sh
 # prints the resulting binary. Needs valgrind. Takes a few minutes.
@@ -126,11 +128,11 @@ for i in 1 2 3; do
 done
 agent_stop
 
-# Names callgrind saw ("fn=(id) name", "cfn=(id) name"), first seen first, kept when the
-# binary defines them as functions.
+# Names callgrind saw ("fn=(id) name", "cfn=(id) name"), first listed first, kept when the
+# binary defines them as functions; the job that "tether bench" measures comes first.
 nm --defined-only "$bin" | awk '$2 ~ /^[tTwW]$/ { print $3 }' | sort -u >"$w/defined"
-for f in $(ls "$w"/cg.* | sort -t. -k2 -n); do
-  sed -n 's/^c\?fn=([0-9]*) \(.*\)$/\1/p' "$f"
+for ((i = 1; i <= n; i++)); do
+  sed -n 's/^c\?fn=([0-9]*) \(.*\)$/\1/p' "$w/cg.$i"
 done | sed "s/'[0-9]*$//" | awk '!seen[$0]++' >"$w/seen"
 # glibc (memcpy, strlen...) and ring (SHA-256...) pick a variant of some functions by CPU
 # when they start; valgrind's virtual CPU lacks some features, so for each such function
