@@ -94,8 +94,9 @@ impl PlainSocket {
                 Err(_) => return Ok(()),
             }
         } else if b.bytes + rest.len() > self.limit {
-            // Nothing of this frame was written, and every queued frame is whole: the byte
-            // stream ends at a frame boundary. Give the socket up; the queue is not drained.
+            // Give the socket up: nothing more is written, the queue is not drained. The
+            // agent may get the start of the frame at the front and then the end of the
+            // stream, never a later frame inside it.
             b.overflow = true;
             b.queue.clear();
             b.bytes = 0;
