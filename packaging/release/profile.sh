@@ -145,6 +145,7 @@ awk 'function family(s,  t) {
      defined[$0] && !out[$0]++ { print }
      (f = family($0)) != "" { n = split(variants[f], v, " "); for (i = 1; i <= n; i++) if (!out[v[i]]++) print v[i] }' \
   "$w/defined" "$w/seen" >"$order.new"
+sed -i "1i # written with $(rustc -V)" "$order.new"
 mv "$order.new" "$order"
 echo "profile.sh: $(wc -l <"$order") functions in $order" >&2
 TETHER_RELINK=1 packaging/release/build.sh

@@ -168,9 +168,11 @@ impl Owner {
             "" => None,
             u => Some(match u.parse::<u32>() {
                 Ok(n) => n,
-                Err(_) => match User::from_name(u) {
-                    Ok(Some(user)) => user.uid.as_raw(),
-                    _ => return Err(format!("no such user {u:?}")),
+                Err(_) => match lookup_id(u, "/etc/passwd", |n| {
+                    Ok(User::from_name(n)?.map(|u| u.uid.as_raw()))
+                }) {
+                    Ok(Some(uid)) => uid,
+                    _ => return Err(format!("no such user {u:?}{STATIC_NOTE}")),
                 },
             }),
         };
@@ -178,9 +180,11 @@ impl Owner {
             None | Some("") => None,
             Some(g) => Some(match g.parse::<u32>() {
                 Ok(n) => n,
-                Err(_) => match Group::from_name(g) {
-                    Ok(Some(group)) => group.gid.as_raw(),
-                    _ => return Err(format!("no such group {g:?}")),
+                Err(_) => match lookup_id(g, "/etc/group", |n| {
+                    Ok(Group::from_name(n)?.map(|g| g.gid.as_raw()))
+                }) {
+                    Ok(Some(gid)) => gid,
+                    _ => return Err(format!("no such group {g:?}{STATIC_NOTE}")),
                 },
             }),
         };
@@ -189,6 +193,37 @@ impl Owner {
         }
         Ok(Owner { uid, gid })
     }
+}
+
+/// A statically linked glibc cannot load NSS modules (systemd, LDAP, sssd): asking it for a
+/// name that `files` does not have crashes the process. Such a build reads the files itself.
+const STATIC: bool = cfg!(target_feature = "crt-static");
+const STATIC_NOTE: &str = if STATIC {
+    " (this static build reads /etc/passwd and /etc/group, not NSS: give a numeric id)"
+} else {
+    ""
+};
+
+/// A user or group id by name: from `file` in a static build, else through NSS (`nss`).
+fn lookup_id(
+    name: &str,
+    file: &str,
+    nss: impl FnOnce(&str) -> nix::Result<Option<u32>>,
+) -> std::io::Result<Option<u32>> {
+    if STATIC {
+        Ok(id_in(&std::fs::read_to_string(file)?, name))
+    } else {
+        Ok(nss(name)?)
+    }
+}
+
+/// The id (third field) of `name` in the text of /etc/passwd or /etc/group.
+fn id_in(text: &str, name: &str) -> Option<u32> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let mut fields = l.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.trim().parse().ok()
+    })
 }
 
 impl fmt::Display for Owner {
@@ -208,6 +243,19 @@ mod tests {
     use super::*;
     use crate::config::Action;
     use crate::state::entries;
+
+    #[test]
+    fn ids_are_read_from_passwd_and_group_text() {
+        let passwd = "# comment\nroot:x:0:0:root:/root:/bin/bash\n\
+                      app:x:1001:1001::/home/app:/bin/sh\nbroken:x\nodd:x:nan:1::/:/bin/sh\n";
+        assert_eq!(id_in(passwd, "root"), Some(0));
+        assert_eq!(id_in(passwd, "app"), Some(1001));
+        assert_eq!(id_in(passwd, "ap"), None, "names match whole");
+        assert_eq!(id_in(passwd, "broken"), None);
+        assert_eq!(id_in(passwd, "odd"), None);
+        assert_eq!(id_in(passwd, "nobody-here"), None);
+        assert_eq!(id_in("staff:x:50:alice,bob\n", "staff"), Some(50));
+    }
 
     fn spec(path: PathBuf, format: Format) -> OutputSpec {
         OutputSpec {
