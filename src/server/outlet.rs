@@ -65,8 +65,9 @@ struct Queued {
     before: Option<Position>,
 }
 
-/// Up to this many followed environments are found by a linear search.
-const LINEAR_MAX: usize = 16;
+/// Up to this many environments are found by a linear search (here and in a hello's
+/// de-duplication); past it, through a map or set.
+pub const LINEAR_MAX: usize = 16;
 
 struct Followed {
     env: String,
@@ -87,6 +88,15 @@ impl Delivery {
     fn slot(&mut self, env: &str) -> Option<&mut Option<Position>> {
         let i = self.find(env)?;
         Some(&mut self.sent[i].pos)
+    }
+
+    /// The frames queued for the task, which takes them.
+    fn take_frames(&mut self) -> VecDeque<Utf8Bytes> {
+        self.queued = 0;
+        std::mem::take(&mut self.frames)
+            .into_iter()
+            .map(|q| q.frame)
+            .collect()
     }
 
     fn ask_resync(&mut self, index: usize) {
@@ -277,12 +287,8 @@ impl Outlet {
     /// For the task: what the fan-out left for it.
     pub fn take_work(&self) -> Work {
         let mut st = self.lock();
-        st.queued = 0;
         Work {
-            frames: std::mem::take(&mut st.frames)
-                .into_iter()
-                .map(|q| q.frame)
-                .collect(),
+            frames: st.take_frames(),
             resync: std::mem::take(&mut st.resync)
                 .into_iter()
                 .map(|i| {
@@ -299,11 +305,7 @@ impl Outlet {
     pub fn pause(&self) -> VecDeque<Utf8Bytes> {
         let mut st = self.lock();
         st.paused = true;
-        st.queued = 0;
-        std::mem::take(&mut st.frames)
-            .into_iter()
-            .map(|q| q.frame)
-            .collect()
+        st.take_frames()
     }
 
     /// The task caught up: judge what waited, in order, and go live; returns how many

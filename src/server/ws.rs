@@ -215,7 +215,7 @@ where
         // A hello may name tens of thousands of environments: past a few, duplicates are
         // found with a set rather than by searching the list.
         let mut seen: Option<HashSet<String>> =
-            (subs.len() > 16).then(|| HashSet::with_capacity(subs.len()));
+            (subs.len() > super::outlet::LINEAR_MAX).then(|| HashSet::with_capacity(subs.len()));
         for s in subs {
             if super::store::validate_name("environment", &s.env).is_err()
                 || !self.grant.can_read(&s.env)
