@@ -191,7 +191,7 @@ impl Hub {
     /// `capacity`: change sets a connection holds while it catches up from the store;
     /// past that it catches up again instead.
     pub fn new(capacity: usize) -> Hub {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let threads = fan_out_threads();
         let counters = Arc::new(Counters::default());
         let shards = (0..threads)
             .map(|i| {
@@ -371,6 +371,11 @@ impl Hub {
     }
 }
 
+/// How many fan-out threads a node runs: one per core, at most 4.
+pub fn fan_out_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
 fn lock(outlets: &Outlets) -> std::sync::MutexGuard<'_, OutletMap> {
     outlets.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -390,7 +395,19 @@ fn offer_all(outlets: &Outlets, p: &Arc<Published>, batch: &mut Vec<(Arc<Outlet>
     if let Some(m) = lock(outlets).get(&p.set.env) {
         batch.extend(m.values().cloned());
     }
-    let sent = batch.iter().map(|(o, i)| o.offer(p, *i)).sum();
+    // Each offer spends microseconds in the kernel; meanwhile the memory of the next outlets
+    // comes in: two ahead the outlet, one ahead its socket (found through the outlet,
+    // brought in one offer earlier). Without it, every offer waits on a few cache misses.
+    let mut sent = 0;
+    for (k, (o, i)) in batch.iter().enumerate() {
+        if let Some((two_ahead, _)) = batch.get(k + 2) {
+            two_ahead.prefetch();
+        }
+        if let Some((next, _)) = batch.get(k + 1) {
+            next.prefetch_socket();
+        }
+        sent += o.offer(p, *i);
+    }
     batch.clear();
     sent
 }

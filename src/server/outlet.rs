@@ -14,6 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::extract::ws::Utf8Bytes;
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 use super::hub::Published;
@@ -34,8 +35,9 @@ pub struct Outlet {
 
 struct Delivery {
     /// Each followed environment; the fan-out names one by its index here (the hub keeps
-    /// it), the task by its name (through `find`).
-    sent: Vec<Followed>,
+    /// it), the task by its name (through `find`). The first is kept in place: most
+    /// connections follow one, and a fan-out then has one allocation less to bring in.
+    sent: SmallVec<[Followed; 1]>,
     /// Where each environment is in `sent`, when there are more than [`LINEAR_MAX`]: an
     /// agent may follow tens of thousands, and a hello or a catch-up looks each of them up.
     /// Most follow one or two, and a map would cost each connection a few hundred bytes.
@@ -158,6 +160,19 @@ impl Outlet {
                 closed: false,
             }),
             wake: Notify::new(),
+        }
+    }
+
+    /// Bring this outlet into the cache ahead of an [`Outlet::offer`].
+    pub fn prefetch(&self) {
+        super::prefetch_value(self);
+    }
+
+    /// Bring this outlet's socket into the cache ahead of an [`Outlet::offer`]; best after
+    /// [`Outlet::prefetch`] had time to bring in the outlet itself.
+    pub fn prefetch_socket(&self) {
+        if let Some(plain) = &self.plain {
+            plain.prefetch();
         }
     }
 

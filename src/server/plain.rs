@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
@@ -29,6 +29,10 @@ use tokio::time::Instant;
 /// The write side, shared by the connection and the fan-out.
 pub struct PlainSocket {
     write: OwnedWriteHalf,
+    /// `write`'s descriptor, kept here so that the fan-out's `send(2)` does not walk
+    /// through tokio's layers (more memory to bring in per connection). Valid while
+    /// `write` lives.
+    fd: RawFd,
     backlog: Mutex<Backlog>,
     /// Most bytes a connection may have queued; past it the agent is not reading.
     limit: usize,
@@ -56,6 +60,7 @@ impl PlainSocket {
     pub fn new(stream: TcpStream, limit: usize) -> (PlainIo, Arc<PlainSocket>) {
         let (read, write) = stream.into_split();
         let socket = Arc::new(PlainSocket {
+            fd: write.as_ref().as_raw_fd(),
             write,
             backlog: Mutex::default(),
             limit,
@@ -65,6 +70,11 @@ impl PlainSocket {
             socket: socket.clone(),
         };
         (io, socket)
+    }
+
+    /// Bring this socket's state into the cache ahead of a [`PlainSocket::send`].
+    pub fn prefetch(&self) {
+        super::prefetch_value(self);
     }
 
     fn lock(&self) -> MutexGuard<'_, Backlog> {
@@ -83,7 +93,7 @@ impl PlainSocket {
             // A plain send(2), not tokio's try_write: that would first read the socket's
             // readiness, one more cache miss per connection in a fan-out. When this finds
             // the buffer full, the drainer's own try_write learns it the same way.
-            let fd = self.write.as_ref().as_raw_fd();
+            let fd = self.fd;
             let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
             match nix::sys::socket::send(fd, &rest, flags) {
                 Ok(n) if n == rest.len() => return Ok(()),
