@@ -23,6 +23,9 @@ pub fn run(cli: Cli) -> i32 {
             ..
         }) => return finish(Ok(crate::loadgen::run(args))),
         Command::Bench(args) => return finish(block_on(crate::bench::run(args))),
+        Command::BenchBareNode(args) => {
+            return finish(Ok(crate::loadgen::bare_node(&args).map(|()| 0)));
+        }
         Command::BenchChild(args) => {
             return finish(block_on(async { Ok(crate::fixture::run(args).await?) }));
         }

@@ -41,6 +41,9 @@ pub enum Command {
     /// Internal: the child process that `tether bench` and the tests supervise.
     #[command(hide = true, name = "bench-child")]
     BenchChild(BenchChildArgs),
+    /// Internal: the bare node of `tether bench agents`' floor figure.
+    #[command(hide = true, name = "bench-bare-node")]
+    BenchBareNode(crate::loadgen::BareNodeArgs),
 }
 
 #[derive(Args, Debug, Default, Clone)]

@@ -1,7 +1,8 @@
 //! `tether bench agents`: a load generator against a real node. Opens N light protocol
 //! clients (no child processes) and reports node memory per idle connection, the time for
 //! one change to reach all of them, and put → child-signal latency through one node for a
-//! real agent. Prints figures; asserts nothing.
+//! real agent. Then, for scale, the machine's floor for the fan-out: the same clients fed
+//! the same change by a bare `send(2)` loop (`floor`). Prints figures; asserts nothing.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream as StdTcpStream;
@@ -13,6 +14,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 mod clients;
+mod floor;
+
+pub use floor::{BareNodeArgs, bare_node};
 
 #[derive(Args, Debug, Clone)]
 pub struct AgentsBenchArgs {
@@ -42,6 +46,9 @@ pub struct AgentsBenchArgs {
     /// Seconds of sustained writes for the throughput figure.
     #[arg(long, default_value_t = 3)]
     pub write_secs: u64,
+    /// Skip the floor figure (a bare send loop in place of the node).
+    #[arg(long)]
+    pub no_floor: bool,
     /// Threads reading the clients' sockets.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub client_threads: u16,
@@ -162,7 +169,7 @@ fn status_field(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn raise_nofile(want: u64) {
+pub(crate) fn raise_nofile(want: u64) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let hard = hard.max(want);
@@ -413,6 +420,31 @@ pub fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
     drop(fleet);
     drop(started);
     drop(redis);
+    if !args.no_floor {
+        let threads_out = crate::server::hub::fan_out_threads();
+        println!(
+            "the machine's floor, the same clients fed by a bare send(2) loop over {threads_out} threads (no HTTP, store, judging or locks):"
+        );
+        match floor::measure(&exe, args.count, args.fanouts, threads_out, threads) {
+            Ok(f) => {
+                let (nodes, bare) = (percentile(&fanout, 0.5), percentile(&f.times, 0.5));
+                println!(
+                    "  p50 {}   max {}   CPU time per fan-out: sender {:.1} ms, clients {:.1} ms",
+                    ms(bare),
+                    ms(percentile(&f.times, 1.0)),
+                    f.sender_cpu,
+                    f.clients_cpu,
+                );
+                println!(
+                    "  the fan-out's p50 above is {:+.1} ms ({:+.0}%) over this floor",
+                    (nodes.as_secs_f64() - bare.as_secs_f64()) * 1000.0,
+                    (nodes.as_secs_f64() / bare.as_secs_f64().max(1e-9) - 1.0) * 100.0
+                );
+            }
+            // The figures above stand; say why this one is missing.
+            Err(e) => println!("  not measured: {e:#}"),
+        }
+    }
     if args.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }

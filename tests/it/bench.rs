@@ -51,6 +51,9 @@ fn the_node_bench_prints_its_figures() {
             "change sets/s",
             "per connection",
             "one change → all 50 clients",
+            "the machine's floor",
+            "CPU time per fan-out: sender",
+            "over this floor",
         ],
     );
 }
