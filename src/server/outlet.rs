@@ -205,7 +205,8 @@ impl Outlet {
     }
 
     /// From the fan-out: a change set of the environment at `index` in this outlet's list
-    /// (see [`Outlet::envs`]). Returns how many frames were sent.
+    /// (see [`Outlet::envs`]). Returns how many frames went into the socket; a frame queued
+    /// for the task counts when the task sends it.
     pub fn offer(&self, p: &Arc<Published>, index: usize) -> u64 {
         let mut st = self.lock();
         // The index comes from the hub's map, which is keyed by environment: no names are
@@ -245,7 +246,11 @@ impl Outlet {
                         }
                         1
                     }
-                    None => self.queue(st, p.frame(self.secrets), index, sent),
+                    None => {
+                        // Counted as sent when the task sends it.
+                        self.queue(st, p.frame(self.secrets), index, sent);
+                        0
+                    }
                 }
             }
             Verdict::Drop => 0,
@@ -256,14 +261,8 @@ impl Outlet {
         }
     }
 
-    /// Queue a frame for the task; returns how many frames that adds.
-    fn queue(
-        &self,
-        st: &mut Delivery,
-        frame: Utf8Bytes,
-        index: usize,
-        before: Option<Position>,
-    ) -> u64 {
+    /// Queue a frame for the task (which may yet drop it, past the cap).
+    fn queue(&self, st: &mut Delivery, frame: Utf8Bytes, index: usize, before: Option<Position>) {
         if st.frames.is_empty() || st.queued + frame.len() <= self.frames_cap {
             st.queued += frame.len();
             st.frames.push_back(Queued {
@@ -272,7 +271,7 @@ impl Outlet {
                 before,
             });
             self.wake.notify_one();
-            return 1;
+            return;
         }
         // The task sends slower than changes come. Drop what waits, put each environment
         // back to before its first dropped frame (newest first, so the oldest wins), and
@@ -291,7 +290,6 @@ impl Outlet {
             st.ask_resync(i);
         }
         self.wake.notify_one();
-        0
     }
 
     fn ask_resync(&self, st: &mut Delivery, index: usize) {
@@ -398,7 +396,7 @@ mod tests {
         assert!(versions(&o).is_empty());
         // The catch-up brought it to 2: 2 is a duplicate, 3 applies, 5 is a gap.
         o.set_sent("prod", Some(pos(1, 2)));
-        assert_eq!(o.resume(), Some(1));
+        assert_eq!(o.resume(), Some(0), "queued for the task, not sent");
         let work = o.take_work();
         assert_eq!(work.frames.len(), 1);
         assert_eq!(work.resync, vec!["prod".to_string()]);
@@ -409,7 +407,7 @@ mod tests {
     fn live_offers_apply_next_drop_old_and_ask_a_resync_on_gaps_and_epochs() {
         let o = outlet(Some(pos(1, 1)), 16);
         assert_eq!(o.resume(), Some(0));
-        assert_eq!(o.offer(&published("prod", pos(1, 2)), 0), 1);
+        assert_eq!(o.offer(&published("prod", pos(1, 2)), 0), 0, "queued");
         assert_eq!(o.offer(&published("prod", pos(1, 2)), 0), 0);
         assert_eq!(o.offer(&published("prod", pos(1, 1)), 0), 0);
         assert_eq!(versions(&o), vec![2]);
@@ -429,7 +427,7 @@ mod tests {
         assert_eq!(o.resume(), None, "lagged: catch up again, still paused");
         o.offer(&published("prod", pos(1, 7)), 0);
         o.set_sent("prod", Some(pos(1, 6)));
-        assert_eq!(o.resume(), Some(1));
+        assert_eq!(o.resume(), Some(0));
         assert_eq!(versions(&o), vec![7]);
     }
 
@@ -500,7 +498,7 @@ mod tests {
         o.set_sent("prod", Some(pos(1, 99)));
         o.set_sent("dev", Some(pos(1, 3)));
         assert_eq!(o.resume(), Some(0));
-        assert_eq!(o.offer(&published("prod", pos(1, 100)), 0), 1);
+        o.offer(&published("prod", pos(1, 100)), 0);
         assert_eq!(versions(&o), vec![100]);
     }
 
@@ -541,7 +539,7 @@ mod tests {
                 o.offer(&published(&format!("env{i}"), pos(1, i + 5)), i as usize);
             }
         }
-        assert_eq!(o.offer(&published("env1", pos(1, 3)), 1), 1);
+        o.offer(&published("env1", pos(1, 3)), 1);
         let work = o.take_work();
         assert_eq!(work.resync, vec![format!("env{last}"), "env0".to_string()]);
         assert_eq!(work.frames.len(), 1);

@@ -483,3 +483,25 @@ async fn a_panicking_connection_leaves_the_hub() {
     assert_eq!(node.hub.attached(), 0, "the outlet is detached");
     assert_eq!(node.hub.agent_count(), 0, "the agent is unregistered");
 }
+
+/// `tether_frames_sent_total` counts each frame once, when it goes to the agent: not also
+/// when the fan-out queues it for the connection's task.
+#[tokio::test]
+async fn each_frame_sent_counts_once() {
+    let mut h = start(Grant::dev());
+    h.commit("prod", "A", "1", false).await;
+    h.send(&hello("prod", None));
+    assert!(matches!(h.recv_msg().await, ServerMsg::Welcome { .. }));
+    assert!(matches!(h.recv_msg().await, ServerMsg::Snapshot { .. }));
+    assert!(matches!(h.recv_msg().await, ServerMsg::Synced { .. }));
+    for v in 2..=4 {
+        h.commit("prod", "A", &v.to_string(), false).await;
+    }
+    for v in 2..=4 {
+        assert!(
+            matches!(h.recv_msg().await, ServerMsg::Change { position, .. } if position.version == v)
+        );
+    }
+    let counted = h.node.hub.counters.frames_sent.load(Ordering::Relaxed);
+    assert_eq!(counted, 6, "welcome, snapshot, synced and three changes");
+}
