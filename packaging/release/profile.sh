@@ -7,8 +7,9 @@
 # by a node over WebSocket), keeps the names callgrind saw that the binary defines, and
 # relinks.
 #
-# Run it after upgrading rustc or dependencies, or after large changes to the agent; build.sh
-# prints the resulting binary. Needs valgrind. Takes a few minutes.
+# Run it after upgrading rustc, after adding, removing or upgrading a dependency, or after
+# large changes to the agent; build.sh prints the resulting binary. Needs valgrind. Takes a
+# few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v valgrind >/dev/null || { echo "profile.sh needs valgrind" >&2; exit 1; }
