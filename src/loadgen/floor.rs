@@ -2,15 +2,16 @@
 //! process of its own as a node is) upgrades the same light clients and then, per round,
 //! writes one change frame to each of them by a bare loop of `send(2)`, over as many threads
 //! as a node's fan-out has: no HTTP request, no store, no judging, no locks. What is left
-//! is the kernel's loopback TCP path and the clients, which the node's figure shares; on a
-//! VM whose speed changes from hour to hour, the node is read against this.
+//! is the kernel's loopback TCP path and the clients, which the node's figure shares. The
+//! bench alternates blocks of rounds between the node and this floor, so that both see the
+//! same machine: a shared VM's speed changes from minute to minute.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -28,7 +29,7 @@ const ENV: &str = "bench";
 
 #[derive(Args, Debug, Clone)]
 pub struct BareNodeArgs {
-    /// Connections to accept before taking commands.
+    /// Clients expected at once (sets the descriptor limit).
     #[arg(long)]
     pub count: usize,
     /// Sender threads.
@@ -36,39 +37,61 @@ pub struct BareNodeArgs {
     pub threads: usize,
 }
 
-/// `tether bench-bare-node`: print `addr ADDR`, accept and upgrade `count` clients, then
-/// for each `send VERSION` line on stdin write that change to all of them and answer
-/// `sent`. Ends at the end of stdin.
+/// `tether bench-bare-node`: print `addr ADDR`, then accept and upgrade clients for as long
+/// as it runs. Commands on stdin, each answered on stdout: `send VERSION` writes that change
+/// to every client held (`sent`), `drop` closes them all (`dropped`). Ends at the end of
+/// stdin.
 pub fn bare_node(args: &BareNodeArgs) -> anyhow::Result<()> {
     super::raise_nofile(args.count as u64 + 1024);
     let listener = TcpListener::bind("127.0.0.1:0").context("listening")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "addr {}", listener.local_addr()?)?;
     out.flush()?;
-    let mut conns = Vec::with_capacity(args.count);
-    while conns.len() < args.count {
-        let (mut s, _) = listener.accept().context("accept")?;
-        // A client that stalls its upgrade fails the bench instead of holding it.
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        upgrade(&mut s).context("upgrading a client")?;
-        conns.push(s);
-    }
-    let senders = Senders::start(&conns, args.threads)?;
+    let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let acceptor = held.clone();
+    std::thread::Builder::new()
+        .name("bare-accept".into())
+        .spawn(move || {
+            loop {
+                let Ok((mut s, _)) = listener.accept() else {
+                    continue;
+                };
+                // A client that fails its upgrade never syncs: the bench reports it.
+                let _ = upgrade(&mut s, &acceptor);
+            }
+        })
+        .context("starting the acceptor")?;
+    let senders = Senders::start(args.threads)?;
     for line in std::io::stdin().lock().lines() {
         let line = line?;
-        let Some(version) = line.strip_prefix("send ") else {
+        if line == "drop" {
+            lock(&held).clear();
+            writeln!(out, "dropped")?;
+        } else if let Some(version) = line.strip_prefix("send ") {
+            let version: u64 = version.parse().context("version")?;
+            let fds: Arc<Vec<RawFd>> =
+                Arc::new(lock(&held).iter().map(|c| c.as_raw_fd()).collect());
+            // The descriptors stay open while the senders use them: only `drop`, which
+            // waits for this answer, closes them.
+            senders.send(change(version)?, fds)?;
+            writeln!(out, "sent")?;
+        } else {
             bail!("unknown command {line:?}");
-        };
-        let version: u64 = version.parse().context("version")?;
-        senders.send(change(version)?)?;
-        writeln!(out, "sent")?;
+        }
         out.flush()?;
     }
     Ok(())
 }
 
-/// Read the upgrade request and the hello frame; answer 101 and `synced`.
-fn upgrade(s: &mut TcpStream) -> anyhow::Result<()> {
+fn lock(held: &Mutex<Vec<TcpStream>>) -> std::sync::MutexGuard<'_, Vec<TcpStream>> {
+    held.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Read the upgrade request and the hello frame; answer 101, hold the connection, then
+/// answer `synced` (so that a client synced is one that every later `send` reaches).
+fn upgrade(s: &mut TcpStream, held: &Mutex<Vec<TcpStream>>) -> anyhow::Result<()> {
+    // Bounded, so that a client that stalls cannot hold the acceptor.
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut data = Vec::new();
     let mut buf = [0u8; 4096];
     while !data.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -106,6 +129,8 @@ fn upgrade(s: &mut TcpStream) -> anyhow::Result<()> {
         env: ENV.into(),
         position: position(0),
     })?;
+    let mut held = lock(held);
+    held.push(s.try_clone()?);
     s.write_all(&ws_text_frame(&synced))?;
     Ok(())
 }
@@ -132,32 +157,24 @@ fn change(version: u64) -> anyhow::Result<Bytes> {
     Ok(ws_text_frame(&serde_json::to_vec(&msg)?))
 }
 
-type Round = (Bytes, mpsc::Sender<()>);
+type Round = (Bytes, Arc<Vec<RawFd>>, mpsc::Sender<()>);
 
 /// Threads that each write a frame to their share of the connections, woken per frame as a
 /// node's fan-out threads are.
 struct Senders(Vec<mpsc::Sender<Round>>);
 
 impl Senders {
-    fn start(conns: &[TcpStream], threads: usize) -> anyhow::Result<Senders> {
+    fn start(threads: usize) -> anyhow::Result<Senders> {
         let threads = threads.max(1);
         let mut senders = Vec::new();
         for t in 0..threads {
-            // The descriptors stay open: `conns` outlives the threads' work (the process
-            // ends with it).
-            let fds: Vec<RawFd> = conns
-                .iter()
-                .skip(t)
-                .step_by(threads)
-                .map(|c| c.as_raw_fd())
-                .collect();
             let (tx, rx) = mpsc::channel::<Round>();
             std::thread::Builder::new()
                 .name(format!("bare-send-{t}"))
                 .spawn(move || {
                     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-                    while let Ok((frame, done)) = rx.recv() {
-                        for &fd in &fds {
+                    while let Ok((frame, fds, done)) = rx.recv() {
+                        for &fd in fds.iter().skip(t).step_by(threads) {
                             // A client that cannot take the frame shows as one that never
                             // got it: the bench reports it.
                             let _ = nix::sys::socket::send(fd, &frame, flags);
@@ -171,10 +188,10 @@ impl Senders {
         Ok(Senders(senders))
     }
 
-    fn send(&self, frame: Bytes) -> anyhow::Result<()> {
+    fn send(&self, frame: Bytes, fds: Arc<Vec<RawFd>>) -> anyhow::Result<()> {
         let (done_tx, done) = mpsc::channel();
         for s in &self.0 {
-            s.send((frame.clone(), done_tx.clone()))
+            s.send((frame.clone(), fds.clone(), done_tx.clone()))
                 .map_err(|_| anyhow::anyhow!("a sender thread stopped"))?;
         }
         for _ in &self.0 {
@@ -185,10 +202,11 @@ impl Senders {
 }
 
 /// A bare node process; killed on drop.
-struct BareNode {
+pub struct BareNode {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
+    addr: String,
 }
 
 impl Drop for BareNode {
@@ -199,7 +217,8 @@ impl Drop for BareNode {
 }
 
 impl BareNode {
-    fn start(exe: &Path, count: usize, threads: usize) -> anyhow::Result<(BareNode, String)> {
+    /// Start one for up to `count` clients, writing over `threads` threads.
+    pub fn start(exe: &Path, count: usize, threads: usize) -> anyhow::Result<BareNode> {
         let mut child = Command::new(exe)
             .arg("bench-bare-node")
             .args(["--count", &count.to_string()])
@@ -214,13 +233,49 @@ impl BareNode {
             child,
             stdin,
             stdout,
+            addr: String::new(),
         };
         let line = node.line()?;
-        let addr = line
+        node.addr = line
             .strip_prefix("addr ")
             .with_context(|| format!("the bare node said {line:?}"))?
             .to_string();
-        Ok((node, addr))
+        Ok(node)
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// One round: write `version` to every client and time it as the node's fan-out is
+    /// timed, from just before the command until the last client has read it.
+    pub fn round(&mut self, fleet: &Fleet, version: u64) -> anyhow::Result<Duration> {
+        fleet.expect(version);
+        let t0 = Instant::now();
+        writeln!(self.stdin, "send {version}")?;
+        self.stdin.flush()?;
+        let last = fleet.wait(Duration::from_secs(30))?;
+        self.expect("sent")?;
+        Ok(last.saturating_duration_since(t0))
+    }
+
+    /// Close the connections it holds (their clients are gone).
+    pub fn drop_clients(&mut self) -> anyhow::Result<()> {
+        writeln!(self.stdin, "drop")?;
+        self.stdin.flush()?;
+        self.expect("dropped")
+    }
+
+    fn expect(&mut self, answer: &str) -> anyhow::Result<()> {
+        let line = self.line()?;
+        if line != answer {
+            bail!("the bare node said {line:?}, not {answer:?}");
+        }
+        Ok(())
     }
 
     fn line(&mut self) -> anyhow::Result<String> {
@@ -230,53 +285,4 @@ impl BareNode {
         }
         Ok(line.trim_end().to_string())
     }
-}
-
-/// What the floor measured.
-pub struct Floor {
-    /// Write → last client read, sorted.
-    pub times: Vec<Duration>,
-    /// CPU per round, milliseconds: the bare node, the clients.
-    pub sender_cpu: f64,
-    pub clients_cpu: f64,
-}
-
-/// Time `rounds` bare fan-outs over `send_threads` threads to `count` clients read by
-/// `client_threads` threads, the way the node's fan-out is timed.
-pub fn measure(
-    exe: &Path,
-    count: usize,
-    rounds: usize,
-    send_threads: usize,
-    client_threads: usize,
-) -> anyhow::Result<Floor> {
-    let (mut node, addr) = BareNode::start(exe, count, send_threads)?;
-    let fleet = Fleet::open(&[addr], ENV, count, client_threads)?;
-    std::thread::sleep(Duration::from_millis(500));
-    let pid = node.child.id();
-    let (node_before, own_before) = (super::cpu_ms(pid), super::cpu_ms(std::process::id()));
-    let mut times = Vec::with_capacity(rounds);
-    for v in 1..=rounds as u64 {
-        let version = v + 2_000_000;
-        fleet.expect(version);
-        let t0 = Instant::now();
-        writeln!(node.stdin, "send {version}")?;
-        node.stdin.flush()?;
-        let last = fleet
-            .wait(Duration::from_secs(30))
-            .with_context(|| format!("bare fan-out {v}"))?;
-        times.push(last.saturating_duration_since(t0));
-        let answer = node.line()?;
-        if answer != "sent" {
-            bail!("the bare node said {answer:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    times.sort();
-    let per = |ms: f64| ms / rounds.max(1) as f64;
-    Ok(Floor {
-        times,
-        sender_cpu: per(super::cpu_ms(pid) - node_before),
-        clients_cpu: per(super::cpu_ms(std::process::id()) - own_before),
-    })
 }

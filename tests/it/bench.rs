@@ -3,7 +3,8 @@
 
 use crate::support::{Work, run_to_end};
 
-fn assert_ran(args: &[&str], lines: &[&str]) {
+/// Run `tether ARGS`, check it printed each of `lines`; returns what it printed.
+fn assert_ran(args: &[&str], lines: &[&str]) -> String {
     let w = Work::new();
     let (code, out, err) = run_to_end(w.dir.path(), args);
     assert_eq!(code, 0, "tether {args:?}\nstdout:\n{out}\nstderr:\n{err}");
@@ -13,6 +14,7 @@ fn assert_ran(args: &[&str], lines: &[&str]) {
             "tether {args:?} printed no {line:?}\nstdout:\n{out}\nstderr:\n{err}"
         );
     }
+    out
 }
 
 #[test]
@@ -31,16 +33,18 @@ fn the_agent_bench_prints_its_figures() {
     );
 }
 
+/// Seven rounds: blocks of five and two, each of the node's followed by the floor's, so
+/// that the clients are closed and opened again between them.
 #[test]
 fn the_node_bench_prints_its_figures() {
-    assert_ran(
+    let out = assert_ran(
         &[
             "bench",
             "agents",
             "--count",
             "50",
             "--fanouts",
-            "3",
+            "7",
             "--changes",
             "20",
             "--write-secs",
@@ -56,6 +60,8 @@ fn the_node_bench_prints_its_figures() {
             "over this floor",
         ],
     );
+    assert_eq!(out.matches("over 7 changes").count(), 2, "{out}");
+    assert!(!out.contains("not measured"), "{out}");
 }
 
 #[test]
