@@ -54,6 +54,9 @@ pub fn bare_node(args: &BareNodeArgs) -> anyhow::Result<()> {
         .spawn(move || {
             loop {
                 let Ok((mut s, _)) = listener.accept() else {
+                    // Out of descriptors, say: wait for some to be closed, without spinning
+                    // on the cores the figures are taken on.
+                    std::thread::sleep(Duration::from_millis(10));
                     continue;
                 };
                 // A client that fails its upgrade never syncs: the bench reports it.
