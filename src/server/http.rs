@@ -417,7 +417,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     metric(
         "tether_frames_sent_total",
         "counter",
-        "Frames sent to agents.",
+        "Frames sent to agents: written to their connections, or queued behind what a connection has not taken yet.",
         c.frames_sent.load(Ordering::Relaxed),
     );
     metric(

@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 use super::hub::Published;
-use super::plain::PlainSocket;
+use super::plain::{Overflow, PlainSocket};
 use crate::protocol::{Position, Verdict, judge_change};
 
 pub struct Outlet {
@@ -239,13 +239,14 @@ impl Outlet {
             Verdict::Apply => {
                 st.sent[index].pos = Some(p.set.position);
                 match &self.plain {
-                    Some(plain) => {
-                        if plain.send(p.wire(self.secrets)).is_err() {
+                    Some(plain) => match plain.send(p.wire(self.secrets)) {
+                        Ok(()) => 1,
+                        Err(Overflow) => {
                             st.overflow = true;
                             self.wake.notify_one();
+                            0
                         }
-                        1
-                    }
+                    },
                     None => {
                         // Counted as sent when the task sends it.
                         self.queue(st, p.frame(self.secrets), index, sent);
@@ -322,7 +323,7 @@ impl Outlet {
     }
 
     /// The task caught up: judge what waited, in order, and go live; returns how many
-    /// frames that sent. None when too much waited: the task must catch up every
+    /// frames that wrote into the socket (as [`Outlet::offer`] counts them). None when too much waited: the task must catch up every
     /// environment again (still paused).
     pub fn resume(&self) -> Option<u64> {
         let mut st = self.lock();

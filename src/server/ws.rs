@@ -122,7 +122,6 @@ where
     E: std::fmt::Display,
 {
     async fn send(&mut self, frame: Utf8Bytes) -> Result<(), End> {
-        Counters::inc(&self.node.hub.counters.frames_sent);
         // An agent that stops reading is dropped rather than holding frames forever.
         let limit = self.patience();
         let result = {
@@ -136,7 +135,10 @@ where
             }
         };
         match result {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                Counters::inc(&self.node.hub.counters.frames_sent);
+                Ok(())
+            }
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => {
                 tracing::warn!(
