@@ -46,7 +46,8 @@ pub struct AgentsBenchArgs {
     /// Seconds of sustained writes for the throughput figure.
     #[arg(long, default_value_t = 3)]
     pub write_secs: u64,
-    /// Skip the floor figure (a bare send loop in place of the node).
+    /// Skip the floor figure (a bare send loop in place of the node; skipped too with
+    /// --server, whose nodes may be elsewhere).
     #[arg(long)]
     pub no_floor: bool,
     /// Threads reading the clients' sockets.
@@ -326,7 +327,14 @@ pub fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
 
     // 3. Fan-out: one change to every client, timed from just before the write until the
     // last client has read it; in blocks of rounds alternating with the floor's.
-    let mut floor = Floor::start(&exe, args.no_floor, args.count);
+    let skip = if args.no_floor {
+        floor::Skip::Asked
+    } else if !args.server.is_empty() {
+        floor::Skip::Remote
+    } else {
+        floor::Skip::No
+    };
+    let mut floor = floor::Floor::start(&exe, skip, args.count);
     let mut fanout = Vec::new();
     let (mut node_cpu, mut clients_cpu) = (0.0, 0.0);
     let mut fleet = Some(fleet);
@@ -341,7 +349,7 @@ pub fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
             }
         };
         let rounds = match floor.bare {
-            Some(_) => BLOCK.min(args.fanouts - fanout.len()),
+            Some(_) => floor::BLOCK.min(args.fanouts - fanout.len()),
             None => args.fanouts - fanout.len(),
         };
         let cpu_before: f64 = node_pids.iter().map(|&p| cpu_ms(p)).sum();
@@ -454,12 +462,9 @@ pub fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Rounds of the node's fan-out, then as many of the floor's, in turn.
-const BLOCK: usize = 5;
-
 /// Wait (up to 10 s) until these processes are idle, under 2 ms of CPU in 100 ms: a node
 /// done with the connections that just closed or opened.
-fn settle(pids: &[u32]) {
+pub(crate) fn settle(pids: &[u32]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let cpu = || pids.iter().map(|&p| cpu_ms(p)).sum::<f64>();
     let mut last = cpu();
@@ -470,108 +475,6 @@ fn settle(pids: &[u32]) {
             return;
         }
         last = now;
-    }
-}
-
-/// The floor's side of the fan-out figure (see `floor`).
-struct Floor {
-    bare: Option<floor::BareNode>,
-    count: usize,
-    times: Vec<Duration>,
-    /// Milliseconds over all rounds: the bare node's, the clients'.
-    sender_cpu: f64,
-    clients_cpu: f64,
-    /// Why it stopped, if it failed: the node's figures stand without it.
-    failed: Option<String>,
-    skipped: bool,
-}
-
-impl Floor {
-    fn start(exe: &Path, skip: bool, count: usize) -> Floor {
-        let (bare, failed) = if skip {
-            (None, None)
-        } else {
-            let threads = crate::server::hub::fan_out_threads();
-            match floor::BareNode::start(exe, count, threads) {
-                Ok(b) => (Some(b), None),
-                Err(e) => (None, Some(format!("{e:#}"))),
-            }
-        };
-        Floor {
-            bare,
-            count,
-            times: Vec::new(),
-            sender_cpu: 0.0,
-            clients_cpu: 0.0,
-            failed,
-            skipped: skip,
-        }
-    }
-
-    /// `rounds` rounds through the bare node; on failure the bench goes on without it.
-    fn block(&mut self, rounds: usize, version: &mut u64, threads: usize) {
-        if let Err(e) = self.try_block(rounds, version, threads) {
-            self.failed = Some(format!("{e:#}"));
-            self.bare = None;
-        }
-    }
-
-    fn try_block(
-        &mut self,
-        rounds: usize,
-        version: &mut u64,
-        threads: usize,
-    ) -> anyhow::Result<()> {
-        let Some(bare) = self.bare.as_mut() else {
-            return Ok(());
-        };
-        let fleet = clients::Fleet::open(&[bare.addr().to_string()], "bench", self.count, threads)?;
-        settle(&[bare.pid()]);
-        let (bare_before, own_before) = (cpu_ms(bare.pid()), cpu_ms(std::process::id()));
-        for _ in 0..rounds {
-            *version += 1;
-            let took = bare
-                .round(&fleet, *version)
-                .with_context(|| format!("bare fan-out {}", self.times.len() + 1))?;
-            self.times.push(took);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.sender_cpu += cpu_ms(bare.pid()) - bare_before;
-        self.clients_cpu += cpu_ms(std::process::id()) - own_before;
-        drop(fleet);
-        bare.drop_clients()
-    }
-
-    fn report(&self, fanout: &[Duration]) {
-        if self.skipped {
-            return;
-        }
-        println!(
-            "the machine's floor, the same clients fed by a bare send(2) loop over {} threads (no HTTP, store, judging or locks), in blocks of {BLOCK} rounds taking turns with the node's:",
-            crate::server::hub::fan_out_threads()
-        );
-        if let Some(e) = &self.failed {
-            // The figures above stand; say why this one is missing or short.
-            println!("  not measured: {e}");
-        }
-        if self.times.is_empty() {
-            return;
-        }
-        let rounds = self.times.len() as f64;
-        let (nodes, bare) = (percentile(fanout, 0.5), percentile(&self.times, 0.5));
-        println!(
-            "  p50 {}   max {}   over {} changes   CPU time per fan-out: sender {:.1} ms, clients {:.1} ms",
-            ms(bare),
-            ms(percentile(&self.times, 1.0)),
-            self.times.len(),
-            self.sender_cpu / rounds,
-            self.clients_cpu / rounds,
-        );
-        println!(
-            "  the fan-out's p50 above is {:+.1} ms ({:+.0}%) over this floor",
-            (nodes.as_secs_f64() - bare.as_secs_f64()) * 1000.0,
-            (nodes.as_secs_f64() / bare.as_secs_f64().max(1e-9) - 1.0) * 100.0
-        );
     }
 }
 

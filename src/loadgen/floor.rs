@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use clap::Args;
 use nix::sys::socket::MsgFlags;
 
 use super::clients::Fleet;
+use super::{cpu_ms, ms, percentile, settle};
 use crate::protocol::{Epoch, Position, ServerMsg, WireChange};
 use crate::secret::Value;
 use crate::server::hub::ws_text_frame;
@@ -39,8 +40,8 @@ pub struct BareNodeArgs {
 
 /// `tether bench-bare-node`: print `addr ADDR`, then accept and upgrade clients for as long
 /// as it runs. Commands on stdin, each answered on stdout: `send VERSION` writes that change
-/// to every client held (`sent`), `drop` closes them all (`dropped`). Ends at the end of
-/// stdin.
+/// to every client held (`sent N`, N the clients that did not take it whole), `drop` closes
+/// them all (`dropped`). Ends at the end of stdin.
 pub fn bare_node(args: &BareNodeArgs) -> anyhow::Result<()> {
     super::raise_nofile(args.count as u64 + 1024);
     let listener = TcpListener::bind("127.0.0.1:0").context("listening")?;
@@ -76,8 +77,8 @@ pub fn bare_node(args: &BareNodeArgs) -> anyhow::Result<()> {
                 Arc::new(lock(&held).iter().map(|c| c.as_raw_fd()).collect());
             // The descriptors stay open while the senders use them: only `drop`, which
             // waits for this answer, closes them.
-            senders.send(change(version)?, fds)?;
-            writeln!(out, "sent")?;
+            let short = senders.send(change(version)?, fds)?;
+            writeln!(out, "sent {short}")?;
         } else {
             bail!("unknown command {line:?}");
         }
@@ -160,7 +161,8 @@ fn change(version: u64) -> anyhow::Result<Bytes> {
     Ok(ws_text_frame(&serde_json::to_vec(&msg)?))
 }
 
-type Round = (Bytes, Arc<Vec<RawFd>>, mpsc::Sender<()>);
+/// A frame, the connections, and where to say how many did not take it whole.
+type Round = (Bytes, Arc<Vec<RawFd>>, mpsc::Sender<usize>);
 
 /// Threads that each write a frame to their share of the connections, woken per frame as a
 /// node's fan-out threads are.
@@ -177,12 +179,15 @@ impl Senders {
                 .spawn(move || {
                     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
                     while let Ok((frame, fds, done)) = rx.recv() {
-                        for &fd in fds.iter().skip(t).step_by(threads) {
-                            // A client that cannot take the frame shows as one that never
-                            // got it: the bench reports it.
-                            let _ = nix::sys::socket::send(fd, &frame, flags);
-                        }
-                        let _ = done.send(());
+                        let short = fds
+                            .iter()
+                            .skip(t)
+                            .step_by(threads)
+                            .filter(|&&fd| {
+                                nix::sys::socket::send(fd, &frame, flags) != Ok(frame.len())
+                            })
+                            .count();
+                        let _ = done.send(short);
                     }
                 })
                 .context("starting a sender thread")?;
@@ -191,16 +196,19 @@ impl Senders {
         Ok(Senders(senders))
     }
 
-    fn send(&self, frame: Bytes, fds: Arc<Vec<RawFd>>) -> anyhow::Result<()> {
+    /// Returns how many connections did not take the frame whole (a bare loop does not
+    /// queue the rest: the bench reports them rather than time a broken stream).
+    fn send(&self, frame: Bytes, fds: Arc<Vec<RawFd>>) -> anyhow::Result<usize> {
         let (done_tx, done) = mpsc::channel();
         for s in &self.0 {
             s.send((frame.clone(), fds.clone(), done_tx.clone()))
                 .map_err(|_| anyhow::anyhow!("a sender thread stopped"))?;
         }
+        let mut short = 0;
         for _ in &self.0 {
-            done.recv().context("a sender thread stopped")?;
+            short += done.recv().context("a sender thread stopped")?;
         }
-        Ok(())
+        Ok(short)
     }
 }
 
@@ -208,9 +216,13 @@ impl Senders {
 pub struct BareNode {
     child: Child,
     stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    /// Its answers, read by a thread of their own so that each wait has a deadline.
+    answers: mpsc::Receiver<String>,
     addr: String,
 }
+
+/// How long the bare node may take to answer a command.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(60);
 
 impl Drop for BareNode {
     fn drop(&mut self) {
@@ -232,10 +244,21 @@ impl BareNode {
             .context("starting the bare node")?;
         let stdin = child.stdin.take().context("bare node stdin")?;
         let stdout = BufReader::new(child.stdout.take().context("bare node stdout")?);
+        let (tx, answers) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("bare-answers".into())
+            .spawn(move || {
+                for line in stdout.lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            })
+            .context("starting the bare node's reader")?;
         let mut node = BareNode {
             child,
             stdin,
-            stdout,
+            answers,
             addr: String::new(),
         };
         let line = node.line()?;
@@ -261,9 +284,12 @@ impl BareNode {
         let t0 = Instant::now();
         writeln!(self.stdin, "send {version}")?;
         self.stdin.flush()?;
-        let last = fleet.wait(Duration::from_secs(30))?;
-        self.expect("sent")?;
-        Ok(last.saturating_duration_since(t0))
+        let last = fleet.wait(Duration::from_secs(30));
+        let short = self.line()?;
+        if short != "sent 0" {
+            bail!("the bare node could not write the whole frame to every client ({short:?})");
+        }
+        Ok(last?.saturating_duration_since(t0))
     }
 
     /// Close the connections it holds (their clients are gone).
@@ -282,10 +308,135 @@ impl BareNode {
     }
 
     fn line(&mut self) -> anyhow::Result<String> {
-        let mut line = String::new();
-        if self.stdout.read_line(&mut line)? == 0 {
-            bail!("the bare node exited");
+        match self.answers.recv_timeout(ANSWER_DEADLINE) {
+            Ok(line) => Ok(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                bail!("the bare node did not answer within {ANSWER_DEADLINE:?}")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the bare node exited"),
         }
-        Ok(line.trim_end().to_string())
+    }
+}
+
+/// Rounds of the node's fan-out, then as many of the floor's, in turn.
+pub const BLOCK: usize = 10;
+
+/// The floor's side of the fan-out figure, measured in blocks between the node's.
+/// Whether the floor is measured.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    No,
+    /// `--no-floor`.
+    Asked,
+    /// `--server`: the nodes may be on other machines, with another floor.
+    Remote,
+}
+
+pub struct Floor {
+    pub bare: Option<BareNode>,
+    count: usize,
+    pub times: Vec<Duration>,
+    /// Milliseconds over all rounds: the bare node's, the clients'.
+    sender_cpu: f64,
+    clients_cpu: f64,
+    /// Why it stopped, if it failed: the node's figures stand without it.
+    failed: Option<String>,
+    skip: Skip,
+}
+
+impl Floor {
+    pub fn start(exe: &Path, skip: Skip, count: usize) -> Floor {
+        let (bare, failed) = if skip != Skip::No {
+            (None, None)
+        } else {
+            let threads = crate::server::hub::fan_out_threads();
+            match BareNode::start(exe, count, threads) {
+                Ok(b) => (Some(b), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            }
+        };
+        Floor {
+            bare,
+            count,
+            times: Vec::new(),
+            sender_cpu: 0.0,
+            clients_cpu: 0.0,
+            failed,
+            skip,
+        }
+    }
+
+    /// `rounds` rounds through the bare node; on failure the bench goes on without it.
+    pub fn block(&mut self, rounds: usize, version: &mut u64, threads: usize) {
+        if let Err(e) = self.try_block(rounds, version, threads) {
+            self.failed = Some(format!("{e:#}"));
+            self.bare = None;
+        }
+    }
+
+    fn try_block(
+        &mut self,
+        rounds: usize,
+        version: &mut u64,
+        threads: usize,
+    ) -> anyhow::Result<()> {
+        let Some(bare) = self.bare.as_mut() else {
+            return Ok(());
+        };
+        let fleet = Fleet::open(&[bare.addr().to_string()], ENV, self.count, threads)?;
+        settle(&[bare.pid()]);
+        let (bare_before, own_before) = (cpu_ms(bare.pid()), cpu_ms(std::process::id()));
+        for _ in 0..rounds {
+            *version += 1;
+            let took = bare
+                .round(&fleet, *version)
+                .with_context(|| format!("bare fan-out {}", self.times.len() + 1))?;
+            self.times.push(took);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.sender_cpu += cpu_ms(bare.pid()) - bare_before;
+        self.clients_cpu += cpu_ms(std::process::id()) - own_before;
+        drop(fleet);
+        bare.drop_clients()?;
+        // Done with the connections that closed, before the node's turn.
+        settle(&[bare.pid()]);
+        Ok(())
+    }
+
+    pub fn report(&self, fanout: &[Duration]) {
+        match self.skip {
+            Skip::No => {}
+            Skip::Asked => return,
+            Skip::Remote => {
+                println!("the machine's floor: not measured for nodes given with --server");
+                return;
+            }
+        }
+        println!(
+            "the machine's floor, the same clients fed by a bare send(2) loop over {} threads (no HTTP, store, judging or locks), in blocks of {BLOCK} rounds taking turns with the node's:",
+            crate::server::hub::fan_out_threads()
+        );
+        if let Some(e) = &self.failed {
+            // The figures above stand; say why this one is missing or short.
+            println!("  not measured: {e}");
+        }
+        if self.times.is_empty() {
+            return;
+        }
+        let rounds = self.times.len() as f64;
+        let (nodes, bare) = (percentile(fanout, 0.5), percentile(&self.times, 0.5));
+        println!(
+            "  p50 {}   max {}   over {} changes   CPU time per fan-out: sender {:.1} ms, clients {:.1} ms",
+            ms(bare),
+            ms(percentile(&self.times, 1.0)),
+            self.times.len(),
+            self.sender_cpu / rounds,
+            self.clients_cpu / rounds,
+        );
+        println!(
+            "  the fan-out's p50 above is {:+.1} ms ({:+.0}%) over this floor",
+            (nodes.as_secs_f64() - bare.as_secs_f64()) * 1000.0,
+            (nodes.as_secs_f64() / bare.as_secs_f64().max(1e-9) - 1.0) * 100.0
+        );
     }
 }

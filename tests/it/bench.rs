@@ -33,7 +33,7 @@ fn the_agent_bench_prints_its_figures() {
     );
 }
 
-/// Seven rounds: blocks of five and two, each of the node's followed by the floor's, so
+/// Twelve rounds: blocks of ten and two, each of the node's followed by the floor's, so
 /// that the clients are closed and opened again between them.
 #[test]
 fn the_node_bench_prints_its_figures() {
@@ -44,7 +44,7 @@ fn the_node_bench_prints_its_figures() {
             "--count",
             "50",
             "--fanouts",
-            "7",
+            "12",
             "--changes",
             "20",
             "--write-secs",
@@ -60,7 +60,7 @@ fn the_node_bench_prints_its_figures() {
             "over this floor",
         ],
     );
-    assert_eq!(out.matches("over 7 changes").count(), 2, "{out}");
+    assert_eq!(out.matches("over 12 changes").count(), 2, "{out}");
     assert!(!out.contains("not measured"), "{out}");
 }
 
