@@ -323,8 +323,8 @@ impl Outlet {
     }
 
     /// The task caught up: judge what waited, in order, and go live; returns how many
-    /// frames that wrote into the socket (as [`Outlet::offer`] counts them). None when too much waited: the task must catch up every
-    /// environment again (still paused).
+    /// frames that wrote into the socket (as [`Outlet::offer`] counts them). None when too
+    /// much waited: the task must catch up every environment again (still paused).
     pub fn resume(&self) -> Option<u64> {
         let mut st = self.lock();
         if std::mem::take(&mut st.lagged) {

@@ -502,6 +502,12 @@ async fn each_frame_sent_counts_once() {
             matches!(h.recv_msg().await, ServerMsg::Change { position, .. } if position.version == v)
         );
     }
-    let counted = h.node.hub.counters.frames_sent.load(Ordering::Relaxed);
+    // The task counts a frame once its send returned, which may be just after it arrived.
+    let sent = &h.node.hub.counters.frames_sent;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sent.load(Ordering::Relaxed) < 6 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let counted = sent.load(Ordering::Relaxed);
     assert_eq!(counted, 6, "welcome, snapshot, synced and three changes");
 }
