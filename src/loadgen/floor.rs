@@ -23,7 +23,8 @@ use super::clients::Fleet;
 use super::{cpu_ms, ms, percentile, settle};
 use crate::protocol::{Epoch, Position, ServerMsg, WireChange};
 use crate::secret::Value;
-use crate::server::hub::ws_text_frame;
+use crate::server::hub::{change_frame, encode, ws_text_frame};
+use crate::server::store::ChangeSet;
 
 /// The environment the clients follow.
 const ENV: &str = "bench";
@@ -77,7 +78,7 @@ pub fn bare_node(args: &BareNodeArgs) -> anyhow::Result<()> {
                 Arc::new(lock(&held).iter().map(|c| c.as_raw_fd()).collect());
             // The descriptors stay open while the senders use them: only `drop`, which
             // waits for this answer, closes them.
-            let short = senders.send(change(version)?, fds)?;
+            let short = senders.send(change(version), fds)?;
             writeln!(out, "sent {short}")?;
         } else {
             bail!("unknown command {line:?}");
@@ -105,6 +106,8 @@ fn upgrade(s: &mut TcpStream, held: &Mutex<Vec<TcpStream>>) -> anyhow::Result<()
         }
         data.extend_from_slice(&buf[..n]);
     }
+    // The light clients send RFC 6455's sample key, whose accept value this is (they do not
+    // check it).
     s.write_all(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
           Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
@@ -129,13 +132,13 @@ fn upgrade(s: &mut TcpStream, held: &Mutex<Vec<TcpStream>>) -> anyhow::Result<()
     if skipped != len + 4 {
         bail!("the client closed during its hello");
     }
-    let synced = serde_json::to_vec(&ServerMsg::Synced {
+    let synced = encode(&ServerMsg::Synced {
         env: ENV.into(),
         position: position(0),
-    })?;
+    });
     let mut held = lock(held);
     held.push(s.try_clone()?);
-    s.write_all(&ws_text_frame(&synced))?;
+    s.write_all(&ws_text_frame(synced.as_bytes()))?;
     Ok(())
 }
 
@@ -146,9 +149,9 @@ fn position(version: u64) -> Position {
     }
 }
 
-/// The change frame a node sends when `V` is set to `version`.
-fn change(version: u64) -> anyhow::Result<Bytes> {
-    let msg = ServerMsg::Change {
+/// The change frame a node sends when `V` is set to `version`, built by the node's code.
+fn change(version: u64) -> Bytes {
+    let set = ChangeSet {
         env: ENV.into(),
         position: position(version),
         changes: vec![WireChange {
@@ -158,7 +161,7 @@ fn change(version: u64) -> anyhow::Result<Bytes> {
             delete: false,
         }],
     };
-    Ok(ws_text_frame(&serde_json::to_vec(&msg)?))
+    ws_text_frame(change_frame(&set, true).as_bytes())
 }
 
 /// A frame, the connections, and where to say how many did not take it whole.
