@@ -5,6 +5,7 @@ mod bench;
 mod cluster;
 mod examples;
 mod files;
+mod hostile;
 mod run;
 mod serve;
 mod support;

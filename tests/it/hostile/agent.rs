@@ -1,0 +1,1 @@
+//! Hostile input: the agent — output names, dotenv escaping, directories it writes into.

@@ -1,0 +1,1 @@
+//! Hostile input: the store — permissions, empty or damaged database files.

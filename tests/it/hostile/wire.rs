@@ -1,0 +1,1 @@
+//! Hostile input: what crosses the wire — frame sizes, acks, half-open peers, secrecy.
