@@ -1,8 +1,10 @@
 //! The verbs as `main` calls them: build the config (exit 64 on any problem), start
 //! logging, run on a single-threaded runtime, and return the exit code.
 
+use tether_agent::config::{self, Mode};
+use tether_core::settings::{ConfigError, Problem};
+
 use crate::cli::{Cli, Command};
-use crate::config::{self, ConfigError, Mode};
 
 /// Exit code for bad usage or configuration (sysexits EX_USAGE).
 pub const EXIT_USAGE: i32 = 64;
@@ -13,22 +15,16 @@ pub fn run(cli: Cli) -> i32 {
         Command::Run(args) => config::for_run(&args),
         Command::Watch(args) => config::for_watch(&args),
         Command::Check(args) => return check(&args),
+        #[cfg(feature = "node")]
         Command::Serve(args) => return serve(&args),
-        Command::Put(args) => return client(crate::client::put(&args)),
-        Command::Get(args) => return client(crate::client::get(&args)),
-        Command::Rm(args) => return client(crate::client::rm(&args)),
-        Command::Status(args) => return client(crate::client::status(&args)),
-        Command::Bench(crate::cli::BenchArgs {
-            mode: Some(crate::cli::BenchMode::Agents(args)),
-            ..
-        }) => return finish(Ok(crate::loadgen::run(args))),
-        Command::Bench(args) => return finish(block_on(crate::bench::run(args))),
-        Command::BenchBareNode(args) => {
-            return finish(Ok(crate::loadgen::bare_node(&args).map(|()| 0)));
-        }
-        Command::BenchChild(args) => {
-            return finish(block_on(async { Ok(crate::fixture::run(args).await?) }));
-        }
+        #[cfg(feature = "node")]
+        Command::Put(args) => return client(tether_client::put(&args)),
+        #[cfg(feature = "node")]
+        Command::Get(args) => return client(tether_client::get(&args)),
+        #[cfg(feature = "node")]
+        Command::Rm(args) => return client(tether_client::rm(&args)),
+        #[cfg(feature = "node")]
+        Command::Status(args) => return client(tether_client::status(&args)),
     };
     let cfg = match result {
         Ok(cfg) => cfg,
@@ -36,7 +32,7 @@ pub fn run(cli: Cli) -> i32 {
     };
     crate::logging::init(cfg.log_level.as_deref(), cfg.log_format);
     fix_mmap_threshold();
-    finish(block_on(async { Ok(crate::agent::run(cfg).await?) }))
+    finish(block_on(async { Ok(tether_agent::run(cfg).await?) }))
 }
 
 /// An agent runs for months while the same few large buffers (a snapshot frame, a rendered
@@ -60,10 +56,11 @@ fn finish(r: anyhow::Result<anyhow::Result<i32>>) -> i32 {
     }
 }
 
-fn client(r: Result<i32, crate::client::ClientError>) -> i32 {
+#[cfg(feature = "node")]
+fn client(r: Result<i32, tether_client::ClientError>) -> i32 {
     match r {
         Ok(code) => code,
-        Err(crate::client::ClientError::Usage(m)) => {
+        Err(tether_client::ClientError::Usage(m)) => {
             eprintln!("tether: {m}");
             EXIT_USAGE
         }
@@ -71,8 +68,9 @@ fn client(r: Result<i32, crate::client::ClientError>) -> i32 {
     }
 }
 
-fn serve(args: &crate::cli::ServeArgs) -> i32 {
-    if let Some(crate::cli::ServeAction::HashToken) = args.action {
+#[cfg(feature = "node")]
+fn serve(args: &tether_node::args::ServeArgs) -> i32 {
+    if let Some(tether_node::args::ServeAction::HashToken) = args.action {
         let mut token = String::new();
         if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut token) {
             return report(e.into());
@@ -83,22 +81,23 @@ fn serve(args: &crate::cli::ServeArgs) -> i32 {
             );
             return EXIT_USAGE;
         }
-        println!("{}", crate::server::auth::hash_token(&token));
+        println!("{}", tether_node::auth::hash_token(&token));
         return 0;
     }
-    let cfg = match crate::server::config::from_args(args) {
+    let cfg = match tether_node::config::from_args(args) {
         Ok(c) => c,
         Err(e) => return usage(e),
     };
     crate::logging::init(cfg.log_level.as_deref(), cfg.log_format);
     // Nodes use every core: fan-out to thousands of sockets is parallel work.
     finish(block_on_multi(async {
-        crate::server::run(cfg, shutdown_signal()).await?;
+        tether_node::run(cfg, shutdown_signal()).await?;
         Ok(0)
     }))
 }
 
 /// Resolves on the first TERM or INT.
+#[cfg(feature = "node")]
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
@@ -113,12 +112,12 @@ async fn shutdown_signal() {
     }
 }
 
-fn check(args: &crate::cli::CheckArgs) -> i32 {
+fn check(args: &tether_agent::args::CheckArgs) -> i32 {
     let mode = match args.mode.as_str() {
         "run" => Mode::Run,
         "watch" => Mode::Watch,
         other => {
-            return usage(ConfigError(vec![config::Problem {
+            return usage(ConfigError(vec![Problem {
                 key: "--mode".into(),
                 message: format!("{other:?} is not run or watch"),
             }]));
@@ -155,6 +154,7 @@ fn report(e: anyhow::Error) -> i32 {
     1
 }
 
+#[cfg(feature = "node")]
 fn block_on_multi<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -2,7 +2,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use tether_core::settings::LogFormat;
 
 /// Start logging. `level` (from flags or the config file) wins over `TETHER_LOG`.
 pub fn init(level: Option<&str>, format: LogFormat) {

@@ -1,11 +1,18 @@
 //! tether's entry point: parse the command line, run the verb, exit with its code.
+//!
+//! - `cli`: the verbs and the flags of each (defined by the crates that run them).
+//! - `app`: each verb as `main` calls it, mapped to an exit code.
+//! - `logging`: tracing to stderr, text or JSON.
+
+mod app;
+mod cli;
+mod logging;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = tether::cli::Cli::parse();
-    let code = tether::app::run(cli);
+    let code = app::run(cli::Cli::parse());
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -1,17 +1,20 @@
 //! The benchmarks stay runnable: each runs small and prints its figures. No figure is
 //! asserted against a target (timings on a shared machine are not test results).
 
-use crate::support::{Work, run_to_end};
+use crate::support::{BENCH_BIN, Work, run_bin_to_end};
 
-/// Run `tether ARGS`, check it printed each of `lines`; returns what it printed.
+/// Run `tether-bench ARGS`, check it printed each of `lines`; returns what it printed.
 fn assert_ran(args: &[&str], lines: &[&str]) -> String {
     let w = Work::new();
-    let (code, out, err) = run_to_end(w.dir.path(), args);
-    assert_eq!(code, 0, "tether {args:?}\nstdout:\n{out}\nstderr:\n{err}");
+    let (code, out, err) = run_bin_to_end(BENCH_BIN, w.dir.path(), args, &[]);
+    assert_eq!(
+        code, 0,
+        "tether-bench {args:?}\nstdout:\n{out}\nstderr:\n{err}"
+    );
     for line in lines {
         assert!(
             out.contains(line),
-            "tether {args:?} printed no {line:?}\nstdout:\n{out}\nstderr:\n{err}"
+            "tether-bench {args:?} printed no {line:?}\nstdout:\n{out}\nstderr:\n{err}"
         );
     }
     out
@@ -21,7 +24,7 @@ fn assert_ran(args: &[&str], lines: &[&str]) -> String {
 fn the_agent_bench_prints_its_figures() {
     assert_ran(
         &[
-            "bench",
+            "file",
             "--changes",
             "20",
             "--entries",
@@ -39,7 +42,6 @@ fn the_agent_bench_prints_its_figures() {
 fn the_node_bench_prints_its_figures() {
     let out = assert_ran(
         &[
-            "bench",
             "agents",
             "--count",
             "50",
@@ -68,7 +70,6 @@ fn the_node_bench_prints_its_figures() {
 fn the_cluster_bench_prints_its_figures() {
     assert_ran(
         &[
-            "bench",
             "agents",
             "--nodes",
             "3",

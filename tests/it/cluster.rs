@@ -21,7 +21,9 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 use serde_json::{Value as Json, json};
 
-use crate::support::{BIN, DEADLINE, Work, alive, run_to_end, wait_for, wait_for_within};
+use crate::support::{
+    BENCH_BIN, BIN, DEADLINE, Work, alive, run_to_end, wait_for, wait_for_within,
+};
 
 /// The environment every test follows.
 const ENV: &str = "prod";
@@ -368,8 +370,8 @@ impl Agent {
                 "--log-format",
                 "json",
                 "--",
-                BIN,
-                "bench-child",
+                BENCH_BIN,
+                "child",
                 "--record",
                 &record.display().to_string(),
             ]

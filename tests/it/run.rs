@@ -121,7 +121,7 @@ fn live_fixtures(work: &Work) -> Vec<i32> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if args.get(1).is_some_and(|a| a == "bench-child") && args.contains(&record) && alive(pid) {
+        if args.get(1).is_some_and(|a| a == "child") && args.contains(&record) && alive(pid) {
             pids.push(pid);
         }
     }

@@ -10,10 +10,10 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use serde_json::{Value as Json, json};
-use tether::protocol::{
+use tether_core::protocol::{
     ClientMsg, Epoch, Position, ServerMsg, Subscription, WireChange, WireEntry,
 };
-use tether::secret::Value;
+use tether_core::secret::Value;
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -1240,7 +1240,7 @@ fn a_big_change_reaches_a_slow_reader_whole_and_the_connection_stays() {
         ws
     });
     let raw = vec![1u8; 400_000];
-    let b64 = tether::protocol::b64::encode(&raw);
+    let b64 = tether_core::protocol::b64::encode(&raw);
     let r = http(
         "POST",
         &format!("{}/v1/envs/prod/changes", node.url()),

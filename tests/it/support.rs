@@ -11,6 +11,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tether");
+/// The benchmarks' binary, whose hidden `child` verb is the program the tests supervise.
+pub const BENCH_BIN: &str = env!("CARGO_BIN_EXE_tether-bench");
 /// Generous: CI machines are small and may be busy.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -87,11 +89,11 @@ impl Work {
         self.read("env").lines().map(str::to_owned).collect()
     }
 
-    /// The fixture command line: `tether bench-child --record R --env-file E [extra...]`.
+    /// The fixture command line: `tether-bench child --record R --env-file E [extra...]`.
     pub fn child_args(&self, extra: &[&str]) -> Vec<String> {
         let mut v = vec![
-            BIN.to_string(),
-            "bench-child".into(),
+            BENCH_BIN.to_string(),
+            "child".into(),
             "--record".into(),
             self.path("record").display().to_string(),
             "--env-file".into(),
@@ -226,7 +228,17 @@ pub fn alive(pid: i32) -> bool {
 
 /// Like [`run_to_end`], with extra environment variables (e.g. `TETHER_TOKEN`).
 pub fn run_to_end_env(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(BIN);
+    run_bin_to_end(BIN, cwd, args, envs)
+}
+
+/// Run `bin` with `args` in a clean environment to its end: (exit code, stdout, stderr).
+pub fn run_bin_to_end(
+    bin: &str,
+    cwd: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut cmd = Command::new(bin);
     cmd.args(args)
         .current_dir(cwd)
         .env_clear()

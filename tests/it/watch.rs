@@ -8,13 +8,13 @@ use std::process::{Child, Command, Stdio};
 use nix::sys::signal::Signal;
 
 use crate::files::{s, watch_none};
-use crate::support::{BIN, DEADLINE, Tether, Work, alive, run_to_end};
+use crate::support::{BENCH_BIN, DEADLINE, Tether, Work, alive, run_to_end};
 
 /// The fixture started by the test as an ordinary process (not tether's child).
 struct Fixture(Child);
 
 impl Fixture {
-    /// Start `program bench-child --record ... --env-file ...` and wait until its signal
+    /// Start `program child --record ... --env-file ...` and wait until its signal
     /// handlers are in place (it records `start PID` after installing them).
     fn start(w: &Work, program: &Path) -> Fixture {
         let args = w.child_args(&[]);
@@ -111,7 +111,7 @@ fn stop(mut t: Tether) {
 #[test]
 fn watch_signals_the_pidfile_process_with_hup_by_default() {
     let w = Work::new();
-    let fx = Fixture::start(&w, Path::new(BIN));
+    let fx = Fixture::start(&w, Path::new(BENCH_BIN));
     let pidfile = w.path("app.pid");
     fs::write(&pidfile, format!("{}\n", fx.pid())).unwrap();
     w.write("a.env", "A=1\n");
@@ -159,7 +159,7 @@ fn watch_signals_the_pidfile_process_with_hup_by_default() {
 #[test]
 fn watch_signals_the_configured_signal() {
     let w = Work::new();
-    let fx = Fixture::start(&w, Path::new(BIN));
+    let fx = Fixture::start(&w, Path::new(BENCH_BIN));
     // The pidfile appears only after tether starts, as an app's own pidfile would.
     let pidfile = w.path("app.pid");
     w.write("a.env", "A=1\n");
@@ -200,7 +200,7 @@ fn watch_signals_processes_by_name() {
     // A unique name (comm holds 15 bytes) so no other process on the machine matches.
     let name = format!("tfx-{:08x}", rand::random::<u32>());
     let exe = w.path(&name);
-    std::os::unix::fs::symlink(BIN, &exe).unwrap();
+    std::os::unix::fs::symlink(BENCH_BIN, &exe).unwrap();
     let fx = Fixture::start(&w, &exe);
     w.write("a.env", "A=1\n");
     let t = watch(

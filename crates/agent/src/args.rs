@@ -1,0 +1,137 @@
+//! The agent's flags (clap): `run`, `watch` and `check`. Flags are raw strings here;
+//! [`crate::config`] validates them together with the config file so every problem is
+//! reported at once.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::Args;
+use tether_core::settings::LogArgs;
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct AgentArgs {
+    /// TOML config file; flags and TETHER_* variables override its values.
+    #[arg(long, short = 'c', value_name = "FILE", env = "TETHER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// A source of values: file:PATH (dotenv or JSON by extension), dotenv:PATH, json:PATH,
+    /// dir:PATH (one file per key). Repeatable; later sources override earlier ones key by key.
+    #[arg(
+        long = "source",
+        short = 's',
+        value_name = "KIND:PATH",
+        env = "TETHER_SOURCE",
+        value_delimiter = ','
+    )]
+    pub sources: Vec<String>,
+    /// Write the values to PATH (a bare file name goes under the tmpfs runtime dir).
+    #[arg(long, short = 'o', value_name = "PATH", env = "TETHER_OUTPUT")]
+    pub output: Option<String>,
+    /// Format of --output: dotenv, json, shell or dir.
+    #[arg(long, value_name = "FORMAT", env = "TETHER_FORMAT")]
+    pub format: Option<String>,
+    /// File mode of --output, octal (default 0600).
+    #[arg(long, value_name = "MODE", env = "TETHER_MODE")]
+    pub mode: Option<String>,
+    /// Owner of --output: USER[:GROUP] or UID[:GID].
+    #[arg(long, value_name = "USER[:GROUP]", env = "TETHER_OWNER")]
+    pub owner: Option<String>,
+    /// What a change does: restart, signal[:SIG], exec:CMD or none.
+    #[arg(long, value_name = "ACTION", env = "TETHER_ON_CHANGE")]
+    pub on_change: Option<String>,
+    /// Alone: inject values into the child's environment (the default in run). With a
+    /// NAME: the environment to follow on the --server nodes.
+    #[arg(long = "env", value_name = "NAME", num_args = 0..=1, env = "TETHER_ENV")]
+    pub env: Option<Option<String>>,
+    /// Do not inject values into the child's environment.
+    #[arg(long = "no-env")]
+    pub no_env: bool,
+    /// A tether node (http(s):// or ws(s):// base URL); repeatable, any node will do.
+    #[arg(
+        long = "server",
+        value_name = "URL",
+        env = "TETHER_SERVER",
+        value_delimiter = ','
+    )]
+    pub servers: Vec<String>,
+    /// File holding the bearer token for the nodes (else TETHER_TOKEN).
+    #[arg(long, value_name = "PATH", env = "TETHER_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM file of the CA that signs the nodes' certificates.
+    #[arg(long, value_name = "PATH", env = "TETHER_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Where the last applied state is kept (0600), to resume and to start without a node.
+    #[arg(long, value_name = "DIR", env = "TETHER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Start from the saved state while no node is reachable (reported as degraded).
+    #[arg(long, env = "TETHER_START_WITHOUT_SERVER")]
+    pub start_without_server: bool,
+    /// Signal that asks the child to stop (default TERM).
+    #[arg(long, value_name = "SIG", env = "TETHER_STOP_SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// Grace period after the stop signal before SIGKILL (default 10s).
+    #[arg(long, value_name = "DURATION", env = "TETHER_STOP_TIMEOUT")]
+    pub stop_timeout: Option<String>,
+    /// Quiet window: act once no change arrived for this long (default 100ms).
+    #[arg(long, value_name = "DURATION", env = "TETHER_DEBOUNCE")]
+    pub debounce: Option<String>,
+    /// Act at most this long after the first change of a burst (default 2s).
+    #[arg(long, value_name = "DURATION", env = "TETHER_MAX_WAIT")]
+    pub max_wait: Option<String>,
+    /// Random extra delay up to this long before acting, to spread a fleet (default 0).
+    #[arg(long, value_name = "DURATION", env = "TETHER_SPLAY")]
+    pub splay: Option<String>,
+    /// Restart the child when it exits on its own: never, on-failure or always.
+    #[arg(long, value_name = "POLICY", env = "TETHER_RESTART_ON_EXIT")]
+    pub restart_on_exit: Option<String>,
+    /// Leave output files in place on exit.
+    #[arg(long, env = "TETHER_KEEP_OUTPUTS")]
+    pub keep_outputs: bool,
+    /// Signals forwarded to the child's process group (comma list).
+    #[arg(
+        long,
+        value_name = "SIGS",
+        env = "TETHER_FORWARD_SIGNALS",
+        value_delimiter = ','
+    )]
+    pub forward_signals: Vec<String>,
+    /// A reload signal for a child younger than this is held until it is this old: it may
+    /// not have installed its handler yet (default 1s; 0 to signal at once).
+    #[arg(long, value_name = "DURATION", env = "TETHER_RELOAD_GRACE")]
+    pub reload_grace: Option<String>,
+    /// Timeout of an exec hook (default 30s).
+    #[arg(long, value_name = "DURATION", env = "TETHER_EXEC_TIMEOUT")]
+    pub exec_timeout: Option<String>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// The command to supervise (executed directly, no shell).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// Signal the process whose pid is in this file.
+    #[arg(long, value_name = "PATH", env = "TETHER_SIGNAL_PIDFILE")]
+    pub signal_pidfile: Option<PathBuf>,
+    /// Signal every process with this name (found through /proc).
+    #[arg(long, value_name = "NAME", env = "TETHER_SIGNAL_PROCESS")]
+    pub signal_process: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// The config file to validate.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: PathBuf,
+    /// Validate for this mode: run or watch.
+    #[arg(long, default_value = "run")]
+    pub mode: String,
+}

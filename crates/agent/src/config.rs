@@ -1,0 +1,476 @@
+//! Configuration: the TOML file (`RawConfig`, unknown keys refused) overlaid by flags and
+//! `TETHER_*` variables, then validated into a typed [`Config`], reporting every problem at
+//! once with its key path.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::args::{RunArgs, WatchArgs};
+use crate::output::{EnvSpec, Format, Owner};
+use crate::source::{SourceKind, SourceSpec};
+use tether_core::secret::Value;
+use tether_core::signal::Signal;
+
+mod parse;
+mod raw;
+#[cfg(test)]
+mod tests;
+
+pub use parse::parse_action;
+use parse::{Problems, parse_env, parse_net, parse_output, parse_source};
+use raw::load;
+pub use raw::{RawConfig, RawEnv, RawOutput, RawSource, RawSourceTable, read_file};
+pub use tether_core::settings::{ConfigError, LogFormat, Problem, parse_duration};
+
+/// What a change does to the program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Restart,
+    Signal(Signal),
+    /// A hook command, split shell-style, executed without a shell.
+    Exec(Vec<String>),
+    None,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Restart => f.write_str("restart"),
+            Action::Signal(s) => write!(f, "signal:{s}"),
+            Action::Exec(argv) => write!(
+                f,
+                "exec:{}",
+                shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_default()
+            ),
+            Action::None => f.write_str("none"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Never,
+    OnFailure,
+    Always,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Run,
+    Watch,
+}
+
+/// One output as validated.
+#[derive(Clone, Debug)]
+pub struct OutputSpec {
+    pub path: PathBuf,
+    pub format: Format,
+    pub mode: u32,
+    pub owner: Option<Owner>,
+    pub on_change: Action,
+}
+
+/// Where watch mode sends its signals.
+#[derive(Clone, Debug, Default)]
+pub struct WatchTarget {
+    pub pidfile: Option<PathBuf>,
+    pub process: Option<String>,
+}
+
+/// The network source: nodes and the environment to follow.
+#[derive(Clone, Debug)]
+pub struct NetSpec {
+    /// Base URLs as given (http(s):// or ws(s)://).
+    pub servers: Vec<String>,
+    pub env: String,
+    pub token: Option<Value>,
+    pub ca_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub start_without_server: bool,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub net: Option<NetSpec>,
+    pub mode: Mode,
+    pub command: Vec<OsString>,
+    pub sources: Vec<SourceSpec>,
+    pub outputs: Vec<OutputSpec>,
+    pub env: Option<EnvSpec>,
+    pub on_change: Action,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+    pub debounce: Duration,
+    pub max_wait: Duration,
+    pub splay: Duration,
+    pub restart_on_exit: RestartPolicy,
+    pub keep_outputs: bool,
+    pub forward_signals: Vec<Signal>,
+    pub exec_timeout: Duration,
+    pub reload_grace: Duration,
+    pub target: WatchTarget,
+    pub log_level: Option<String>,
+    pub log_format: LogFormat,
+}
+
+/// Build the config of `tether run` from its flags and optional file.
+pub fn for_run(args: &RunArgs) -> Result<Config, ConfigError> {
+    let mut raw = load(&args.agent)?;
+    if !args.command.is_empty() {
+        raw.command = None;
+    }
+    let mut cfg = validate(&raw, Mode::Run)?;
+    if !args.command.is_empty() {
+        cfg.command = args.command.clone();
+    }
+    if cfg.command.is_empty() {
+        return Err(ConfigError::one(
+            "command",
+            "no command to run (give it after `--` or as `command = [...]` in the config)",
+        ));
+    }
+    Ok(cfg)
+}
+
+/// Build the config of `tether watch` from its flags and optional file.
+pub fn for_watch(args: &WatchArgs) -> Result<Config, ConfigError> {
+    let mut raw = load(&args.agent)?;
+    if args.signal_pidfile.is_some() {
+        raw.signal_pidfile = args.signal_pidfile.clone();
+    }
+    if args.signal_process.is_some() {
+        raw.signal_process = args.signal_process.clone();
+    }
+    validate(&raw, Mode::Watch)
+}
+
+/// Validate a raw config for a mode, collecting every problem.
+pub fn validate(raw: &RawConfig, mode: Mode) -> Result<Config, ConfigError> {
+    let mut p = Problems::default();
+
+    let sources: Vec<SourceSpec> = raw
+        .sources
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, s)| p.check(&format!("source[{i}]"), parse_source(s)))
+        .collect();
+    let net = parse_net(raw, &mut p);
+    if sources.is_empty() && net.is_none() {
+        p.push(
+            "source",
+            "at least one source is required (--source file:/etc/app.env, or --server URL --env NAME)",
+        );
+    }
+
+    let on_change = match &raw.on_change {
+        Some(s) => p
+            .check("on_change", parse_action(s))
+            .unwrap_or(Action::None),
+        None if mode == Mode::Run => Action::Restart,
+        None if raw.signal_pidfile.is_some() || raw.signal_process.is_some() => {
+            Action::Signal(Signal::HUP)
+        }
+        None => Action::None,
+    };
+
+    let mut outputs = Vec::new();
+    for (i, o) in raw.outputs.iter().flatten().enumerate() {
+        let key = format!("output[{i}]");
+        if let Some(spec) = parse_output(o, &key, &on_change, &mut p) {
+            outputs.push(spec);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for o in &outputs {
+        if !seen.insert(o.path.clone()) {
+            p.push(
+                "output",
+                format!("{} is used by two outputs", o.path.display()),
+            );
+        }
+    }
+
+    let env = parse_env(raw.env.as_ref(), mode, &mut p);
+
+    let dur = |p: &mut Problems, key: &str, v: &Option<String>, default: Duration| match v {
+        Some(s) => p.check(key, parse_duration(s)).unwrap_or(default),
+        None => default,
+    };
+    let stop_timeout = dur(
+        &mut p,
+        "stop_timeout",
+        &raw.stop_timeout,
+        Duration::from_secs(10),
+    );
+    let debounce = dur(
+        &mut p,
+        "debounce",
+        &raw.debounce,
+        Duration::from_millis(100),
+    );
+    let max_wait = dur(&mut p, "max_wait", &raw.max_wait, Duration::from_secs(2));
+    let splay = dur(&mut p, "splay", &raw.splay, Duration::ZERO);
+    let exec_timeout = dur(
+        &mut p,
+        "exec_timeout",
+        &raw.exec_timeout,
+        Duration::from_secs(30),
+    );
+    let reload_grace = dur(
+        &mut p,
+        "reload_grace",
+        &raw.reload_grace,
+        Duration::from_secs(1),
+    );
+
+    let stop_signal = match &raw.stop_signal {
+        Some(s) => p
+            .check(
+                "stop_signal",
+                s.parse::<Signal>().map_err(|e| e.to_string()),
+            )
+            .unwrap_or(Signal::TERM),
+        None => Signal::TERM,
+    };
+    let forward_signals = match &raw.forward_signals {
+        Some(list) => list
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .filter_map(|s| {
+                p.check(
+                    "forward_signals",
+                    s.parse::<Signal>().map_err(|e| e.to_string()),
+                )
+            })
+            .collect(),
+        None => Signal::default_forwarded(),
+    };
+    for s in &forward_signals {
+        if matches!(
+            s.0,
+            nix::sys::signal::Signal::SIGKILL
+                | nix::sys::signal::Signal::SIGSTOP
+                | nix::sys::signal::Signal::SIGCHLD
+        ) {
+            p.push("forward_signals", format!("{s} cannot be forwarded"));
+        }
+        // Job-control stops: tether must keep their default action to stop with its child.
+        if matches!(
+            s.0,
+            nix::sys::signal::Signal::SIGTSTP
+                | nix::sys::signal::Signal::SIGTTIN
+                | nix::sys::signal::Signal::SIGTTOU
+        ) {
+            p.push(
+                "forward_signals",
+                format!("{s} is job control: the terminal sends it to the child itself"),
+            );
+        }
+    }
+    let restart_on_exit = match raw.restart_on_exit.as_deref() {
+        None | Some("never") => RestartPolicy::Never,
+        Some("on-failure") => RestartPolicy::OnFailure,
+        Some("always") => RestartPolicy::Always,
+        Some(other) => {
+            p.push(
+                "restart_on_exit",
+                format!("{other:?} is not one of never, on-failure, always"),
+            );
+            RestartPolicy::Never
+        }
+    };
+    let log_format = match raw.log_format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            p.push("log_format", format!("{other:?} is not one of text, json"));
+            LogFormat::Text
+        }
+    };
+
+    let target = WatchTarget {
+        pidfile: raw.signal_pidfile.clone(),
+        process: raw.signal_process.clone(),
+    };
+    if let Some(name) = &target.process {
+        if name.is_empty() || name.contains('/') {
+            p.push("signal_process", "must be a process name, not a path");
+        }
+    }
+    let command: Vec<OsString> = raw.command.iter().flatten().map(OsString::from).collect();
+
+    // Mode-specific rules.
+    let actions = std::iter::once(("on_change".to_string(), &on_change)).chain(
+        outputs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (format!("output[{i}].on_change"), &o.on_change)),
+    );
+    match mode {
+        Mode::Run => {
+            if target.pidfile.is_some() || target.process.is_some() {
+                p.push(
+                    "signal_pidfile",
+                    "only `tether watch` signals other processes; `run` signals its child",
+                );
+            }
+            if outputs.is_empty() && env.is_none() {
+                p.push(
+                    "output",
+                    "nothing to render: give an --output or enable --env",
+                );
+            }
+        }
+        Mode::Watch => {
+            for (key, a) in actions {
+                match a {
+                    Action::Restart => p.push(&key, "restart needs a child: use `tether run`, or signal/exec in watch mode"),
+                    Action::Signal(_) if target.pidfile.is_none() && target.process.is_none() => p.push(
+                        &key,
+                        "a signal needs a target: --signal-pidfile PATH or --signal-process NAME",
+                    ),
+                    _ => {}
+                }
+            }
+            if outputs.is_empty() {
+                p.push("output", "watch mode needs at least one --output");
+            }
+            if !command.is_empty() {
+                p.push("command", "watch mode runs no command; use `tether run`");
+            }
+        }
+    }
+    if max_wait < debounce {
+        p.push("max_wait", "must be at least the debounce window");
+    }
+
+    p.finish(Config {
+        net,
+        mode,
+        command,
+        sources,
+        outputs,
+        env,
+        on_change,
+        stop_signal,
+        stop_timeout,
+        debounce,
+        max_wait,
+        splay,
+        restart_on_exit,
+        keep_outputs: raw.keep_outputs.unwrap_or(false),
+        forward_signals,
+        exec_timeout,
+        reload_grace,
+        target,
+        log_level: raw.log_level.clone(),
+        log_format,
+    })
+}
+
+impl Config {
+    /// The effective configuration as TOML, for `tether check`. Holds no values.
+    pub fn to_toml(&self) -> String {
+        use toml::Value as V;
+        let mut t = toml::Table::new();
+        let s = |v: String| V::String(v);
+        let d = |v: Duration| V::String(humantime::format_duration(v).to_string());
+        if !self.command.is_empty() {
+            t.insert(
+                "command".into(),
+                V::Array(
+                    self.command
+                        .iter()
+                        .map(|a| s(a.to_string_lossy().into_owned()))
+                        .collect(),
+                ),
+            );
+        }
+        t.insert(
+            "source".into(),
+            V::Array(self.sources.iter().map(|x| s(x.to_string())).collect()),
+        );
+        if let Some(net) = &self.net {
+            t.insert(
+                "server".into(),
+                V::Array(net.servers.iter().cloned().map(s).collect()),
+            );
+            t.insert("environment".into(), s(net.env.clone()));
+            if let Some(ca) = &net.ca_file {
+                t.insert("ca_file".into(), s(ca.display().to_string()));
+            }
+            if let Some(dir) = &net.state_dir {
+                t.insert("state_dir".into(), s(dir.display().to_string()));
+            }
+            t.insert(
+                "start_without_server".into(),
+                V::Boolean(net.start_without_server),
+            );
+        }
+        t.insert("on_change".into(), s(self.on_change.to_string()));
+        t.insert("stop_signal".into(), s(self.stop_signal.to_string()));
+        t.insert("stop_timeout".into(), d(self.stop_timeout));
+        t.insert("debounce".into(), d(self.debounce));
+        t.insert("max_wait".into(), d(self.max_wait));
+        t.insert("splay".into(), d(self.splay));
+        let policy = match self.restart_on_exit {
+            RestartPolicy::Never => "never",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Always => "always",
+        };
+        t.insert("restart_on_exit".into(), s(policy.into()));
+        t.insert("keep_outputs".into(), V::Boolean(self.keep_outputs));
+        t.insert(
+            "forward_signals".into(),
+            V::Array(
+                self.forward_signals
+                    .iter()
+                    .map(|x| s(x.to_string()))
+                    .collect(),
+            ),
+        );
+        t.insert("exec_timeout".into(), d(self.exec_timeout));
+        t.insert("reload_grace".into(), d(self.reload_grace));
+        if let Some(pf) = &self.target.pidfile {
+            t.insert("signal_pidfile".into(), s(pf.display().to_string()));
+        }
+        if let Some(name) = &self.target.process {
+            t.insert("signal_process".into(), s(name.clone()));
+        }
+        let mut env = toml::Table::new();
+        env.insert("enabled".into(), V::Boolean(self.env.is_some()));
+        if let Some(e) = &self.env {
+            env.insert(
+                "include".into(),
+                V::Array(e.include.iter().cloned().map(s).collect()),
+            );
+            env.insert(
+                "exclude".into(),
+                V::Array(e.exclude.iter().cloned().map(s).collect()),
+            );
+            env.insert("prefix".into(), s(e.prefix.clone()));
+        }
+        t.insert("env".into(), V::Table(env));
+        let outputs = self
+            .outputs
+            .iter()
+            .map(|o| {
+                let mut ot = toml::Table::new();
+                ot.insert("path".into(), s(o.path.display().to_string()));
+                ot.insert("format".into(), s(o.format.to_string()));
+                ot.insert("mode".into(), s(format!("{:04o}", o.mode)));
+                if let Some(owner) = &o.owner {
+                    ot.insert("owner".into(), s(owner.to_string()));
+                }
+                ot.insert("on_change".into(), s(o.on_change.to_string()));
+                V::Table(ot)
+            })
+            .collect();
+        t.insert("output".into(), V::Array(outputs));
+        toml::to_string_pretty(&t).unwrap_or_default()
+    }
+}

@@ -1,0 +1,210 @@
+//! Parsing and checking the config's values: durations, actions, sources, outputs, the
+//! network source, file modes and the env filter. Each problem is collected with its key.
+
+use super::*;
+
+#[derive(Default)]
+pub(super) struct Problems(Vec<Problem>);
+
+impl Problems {
+    pub(super) fn push(&mut self, key: &str, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn check<T>(&mut self, key: &str, r: Result<T, String>) -> Option<T> {
+        r.map_err(|m| self.push(key, m)).ok()
+    }
+
+    pub(super) fn finish(self, cfg: Config) -> Result<Config, ConfigError> {
+        if self.0.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError(self.0))
+        }
+    }
+}
+
+pub fn parse_action(s: &str) -> Result<Action, String> {
+    let (kind, arg) = match s.split_once(':') {
+        Some((k, a)) => (k.trim(), Some(a)),
+        None => (s.trim(), None),
+    };
+    match (kind, arg) {
+        ("restart", None) => Ok(Action::Restart),
+        ("none", None) => Ok(Action::None),
+        ("signal", None) => Ok(Action::Signal(Signal::HUP)),
+        ("signal", Some(sig)) => sig.parse().map(Action::Signal).map_err(|e| e.to_string()),
+        ("exec", Some(cmd)) => match shlex::split(cmd) {
+            Some(argv) if !argv.is_empty() => Ok(Action::Exec(argv)),
+            _ => Err(format!(
+                "exec command {cmd:?} is empty or has unbalanced quotes"
+            )),
+        },
+        _ => Err(format!(
+            "{s:?} is not one of restart, signal[:SIG], exec:CMD, none"
+        )),
+    }
+}
+
+pub(super) fn parse_source(s: &RawSource) -> Result<SourceSpec, String> {
+    match s {
+        RawSource::Short(text) => SourceSpec::parse(text),
+        RawSource::Table(t) => match (&t.file, &t.dir) {
+            (Some(path), None) => {
+                let kind = match t.format.as_deref() {
+                    None => SourceSpec::kind_for_file(path),
+                    Some("dotenv") => SourceKind::Dotenv,
+                    Some("json") => SourceKind::Json,
+                    Some(other) => {
+                        return Err(format!("format {other:?} is not one of dotenv, json"));
+                    }
+                };
+                Ok(SourceSpec {
+                    kind,
+                    path: path.clone(),
+                })
+            }
+            (None, Some(path)) if t.format.is_none() => Ok(SourceSpec {
+                kind: SourceKind::Dir,
+                path: path.clone(),
+            }),
+            (None, Some(_)) => Err("format applies to file sources only".into()),
+            _ => Err("give exactly one of file = \"PATH\" or dir = \"PATH\"".into()),
+        },
+    }
+}
+
+pub(super) fn parse_output(
+    o: &RawOutput,
+    key: &str,
+    default_action: &Action,
+    p: &mut Problems,
+) -> Option<OutputSpec> {
+    let format = match o.format.as_deref() {
+        None => Some(Format::Dotenv),
+        Some(f) => p.check(&format!("{key}.format"), f.parse::<Format>()),
+    };
+    let path = match o.path.as_deref() {
+        None | Some("") => {
+            p.push(&format!("{key}.path"), "an output needs a path");
+            None
+        }
+        Some(s) => Some(crate::output::resolve_path(s)),
+    };
+    let mode = match o.mode.as_deref() {
+        None => Some(0o600),
+        Some(m) => p.check(&format!("{key}.mode"), parse_mode(m)),
+    };
+    let owner = match o.owner.as_deref() {
+        None => Some(None),
+        Some(s) => p.check(&format!("{key}.owner"), Owner::parse(s).map(Some)),
+    };
+    let on_change = match o.on_change.as_deref() {
+        None => Some(default_action.clone()),
+        Some(a) => p.check(&format!("{key}.on_change"), parse_action(a)),
+    };
+    Some(OutputSpec {
+        path: path?,
+        format: format?,
+        mode: mode?,
+        owner: owner?,
+        on_change: on_change?,
+    })
+}
+
+pub(super) fn parse_net(raw: &RawConfig, p: &mut Problems) -> Option<NetSpec> {
+    let servers = raw.servers.clone().unwrap_or_default();
+    let servers: Vec<String> = servers
+        .into_iter()
+        .filter(|s| !s.trim().is_empty())
+        .collect();
+    if servers.is_empty() {
+        if raw.environment.is_some() {
+            p.push("server", "--env NAME needs at least one --server URL");
+        }
+        return None;
+    }
+    for (i, s) in servers.iter().enumerate() {
+        if let Err(e) = crate::source::net::ws_url(s) {
+            p.push(&format!("server[{i}]"), e);
+        }
+    }
+    let Some(env) = raw.environment.clone() else {
+        p.push(
+            "environment",
+            "--server needs the environment to follow: --env NAME",
+        );
+        return None;
+    };
+    if let Err(e) = tether_core::limits::validate_name("environment", &env) {
+        p.push("environment", e.to_string());
+    }
+    let token = match &raw.token_file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) if !t.trim().is_empty() => Some(Value::from(t.trim())),
+            Ok(_) => {
+                p.push("token_file", format!("{} is empty", path.display()));
+                None
+            }
+            Err(e) => {
+                p.push("token_file", format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        },
+        None => std::env::var("TETHER_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| Value::from(t.trim())),
+    };
+    if let Some(ca) = &raw.ca_file {
+        if !ca.is_file() {
+            p.push(
+                "ca_file",
+                format!("{} is not a readable file", ca.display()),
+            );
+        }
+    }
+    Some(NetSpec {
+        servers,
+        env,
+        token,
+        ca_file: raw.ca_file.clone(),
+        state_dir: raw.state_dir.clone(),
+        start_without_server: raw.start_without_server.unwrap_or(false),
+    })
+}
+
+pub(super) fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.trim().trim_start_matches("0o");
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => Err(format!("{s:?} is not an octal file mode like \"0600\"")),
+    }
+}
+
+pub(super) fn parse_env(raw: Option<&RawEnv>, mode: Mode, p: &mut Problems) -> Option<EnvSpec> {
+    let enabled = raw.and_then(|e| e.enabled).unwrap_or(mode == Mode::Run);
+    if !enabled {
+        return None;
+    }
+    if mode == Mode::Watch {
+        p.push(
+            "env.enabled",
+            "watch mode has no child to inject values into",
+        );
+        return None;
+    }
+    let include = raw.and_then(|e| e.include.clone()).unwrap_or_default();
+    let exclude = raw.and_then(|e| e.exclude.clone()).unwrap_or_default();
+    let prefix = raw.and_then(|e| e.prefix.clone()).unwrap_or_default();
+    if !prefix.is_empty() && !crate::output::valid_env_name(&prefix) {
+        p.push(
+            "env.prefix",
+            format!("{prefix:?} is not a valid start of a variable name"),
+        );
+    }
+    p.check("env", EnvSpec::new(include, exclude, prefix))
+}

@@ -1,0 +1,124 @@
+//! Tests of the configuration: every problem at once, flags over the file, the effective
+//! config without values.
+
+use super::*;
+use crate::args::AgentArgs;
+
+fn raw(text: &str) -> RawConfig {
+    toml::from_str(text).expect("valid toml")
+}
+
+#[test]
+fn reports_every_problem_with_its_key() {
+    let r = raw(r#"
+        source = ["file:/a.env", "ftp:/x"]
+        debounce = "soon"
+        stop_signal = "SIGFOO"
+        restart_on_exit = "sometimes"
+        [[output]]
+        path = "/run/x"
+        format = "yaml"
+        mode = "999"
+    "#);
+    let err = validate(&r, Mode::Run).unwrap_err();
+    let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+    for k in [
+        "source[1]",
+        "debounce",
+        "stop_signal",
+        "restart_on_exit",
+        "output[0].format",
+        "output[0].mode",
+    ] {
+        assert!(keys.contains(&k), "missing {k} in {keys:?}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    assert!(toml::from_str::<RawConfig>("debounse = \"1s\"").is_err());
+    assert!(toml::from_str::<RawConfig>("[[output]]\npath = \"x\"\nmod = \"0600\"").is_err());
+}
+
+#[test]
+fn defaults_for_run() {
+    let c = validate(&raw(r#"source = ["file:/a.env"]"#), Mode::Run).unwrap();
+    assert_eq!(c.on_change, Action::Restart);
+    assert!(c.env.is_some(), "env injection is on by default in run");
+    assert_eq!(c.stop_signal, Signal::TERM);
+    assert_eq!(c.stop_timeout, Duration::from_secs(10));
+    assert_eq!(c.forward_signals.len(), 8);
+}
+
+#[test]
+fn watch_rules() {
+    let err = validate(
+        &raw("source = [\"file:/a.env\"]\non_change = \"restart\"\n[[output]]\npath = \"/run/a\""),
+        Mode::Watch,
+    )
+    .unwrap_err();
+    assert!(err.0.iter().any(|p| p.key == "on_change"));
+    let c = validate(
+        &raw("source = [\"file:/a.env\"]\nsignal_pidfile = \"/run/app.pid\"\n[[output]]\npath = \"/run/a\""),
+        Mode::Watch,
+    )
+    .unwrap();
+    assert_eq!(c.on_change, Action::Signal(Signal::HUP));
+    assert!(c.env.is_none());
+}
+
+#[test]
+fn flags_override_file() {
+    let file = raw(
+        "source = [\"file:/a.env\"]\ndebounce = \"1s\"\n[[output]]\npath = \"/run/a\"\nformat = \"json\"",
+    );
+    let args = AgentArgs {
+        debounce: Some("5ms".into()),
+        format: Some("shell".into()),
+        no_env: true,
+        ..Default::default()
+    };
+    let c = validate(&file.overlay(&args), Mode::Run).unwrap();
+    assert_eq!(c.debounce, Duration::from_millis(5));
+    assert_eq!(c.outputs[0].format, Format::Shell);
+    assert_eq!(c.outputs[0].path, PathBuf::from("/run/a"));
+    assert!(c.env.is_none());
+}
+
+#[test]
+fn actions_parse() {
+    assert_eq!(
+        parse_action("signal:usr1"),
+        Ok(Action::Signal("USR1".parse().unwrap()))
+    );
+    assert_eq!(parse_action("signal"), Ok(Action::Signal(Signal::HUP)));
+    assert_eq!(
+        parse_action("exec:nginx -s 'reload now'"),
+        Ok(Action::Exec(vec![
+            "nginx".into(),
+            "-s".into(),
+            "reload now".into()
+        ]))
+    );
+    assert!(parse_action("exec:").is_err());
+    assert!(parse_action("reboot").is_err());
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+    assert!(parse_duration("fast").is_err());
+}
+
+#[test]
+fn effective_config_round_trips_through_the_parser() {
+    let c = validate(
+        &raw("source = [\"json:/a.conf\", \"dir:/s\"]\n[[output]]\npath = \"/run/a.env\"\nmode = \"0640\"\non_change = \"signal:USR2\""),
+        Mode::Run,
+    )
+    .unwrap();
+    let again = validate(&raw(&c.to_toml()), Mode::Run).unwrap();
+    assert_eq!(again.to_toml(), c.to_toml());
+}

@@ -1,0 +1,519 @@
+//! The network source: follows one environment on tether nodes over the native protocol.
+//!
+//! Connects to a random node and fails over to the others, reconnecting with capped
+//! exponential backoff and full jitter; treats a connection silent for 2.5 heartbeats as
+//! dead; resumes from its last position; applies a change set only at local+1, drops
+//! duplicates, resyncs on a gap, never moves backwards. Keeps the last state in a state
+//! directory (0600) and can start from it while no node is reachable (degraded).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use rand::seq::SliceRandom;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::config::NetSpec;
+use crate::state::{Entries, Entry};
+use tether_core::protocol::{
+    ClientMsg, Position, ServerMsg, Subscription, Verdict, WireChange, WireEntry, accept_snapshot,
+    judge_change,
+};
+
+mod saved;
+
+pub use saved::default_state_dir;
+use saved::state_file_name;
+pub use tether_core::endpoint::{http_url, tls_config, ws_url};
+
+/// Largest frame accepted from a node.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Heartbeat assumed until the node's welcome says otherwise.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// A new state of the followed environment.
+#[derive(Debug)]
+pub struct NetUpdate {
+    pub entries: Entries,
+    pub position: Position,
+    /// Served from the saved state while no node is reachable.
+    pub degraded: bool,
+}
+
+/// The agent's side of the network source.
+pub struct NetSource {
+    pub updates: mpsc::UnboundedReceiver<NetUpdate>,
+    acks: mpsc::UnboundedSender<(Position, Result<(), String>)>,
+}
+
+impl NetSource {
+    /// Report that `position` was applied (or failed to apply).
+    pub fn ack(&self, position: Position, result: Result<(), String>) {
+        let _ = self.acks.send((position, result));
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("node refused the connection: HTTP {status}: {reason}")]
+    Refused { status: u16, reason: String },
+    #[error("connection lost: {0}")]
+    Lost(String),
+    #[error("node closed the connection: {0}")]
+    Closed(String),
+    #[error("connection silent for {0:?}; presumed dead")]
+    Silent(Duration),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+struct Follower {
+    spec: NetSpec,
+    urls: Vec<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    state_file: Option<PathBuf>,
+    entries: Entries,
+    position: Option<Position>,
+    /// The agent has been given a state (live or saved).
+    emitted: bool,
+    degraded: bool,
+    last_ack: Option<(Position, Result<(), String>)>,
+    updates: mpsc::UnboundedSender<NetUpdate>,
+    acks: mpsc::UnboundedReceiver<(Position, Result<(), String>)>,
+    agent_name: String,
+}
+
+/// Start following. Fails only on settings that can never work (bad CA file).
+pub fn start(spec: NetSpec) -> Result<NetSource, String> {
+    let urls = spec
+        .servers
+        .iter()
+        .map(|s| ws_url(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tls = if urls.iter().any(|u| u.starts_with("wss://")) {
+        Some(tls_config(spec.ca_file.as_deref())?)
+    } else {
+        None
+    };
+    let state_file = spec
+        .state_dir
+        .clone()
+        .or_else(default_state_dir)
+        .map(|d| d.join(state_file_name(&spec)));
+    let (utx, urx) = mpsc::unbounded_channel();
+    let (atx, arx) = mpsc::unbounded_channel();
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let mut f = Follower {
+        agent_name: format!("{host}/{}", std::process::id()),
+        spec,
+        urls,
+        tls,
+        state_file,
+        entries: Entries::new(),
+        position: None,
+        emitted: false,
+        degraded: false,
+        last_ack: None,
+        updates: utx,
+        acks: arx,
+    };
+    f.load_saved();
+    tokio::spawn(async move { f.run().await });
+    Ok(NetSource {
+        updates: urx,
+        acks: atx,
+    })
+}
+
+impl Follower {
+    fn emit(&mut self) {
+        let Some(position) = self.position else {
+            return;
+        };
+        self.emitted = true;
+        let _ = self.updates.send(NetUpdate {
+            entries: self.entries.clone(),
+            position,
+            degraded: self.degraded,
+        });
+    }
+
+    async fn run(&mut self) {
+        let mut order: Vec<usize> = (0..self.urls.len()).collect();
+        order.shuffle(&mut rand::thread_rng());
+        let mut backoff = Jitter::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut attempt = 0usize;
+        loop {
+            let url = self.urls[order[attempt % order.len()]].clone();
+            attempt += 1;
+            let established = match self.session(&url).await {
+                Ok(()) => true,
+                Err((established, e)) => {
+                    if matches!(e, SessionError::Refused { .. }) {
+                        tracing::error!(node = %url, error = %e, "node connection failed");
+                    } else {
+                        tracing::warn!(node = %url, error = %e, "node connection failed");
+                    }
+                    established
+                }
+            };
+            if established {
+                backoff.reset();
+            }
+            // Every node failed once: run on the saved state if allowed.
+            if !self.emitted
+                && attempt >= self.urls.len()
+                && self.spec.start_without_server
+                && self.position.is_some()
+            {
+                self.degraded = true;
+                tracing::warn!(env = %self.spec.env, "DEGRADED: no node reachable; starting from the saved state");
+                self.emit();
+            }
+            let delay = if established {
+                jitter(Duration::from_millis(50))
+            } else if attempt % self.urls.len() == 0 {
+                backoff.next()
+            } else {
+                jitter(Duration::from_millis(50))
+            };
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One connection, until it fails. The bool says whether it got as far as a welcome.
+    async fn session(&mut self, url: &str) -> Result<(), (bool, SessionError)> {
+        let mut request = url
+            .into_client_request()
+            .map_err(|e| (false, SessionError::Connect(e.to_string())))?;
+        if let Some(token) = &self.spec.token {
+            let value = format!("Bearer {}", token.expose_str().unwrap_or_default());
+            let header = value.parse().map_err(|_| {
+                (
+                    false,
+                    SessionError::Connect("token is not a valid header value".into()),
+                )
+            })?;
+            request.headers_mut().insert("authorization", header);
+        }
+        let mut config = WebSocketConfig::default();
+        config.max_message_size = Some(MAX_FRAME);
+        config.max_frame_size = Some(MAX_FRAME);
+        config.read_buffer_size = 16 * 1024;
+        config.write_buffer_size = 0;
+        let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            connector,
+        );
+        let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Err(_) => return Err((false, SessionError::Connect("timed out after 10s".into()))),
+            Ok(Err(tungstenite::Error::Http(resp))) => {
+                let status = resp.status().as_u16();
+                let body = resp
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                let reason = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| {
+                        v.pointer("/error/message")
+                            .and_then(|m| m.as_str())
+                            .map(str::to_owned)
+                    })
+                    .unwrap_or_else(|| body.chars().take(200).collect());
+                return Err((false, SessionError::Refused { status, reason }));
+            }
+            Ok(Err(e)) => return Err((false, SessionError::Connect(e.to_string()))),
+            Ok(Ok(x)) => x,
+        };
+        let hello = ClientMsg::Hello {
+            agent: self.agent_name.clone(),
+            subscribe: vec![Subscription {
+                env: self.spec.env.clone(),
+                position: self.position,
+            }],
+        };
+        send(&mut ws, &hello).await.map_err(|e| (false, e))?;
+        let mut silence = DEFAULT_HEARTBEAT.mul_f32(2.5);
+        let mut welcomed = false;
+        let mut resync_pending = false;
+        // Silence is measured from the node's last frame, whatever else happens meanwhile.
+        let mut last_frame = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                frame = tokio::time::timeout_at(last_frame + silence, ws.next()) => {
+                    last_frame = tokio::time::Instant::now();
+                    let text = match frame {
+                        Err(_) => return Err((welcomed, SessionError::Silent(silence))),
+                        Ok(None) => return Err((welcomed, SessionError::Lost("end of stream".into()))),
+                        Ok(Some(Err(e))) => return Err((welcomed, SessionError::Lost(e.to_string()))),
+                        Ok(Some(Ok(Message::Text(t)))) => t,
+                        Ok(Some(Ok(Message::Close(c)))) => {
+                            let reason = c.map(|c| format!("{} {}", u16::from(c.code), c.reason)).unwrap_or_default();
+                            return Err((welcomed, SessionError::Closed(reason)));
+                        }
+                        Ok(Some(Ok(_))) => continue,
+                    };
+                    let msg: ServerMsg = match serde_json::from_str(&text) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            // Unknown frames from a newer node are skipped, not fatal.
+                            tracing::warn!(error = %e, "ignoring a frame this agent does not understand");
+                            continue;
+                        }
+                    };
+                    match msg {
+                        ServerMsg::Welcome { node, heartbeat_ms } => {
+                            welcomed = true;
+                            silence = Duration::from_millis(heartbeat_ms.max(10)).mul_f32(2.5);
+                            tracing::info!(node = %node, url = %url, "connected to node");
+                            if let Some((pos, result)) = self.last_ack.clone() {
+                                send(&mut ws, &ack_msg(&self.spec.env, pos, result)).await.map_err(|e| (true, e))?;
+                            }
+                        }
+                        ServerMsg::Snapshot { env, position, entries } if env == self.spec.env => {
+                            resync_pending = false;
+                            if accept_snapshot(self.position, position) {
+                                tracing::info!(%position, entries = entries.len(), "snapshot applied");
+                                if position == Position::default() {
+                                    tracing::warn!(env = %self.spec.env, "the environment is empty on the node (never written; is the name right?)");
+                                }
+                                self.entries = to_entries(entries);
+                                self.position = Some(position);
+                                self.changed();
+                            } else {
+                                tracing::debug!(%position, "older snapshot ignored");
+                            }
+                        }
+                        ServerMsg::Change { env, position, changes } if env == self.spec.env => {
+                            match judge_change(self.position, position) {
+                                Verdict::Apply => {
+                                    resync_pending = false;
+                                    apply_changes(&mut self.entries, changes);
+                                    self.position = Some(position);
+                                    tracing::debug!(%position, "change set applied");
+                                    self.changed();
+                                }
+                                Verdict::Drop => tracing::debug!(%position, "duplicate change set dropped"),
+                                Verdict::Resync if resync_pending => {}
+                                Verdict::Resync => {
+                                    tracing::info!(have = ?self.position.map(|p| p.to_string()), got = %position, "gap in change sets; resyncing");
+                                    resync_pending = true;
+                                    let m = ClientMsg::Resync { env: self.spec.env.clone(), position: self.position };
+                                    send(&mut ws, &m).await.map_err(|e| (welcomed, e))?;
+                                }
+                            }
+                        }
+                        ServerMsg::Synced { env, position } if env == self.spec.env => {
+                            resync_pending = false;
+                            // The node sent all it has. A node behind us (its store lost its
+                            // data, or was restored) has nothing newer: our state stands.
+                            let current = self.position.is_some()
+                                && !accept_snapshot(self.position, position);
+                            if current && (!self.emitted || self.degraded) {
+                                if self.degraded {
+                                    tracing::info!("node reachable again; no longer degraded");
+                                }
+                                self.degraded = false;
+                                self.emit();
+                            }
+                        }
+                        ServerMsg::Heartbeat { positions } => {
+                            let theirs = positions.iter().find(|p| p.env == self.spec.env).map(|p| p.position);
+                            if let Some(theirs) = theirs {
+                                let behind = match self.position {
+                                    None => true,
+                                    Some(mine) => (theirs.epoch, theirs.version) > (mine.epoch, mine.version),
+                                };
+                                if behind && !resync_pending {
+                                    tracing::info!(node = %theirs, "heartbeat shows a newer version; resyncing");
+                                    resync_pending = true;
+                                    let m = ClientMsg::Resync { env: self.spec.env.clone(), position: self.position };
+                                    send(&mut ws, &m).await.map_err(|e| (welcomed, e))?;
+                                }
+                            }
+                        }
+                        ServerMsg::Error { code, message } => {
+                            tracing::warn!(code = %code, message = %message, "node reported an error");
+                            if code == "unavailable" {
+                                // A catch-up failed (store down): no answer to a pending resync
+                                // is coming. The next heartbeat that shows us behind asks again.
+                                resync_pending = false;
+                            }
+                        }
+                        ServerMsg::Snapshot { .. } | ServerMsg::Change { .. } | ServerMsg::Synced { .. } => {}
+                    }
+                }
+                Some((pos, result)) = self.acks.recv() => {
+                    self.last_ack = Some((pos, result.clone()));
+                    if welcomed {
+                        send(&mut ws, &ack_msg(&self.spec.env, pos, result)).await.map_err(|e| (true, e))?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// State moved: save it and hand it to the agent (once it has had its first).
+    fn changed(&mut self) {
+        // Hand the state to the agent first: saving (an fsync) is not on the change's path.
+        if self.emitted {
+            self.degraded = false;
+            self.emit();
+        }
+        self.save();
+    }
+}
+
+fn ack_msg(env: &str, position: Position, result: Result<(), String>) -> ClientMsg {
+    ClientMsg::Ack {
+        env: env.to_string(),
+        position,
+        ok: result.is_ok(),
+        error: result.err(),
+    }
+}
+
+async fn send<S>(ws: &mut S, msg: &ClientMsg) -> Result<(), SessionError>
+where
+    S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let text = serde_json::to_string(msg).map_err(|e| SessionError::Protocol(e.to_string()))?;
+    ws.send(Message::text(text))
+        .await
+        .map_err(|e| SessionError::Lost(e.to_string()))
+}
+
+fn to_entries(list: Vec<WireEntry>) -> Entries {
+    let mut out = Entries::new();
+    for e in list {
+        match e.value {
+            Some(value) => {
+                out.insert(
+                    e.name,
+                    Entry {
+                        value,
+                        secret: e.secret,
+                    },
+                );
+            }
+            None => {
+                tracing::warn!(key = %e.name, "secret withheld by the node (token may not read secrets); skipped")
+            }
+        }
+    }
+    out
+}
+
+fn apply_changes(entries: &mut Entries, changes: Vec<WireChange>) {
+    for c in changes {
+        match (c.delete, c.value) {
+            (true, _) => {
+                entries.remove(&c.name);
+            }
+            (false, Some(value)) => {
+                entries.insert(
+                    c.name,
+                    Entry {
+                        value,
+                        secret: c.secret,
+                    },
+                );
+            }
+            (false, None) => {
+                tracing::warn!(key = %c.name, "secret withheld by the node (token may not read secrets); skipped");
+            }
+        }
+    }
+}
+
+/// Capped exponential backoff with full jitter.
+struct Jitter {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Jitter {
+    fn new(base: Duration, cap: Duration) -> Self {
+        Jitter {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1 << self.attempt.min(16))
+            .min(self.cap);
+        self.attempt += 1;
+        jitter(ceiling)
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+fn jitter(max: Duration) -> Duration {
+    if max.is_zero() {
+        return max;
+    }
+    rand::thread_rng().gen_range(Duration::ZERO..max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_core::secret::Value;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let mut j = Jitter::new(Duration::from_millis(100), Duration::from_secs(10));
+        for _ in 0..40 {
+            assert!(j.next() < Duration::from_secs(10));
+        }
+        j.reset();
+        assert!(j.next() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn changes_set_and_delete() {
+        let mut e = crate::state::entries(&[("A", "1"), ("B", "1")]);
+        apply_changes(
+            &mut e,
+            vec![
+                WireChange {
+                    name: "A".into(),
+                    value: Some(Value::from("2")),
+                    secret: false,
+                    delete: false,
+                },
+                WireChange {
+                    name: "B".into(),
+                    value: None,
+                    secret: false,
+                    delete: true,
+                },
+            ],
+        );
+        assert_eq!(e.len(), 1);
+        assert_eq!(e["A"].value.expose(), b"2");
+    }
+}

@@ -1,0 +1,93 @@
+//! Spawning the child: executed directly (no shell) in its own process group, with tether's
+//! environment plus the injected values, killed by the kernel if tether dies.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal as NixSignal, killpg};
+use nix::unistd::Pid;
+
+use crate::output::EnvVars;
+use tether_core::signal::Signal;
+
+/// What to run and the environment it starts from.
+#[derive(Clone)]
+pub struct ChildSpec {
+    pub argv: Vec<OsString>,
+    /// tether's own environment, less what the child must not inherit.
+    pub base_env: Vec<(OsString, OsString)>,
+    /// Standard input is a terminal: the child's group takes it when tether has it.
+    pub terminal: bool,
+}
+
+impl std::fmt::Debug for ChildSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildSpec")
+            .field("argv", &self.argv)
+            .field(
+                "base_env",
+                &format_args!("{} variables", self.base_env.len()),
+            )
+            .finish()
+    }
+}
+
+/// Variables tether reads that the child must not see.
+const PRIVATE_VARS: &[&str] = &["TETHER_TOKEN"];
+
+impl ChildSpec {
+    pub fn new(argv: Vec<OsString>) -> Self {
+        let base_env = std::env::vars_os()
+            .filter(|(k, _)| !PRIVATE_VARS.iter().any(|p| k == p))
+            .collect();
+        ChildSpec {
+            argv,
+            base_env,
+            terminal: super::tty::is_terminal(),
+        }
+    }
+
+    /// The command for one start. Injected values override tether's environment.
+    pub fn command(&self, injected: &EnvVars) -> Command {
+        let mut cmd = Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..])
+            .env_clear()
+            .envs(self.base_env.iter().map(|(k, v)| (k, v)))
+            .envs(injected.iter().map(|(k, v)| (k, v)))
+            .process_group(0);
+        let parent = nix::unistd::getpid();
+        let parent_group = nix::unistd::getpgrp();
+        let terminal = self.terminal;
+        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+        // syscalls (prctl, getppid, kill, setpgid, sigprocmask, tcgetpgrp/tcsetpgrp); it
+        // allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(NixSignal::SIGKILL)?;
+                // tether died between fork and prctl: the death signal will never come.
+                if nix::unistd::getppid() != parent {
+                    let _ = nix::sys::signal::kill(nix::unistd::getpid(), NixSignal::SIGKILL);
+                }
+                if terminal {
+                    // Its own group first (std may order this after us), then the terminal.
+                    nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+                    super::tty::take_in_child(parent_group);
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+}
+
+/// Signal a whole process group; a group that is already gone is not an error.
+pub fn signal_group(pgid: Pid, sig: Option<Signal>) -> Result<(), Errno> {
+    killpg(pgid, sig.map(|s| s.0))
+}
+
+/// Whether any process (zombies included) is still in the group.
+pub fn group_alive(pgid: Pid) -> bool {
+    !matches!(killpg(pgid, None), Err(Errno::ESRCH))
+}

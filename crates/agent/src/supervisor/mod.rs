@@ -1,0 +1,360 @@
+//! The supervisor of `tether run`: a cheap cloneable handle that sends [`Control`] messages
+//! to the one task that owns the child. It signals, restarts (stop signal, grace period,
+//! SIGKILL to the group, wait until the group is gone, respawn) and applies the
+//! restart-on-exit policy; two children never run at once.
+
+pub mod child;
+pub mod reaper;
+pub mod tty;
+
+use std::time::Duration;
+
+use nix::unistd::Pid;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+
+pub use child::ChildSpec;
+pub use reaper::{Exit, Reaper};
+
+use crate::config::RestartPolicy;
+use crate::output::EnvVars;
+use tether_core::signal::Signal;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+    pub restart_on_exit: RestartPolicy,
+    pub reload_grace: Duration,
+}
+
+/// Messages to the task that owns the child.
+pub enum Control {
+    /// Send a signal to the child's process group now (forwarded from tether's own).
+    Signal(Signal),
+    /// A change asks the child to reload. A child younger than the reload grace may not
+    /// have installed its handler yet (and the default action of HUP or USR1 kills): the
+    /// signal is held until the child is that old.
+    Reload(Signal),
+    /// Stop the child and start it again with this environment.
+    Restart(EnvVars),
+    /// Forward a terminating signal; the child is not restarted after it exits, and is
+    /// killed if it outlives the stop timeout.
+    Terminate(Signal),
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Control::Signal(s) => write!(f, "Signal({s})"),
+            Control::Reload(s) => write!(f, "Reload({s})"),
+            // The environment holds values: names only.
+            Control::Restart(env) => write!(f, "Restart({} variables)", env.len()),
+            Control::Terminate(s) => write!(f, "Terminate({s})"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start {program:?}: {source}")]
+pub struct SpawnError {
+    program: std::ffi::OsString,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Handle to the supervisor task.
+#[derive(Clone)]
+pub struct Supervisor {
+    tx: mpsc::UnboundedSender<Control>,
+}
+
+impl Supervisor {
+    /// Start the child now and the task that owns it. The receiver yields the exit that
+    /// tether should pass through, once the child is gone for good.
+    pub fn start(
+        spec: ChildSpec,
+        env: EnvVars,
+        opts: Options,
+        reaper: Reaper,
+    ) -> Result<(Supervisor, oneshot::Receiver<Exit>), SpawnError> {
+        let running = spawn(&spec, &env, &reaper)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let actor = Actor {
+            spec,
+            env,
+            opts,
+            reaper,
+            rx,
+        };
+        tokio::spawn(async move {
+            let exit = actor.run(running).await;
+            let _ = done_tx.send(exit);
+        });
+        Ok((Supervisor { tx }, done_rx))
+    }
+
+    pub fn send(&self, c: Control) {
+        // The task only ends after the child is gone; then there is nothing to control.
+        let _ = self.tx.send(c);
+    }
+}
+
+struct Running {
+    pid: Pid,
+    exit: oneshot::Receiver<Exit>,
+    started: Instant,
+}
+
+fn spawn(spec: &ChildSpec, env: &EnvVars, reaper: &Reaper) -> Result<Running, SpawnError> {
+    let (pid, exit) = reaper
+        .spawn_with(&mut spec.command(env), spec.terminal)
+        .map_err(|source| SpawnError {
+            program: spec.argv[0].clone(),
+            source,
+        })?;
+    tracing::info!(pid = pid.as_raw(), "child started");
+    Ok(Running {
+        pid,
+        exit,
+        started: Instant::now(),
+    })
+}
+
+/// Delay before restarting a child that exited: doubles from 100ms up to 30s, and starts
+/// over once a child has run for 10s.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    pub fn next(&mut self, ran_for: Duration) -> Duration {
+        if ran_for >= Duration::from_secs(10) {
+            self.failures = 0;
+        }
+        let d = Duration::from_millis(100).saturating_mul(1 << self.failures.min(9));
+        self.failures += 1;
+        d.min(Duration::from_secs(30))
+    }
+}
+
+/// Death by SIGINT or SIGQUIT, or the exit code a program that handles them gives (128+N).
+fn is_interrupt(exit: Exit) -> bool {
+    let (int, quit) = (Signal::INT.number(), Signal::QUIT.number());
+    match exit {
+        Exit::Signaled(n) => n == int || n == quit,
+        Exit::Code(c) => c == 128 + int || c == 128 + quit,
+    }
+}
+
+struct Actor {
+    spec: ChildSpec,
+    env: EnvVars,
+    opts: Options,
+    reaper: Reaper,
+    rx: mpsc::UnboundedReceiver<Control>,
+}
+
+impl Actor {
+    async fn run(mut self, mut child: Running) -> Exit {
+        let mut terminating = false;
+        let mut kill_at: Option<Instant> = None;
+        let mut backoff = Backoff::default();
+        // Reload signals held until the child is past its grace period.
+        let mut held: Vec<Signal> = Vec::new();
+        loop {
+            let release_at = child.started + self.opts.reload_grace;
+            tokio::select! {
+                exit = &mut child.exit => {
+                                        let exit = exit.unwrap_or(Exit::Code(1));
+                    tracing::info!(pid = child.pid.as_raw(), %exit, "child exited");
+                    // Ctrl-C or Ctrl-\ at the terminal reach the child's group, not tether:
+                    // a child they ended is the user stopping the program, not a crash.
+                    let interrupted = tty::foreground() == Some(child.pid)
+                        && is_interrupt(exit);
+                    self.clear_group(child.pid).await;
+                    let again = match self.opts.restart_on_exit {
+                        RestartPolicy::Never => false,
+                        RestartPolicy::OnFailure => !exit.success(),
+                        RestartPolicy::Always => true,
+                    } && !interrupted;
+                    if terminating || !again {
+                        return exit;
+                    }
+                    let delay = backoff.next(child.started.elapsed());
+                    tracing::warn!(%exit, delay = ?delay, "restarting child after it exited");
+                    held.clear();
+                    match self.respawn_after(delay).await {
+                        Some(next) => child = next,
+                        None => return exit,
+                    }
+                }
+                cmd = self.rx.recv() => match cmd {
+                                        Some(Control::Signal(sig)) => {
+                        tracing::debug!(signal = %sig, "signalling child");
+                        if sig == Signal::CONT && self.spec.terminal && tty::tether_in_foreground() {
+                            // Continued in the foreground (`fg`): the terminal goes back to
+                            // the child before it runs again.
+                            let _ = tty::give(child.pid);
+                        }
+                        let _ = child::signal_group(child.pid, Some(sig));
+                    }
+                    Some(Control::Reload(sig)) if Instant::now() < release_at => {
+                        tracing::debug!(signal = %sig, "child just started; reload signal held until its grace period ends");
+                        if !held.contains(&sig) {
+                            held.push(sig);
+                        }
+                    }
+                    Some(Control::Reload(sig)) => {
+                        tracing::debug!(signal = %sig, "signalling child");
+                        let _ = child::signal_group(child.pid, Some(sig));
+                    }
+                    Some(Control::Terminate(sig)) => {
+                        terminating = true;
+                        let _ = child::signal_group(child.pid, Some(sig));
+                        kill_at.get_or_insert(Instant::now() + self.opts.stop_timeout);
+                    }
+                    Some(Control::Restart(env)) if !terminating => {
+                        // The new child reads the current configuration as it starts.
+                        held.clear();
+                        self.env = env;
+                        let exit = self.stop(&mut child).await;
+                        if self.drain_for_restart() {
+                            return exit;
+                        }
+                        match spawn(&self.spec, &self.env, &self.reaper) {
+                            Ok(next) => child = next,
+                            Err(e) => {
+                                tracing::error!(error = %e, "restart failed");
+                                match self.respawn_after(backoff.next(Duration::ZERO)).await {
+                                    Some(next) => child = next,
+                                    None => return exit,
+                                }
+                            }
+                        }
+                    }
+                    Some(Control::Restart(_)) => {}
+                    None => {
+                        let exit = self.stop(&mut child).await;
+                        return exit;
+                    }
+                },
+                _ = sleep_until(release_at), if !held.is_empty() => {
+                    for sig in held.drain(..) {
+                        tracing::debug!(signal = %sig, "signalling child (held during its start)");
+                        let _ = child::signal_group(child.pid, Some(sig));
+                    }
+                }
+                _ = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
+                    tracing::warn!(pid = child.pid.as_raw(), "child outlived the stop timeout; killing its process group");
+                    let _ = child::signal_group(child.pid, Some(Signal::KILL));
+                    kill_at = None;
+                }
+            }
+        }
+    }
+
+    /// Take queued commands after a stop: the newest environment wins; a termination
+    /// means no respawn (returns true).
+    fn drain_for_restart(&mut self) -> bool {
+        let mut terminate = false;
+        while let Ok(c) = self.rx.try_recv() {
+            match c {
+                Control::Restart(env) => self.env = env,
+                Control::Terminate(_) => terminate = true,
+                Control::Signal(sig) | Control::Reload(sig) => {
+                    tracing::debug!(signal = %sig, "signal dropped: child was being replaced")
+                }
+            }
+        }
+        terminate
+    }
+
+    /// Wait `delay` then start the child again, unless told to terminate meanwhile.
+    async fn respawn_after(&mut self, mut delay: Duration) -> Option<Running> {
+        loop {
+            let wake = Instant::now() + delay;
+            loop {
+                tokio::select! {
+                    _ = sleep_until(wake) => break,
+                    cmd = self.rx.recv() => match cmd {
+                        Some(Control::Restart(env)) => self.env = env,
+                        Some(Control::Signal(_) | Control::Reload(_)) => {}
+                        Some(Control::Terminate(_)) | None => return None,
+                    }
+                }
+            }
+            match spawn(&self.spec, &self.env, &self.reaper) {
+                Ok(r) => return Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start child; retrying");
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Stop signal, grace period, SIGKILL, then wait until the whole group is gone.
+    async fn stop(&self, child: &mut Running) -> Exit {
+        let pid = child.pid;
+        tracing::info!(pid = pid.as_raw(), signal = %self.opts.stop_signal, "stopping child");
+        let _ = child::signal_group(pid, Some(self.opts.stop_signal));
+        let exit = match timeout(self.opts.stop_timeout, &mut child.exit).await {
+            Ok(exit) => exit.unwrap_or(Exit::Code(1)),
+            Err(_) => {
+                tracing::warn!(pid = pid.as_raw(), timeout = ?self.opts.stop_timeout, "child ignored the stop signal; killing its process group");
+                let _ = child::signal_group(pid, Some(Signal::KILL));
+                (&mut child.exit).await.unwrap_or(Exit::Code(1))
+            }
+        };
+        self.clear_group(pid).await;
+        exit
+    }
+
+    /// The leader is gone: kill what is left of its group and wait until nothing is.
+    async fn clear_group(&self, pgid: Pid) {
+        self.kill_group(pgid).await;
+        if self.spec.terminal {
+            tty::child_gone(pgid);
+        }
+    }
+
+    async fn kill_group(&self, pgid: Pid) {
+        if !child::group_alive(pgid) {
+            return;
+        }
+        let _ = child::signal_group(pgid, Some(Signal::KILL));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while child::group_alive(pgid) {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    pgid = pgid.as_raw(),
+                    "processes of the old child's group are still there"
+                );
+                return;
+            }
+            sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_resets() {
+        let mut b = Backoff::default();
+        let short = Duration::from_millis(10);
+        assert_eq!(b.next(short), Duration::from_millis(100));
+        assert_eq!(b.next(short), Duration::from_millis(200));
+        assert_eq!(b.next(short), Duration::from_millis(400));
+        for _ in 0..20 {
+            b.next(short);
+        }
+        assert_eq!(b.next(short), Duration::from_secs(30));
+        assert_eq!(b.next(Duration::from_secs(11)), Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,21 @@
+//! What the agent and the node share, with no I/O of its own: the wire types and the rules of
+//! positions, the limits on names and sizes, the secret value type, signals, and the small
+//! settings helpers both sides parse their configuration with.
+//!
+//! Layout:
+//! - [`protocol`]: the messages between agents and nodes, positions `(epoch, version)` and
+//!   the verdict on a change (apply, duplicate, gap).
+//! - [`limits`]: frame, value and environment sizes; the rule for names.
+//! - [`secret`]: [`secret::Value`], which never prints its bytes.
+//! - [`signal`]: one signal type that reads `HUP`, `SIGHUP`, `hup` and `1`.
+//! - [`settings`]: configuration problems with their keys, durations, log format, hostname.
+//! - [`endpoint`]: node URLs (`http(s)`/`ws(s)`) and the TLS client config with a CA file.
+
+#![forbid(unsafe_code)]
+
+pub mod endpoint;
+pub mod limits;
+pub mod protocol;
+pub mod secret;
+pub mod settings;
+pub mod signal;

@@ -1,0 +1,284 @@
+//! The node's configuration: TOML file (`deny_unknown_fields`) overlaid by flags and
+//! `TETHER_*` variables, validated with every problem reported; and the TLS acceptor.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::auth::{Auth, TokenConfig};
+
+use crate::args::ServeArgs;
+use tether_core::settings::{ConfigError, LogFormat, Problem, parse_duration};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServeConfig {
+    pub listen: Option<String>,
+    pub data: Option<PathBuf>,
+    pub node_id: Option<String>,
+    pub history: Option<u64>,
+    pub heartbeat: Option<String>,
+    pub max_frame: Option<usize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    /// Cluster mode: `redis://[:password@]host:port/db` or `rediss://…`.
+    pub redis: Option<RedisUrl>,
+    /// How often a cluster node compares its positions with Redis (default 10s).
+    pub repair_interval: Option<String>,
+    #[serde(default, rename = "token")]
+    pub tokens: Vec<TokenConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data: PathBuf,
+    pub node_id: String,
+    pub history: u64,
+    pub heartbeat: Duration,
+    pub max_frame: usize,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tokens: Vec<TokenConfig>,
+    pub log_level: Option<String>,
+    pub log_format: LogFormat,
+    pub redis: Option<RedisUrl>,
+    pub repair_interval: Duration,
+}
+
+/// Build the node config from flags and the optional file.
+pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
+    let raw = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| one("config", format!("cannot read {}: {e}", path.display())))?;
+            toml::from_str::<RawServeConfig>(&text).map_err(|e| {
+                one(
+                    "config",
+                    format!("{}: {}", path.display(), e.message().trim()),
+                )
+            })?
+        }
+        None => RawServeConfig::default(),
+    };
+    let mut problems = Vec::new();
+    let mut push = |key: &str, message: String| {
+        problems.push(Problem {
+            key: key.into(),
+            message,
+        })
+    };
+    let listen_s = args
+        .listen
+        .clone()
+        .or(raw.listen)
+        .unwrap_or_else(|| "127.0.0.1:7070".into());
+    let listen = match listen_s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            push(
+                "listen",
+                format!("{listen_s:?} is not an address like 127.0.0.1:7070 or [::1]:7070"),
+            );
+            None
+        }
+    };
+    let heartbeat = match args.heartbeat.as_ref().or(raw.heartbeat.as_ref()) {
+        Some(s) => parse_duration(s)
+            .map_err(|m| push("heartbeat", m))
+            .ok()
+            .unwrap_or_default(),
+        None => Duration::from_secs(15),
+    };
+    if heartbeat < Duration::from_millis(10) {
+        push("heartbeat", "must be at least 10ms".into());
+    }
+    let max_frame = args.max_frame.or(raw.max_frame).unwrap_or(1024 * 1024);
+    if max_frame < 4096 {
+        push("max_frame", "must be at least 4096 bytes".into());
+    }
+    let history = args.history.or(raw.history).unwrap_or(1000);
+    if history == 0 {
+        push("history", "must keep at least one change set".into());
+    }
+    let tls_cert = args.tls_cert.clone().or(raw.tls_cert);
+    let tls_key = args.tls_key.clone().or(raw.tls_key);
+    if tls_cert.is_some() != tls_key.is_some() {
+        push("tls_cert", "tls_cert and tls_key go together".into());
+    }
+    if let Err(errs) = Auth::new(&raw.tokens) {
+        for (k, m) in errs {
+            push(&k, m);
+        }
+    }
+    if let Some(addr) = listen {
+        if raw.tokens.is_empty() && !addr.ip().is_loopback() {
+            push(
+                "token",
+                format!(
+                    "no tokens configured: dev mode only listens on loopback, not {addr} (add [[token]] entries, see `tether serve hash-token`)"
+                ),
+            );
+        }
+    }
+    let log_format = match args.log.log_format.as_deref().or(raw.log_format.as_deref()) {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(o) => {
+            push("log_format", format!("{o:?} is not one of text, json"));
+            LogFormat::Text
+        }
+    };
+    let node_id = args
+        .node_id
+        .clone()
+        .or(raw.node_id)
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let redis = args.redis.clone().or(raw.redis);
+    if let Some(RedisUrl(url)) = &redis {
+        if ::redis::Client::open(url.as_str()).is_err() {
+            push(
+                "redis",
+                format!(
+                    "{} is not a redis URL (redis://[:password@]host:port/db or rediss://…)",
+                    redact_url(url)
+                ),
+            );
+        }
+    }
+    let repair_interval = match args
+        .repair_interval
+        .as_ref()
+        .or(raw.repair_interval.as_ref())
+    {
+        Some(s) => parse_duration(s)
+            .map_err(|m| push("repair_interval", m))
+            .ok()
+            .unwrap_or(Duration::from_secs(10)),
+        None => Duration::from_secs(10),
+    };
+    if repair_interval < Duration::from_millis(10) {
+        push("repair_interval", "must be at least 10ms".into());
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError(problems));
+    }
+    Ok(ServeConfig {
+        listen: listen.unwrap_or_else(|| unreachable!()),
+        data: args
+            .data
+            .clone()
+            .or(raw.data)
+            .unwrap_or_else(|| PathBuf::from("tether-data")),
+        node_id,
+        history,
+        heartbeat,
+        max_frame,
+        tls_cert,
+        tls_key,
+        tokens: raw.tokens,
+        log_level: args.log.log_level.clone().or(raw.log_level),
+        log_format,
+        redis,
+        repair_interval,
+    })
+}
+
+/// A Redis URL, which may hold a password: `Debug` and `Display` redact it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct RedisUrl(pub String);
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl std::str::FromStr for RedisUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(RedisUrl(s.to_string()))
+    }
+}
+
+/// A URL with any password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparseable url>".to_string();
+    };
+    // Userinfo ends at the last '@' before the path: a password may contain '@' itself.
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://<redacted>@{host}{path}"),
+        None => url.to_string(),
+    }
+}
+
+fn one(key: &str, message: String) -> ConfigError {
+    ConfigError(vec![Problem {
+        key: key.into(),
+        message,
+    }])
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "node".into())
+}
+
+/// A rustls acceptor from PEM files.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad certificate in {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read key {}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| e.to_string())?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords_with_at_signs() {
+        assert_eq!(
+            super::redact_url("redis://:p@ss@host:6379/0"),
+            "redis://<redacted>@host:6379/0"
+        );
+        assert_eq!(super::redact_url("redis://host:6379"), "redis://host:6379");
+        assert_eq!(
+            super::redact_url("rediss://u:pw@h"),
+            "rediss://<redacted>@h"
+        );
+    }
+}

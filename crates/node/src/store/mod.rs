@@ -1,0 +1,261 @@
+//! The store contract every backend keeps: environments of entries, one version per
+//! committed change set, an epoch per history, and the last N change sets for catch-up.
+//! The embedded default is SQLite; cluster mode puts the same contract in Redis.
+
+pub mod redis;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use tether_core::protocol::{Position, WireChange, WireEntry};
+
+/// One committed change set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeSet {
+    pub env: String,
+    pub position: Position,
+    pub changes: Vec<WireChange>,
+}
+
+/// A whole environment at a position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub env: String,
+    pub position: Position,
+    pub entries: Vec<WireEntry>,
+}
+
+/// What an agent at some position needs to be current.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    UpToDate,
+    Changes(Vec<ChangeSet>),
+    Snapshot(Snapshot),
+}
+
+/// What a catch-up needs from a backend, decided from positions alone; both backends follow
+/// it, so they answer the same agent the same way.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Nothing was ever written: an empty environment at position zero.
+    Empty,
+    UpToDate,
+    Snapshot,
+    /// The change sets after this version, or a snapshot if history does not have them all.
+    Since(u64),
+}
+
+pub fn plan(env: &str, current: Option<Position>, from: Option<Position>) -> Plan {
+    let Some(current) = current else {
+        return match from {
+            Some(p) if p == Position::default() => Plan::UpToDate,
+            _ => Plan::Empty,
+        };
+    };
+    let Some(from) = from else {
+        return Plan::Snapshot;
+    };
+    let impossible = from.epoch > current.epoch
+        || (from.epoch == current.epoch && from.version > current.version);
+    if impossible {
+        tracing::warn!(env, agent = %from, store = %current, "an agent is ahead of the store (restored? run a reset)");
+        return Plan::Snapshot;
+    }
+    if from.epoch != current.epoch {
+        Plan::Snapshot
+    } else if from.version == current.version {
+        Plan::UpToDate
+    } else {
+        Plan::Since(from.version)
+    }
+}
+
+impl ChangeSet {
+    /// A change set as kept in history (its changes as JSON), at `position`.
+    pub fn from_history(
+        env: &str,
+        position: Position,
+        json: &str,
+    ) -> Result<ChangeSet, StoreError> {
+        let changes = serde_json::from_str(json)
+            .map_err(|e| StoreError::Unavailable(format!("corrupt history: {e}")))?;
+        Ok(ChangeSet {
+            env: env.to_string(),
+            position,
+            changes,
+        })
+    }
+}
+
+impl Snapshot {
+    /// The empty environment at position zero.
+    pub fn empty(env: &str) -> Snapshot {
+        Snapshot {
+            env: env.to_string(),
+            position: Position::default(),
+            entries: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EnvInfo {
+    pub env: String,
+    pub position: Position,
+    pub entries: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid change: {0}")]
+    Invalid(String),
+    #[error("version conflict: environment is at {actual}, change expected {expected}")]
+    Conflict { expected: u64, actual: u64 },
+    #[error("environment {env:?} has no entry {name:?}")]
+    Missing { env: String, name: String },
+}
+
+/// The store behind a node.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(Arc<sqlite::SqliteStore>),
+    Redis(Arc<self::redis::RedisStore>),
+}
+
+impl Store {
+    /// Commit one change set atomically; `expect` makes it conditional on the current version.
+    pub async fn commit(
+        &self,
+        env: &str,
+        changes: Vec<WireChange>,
+        expect: Option<u64>,
+    ) -> Result<ChangeSet, StoreError> {
+        validate_changes(env, &changes)?;
+        match self {
+            Store::Sqlite(s) => {
+                let (s, env) = (s.clone(), env.to_string());
+                blocking(move || s.commit(&env, &changes, expect)).await
+            }
+            Store::Redis(r) => r.commit(env, &changes, expect).await,
+        }
+    }
+
+    pub async fn snapshot(&self, env: &str) -> Result<Snapshot, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let (s, env) = (s.clone(), env.to_string());
+                blocking(move || s.snapshot(&env)).await
+            }
+            Store::Redis(r) => r.snapshot(env).await,
+        }
+    }
+
+    pub async fn catch_up(&self, env: &str, from: Option<Position>) -> Result<CatchUp, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let (s, env) = (s.clone(), env.to_string());
+                blocking(move || s.catch_up(&env, from)).await
+            }
+            Store::Redis(r) => r.catch_up(env, from).await,
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<EnvInfo>, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let s = s.clone();
+                blocking(move || s.list()).await
+            }
+            Store::Redis(r) => r.list().await,
+        }
+    }
+
+    /// Start a new history of `env` (a new, greater epoch; history dropped; entries kept),
+    /// with an epoch greater than `floor`'s too.
+    pub async fn reset(&self, env: &str, floor: Option<Position>) -> Result<Position, StoreError> {
+        validate_name("environment", env)?;
+        match self {
+            Store::Sqlite(s) => {
+                let (s, env) = (s.clone(), env.to_string());
+                blocking(move || s.reset(&env)).await
+            }
+            Store::Redis(r) => r.reset(env, floor).await,
+        }
+    }
+
+    pub async fn position(&self, env: &str) -> Result<Position, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let (s, env) = (s.clone(), env.to_string());
+                blocking(move || s.position(&env)).await
+            }
+            Store::Redis(r) => r.position(env).await,
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+}
+
+pub use tether_core::limits::{MAX_CHANGE_SET, MAX_ENV, MAX_VALUE};
+
+/// [`tether_core::limits::validate_name`], as a store error.
+pub fn validate_name(kind: &str, name: &str) -> Result<(), StoreError> {
+    tether_core::limits::validate_name(kind, name).map_err(StoreError::Invalid)
+}
+
+fn validate_changes(env: &str, changes: &[WireChange]) -> Result<(), StoreError> {
+    validate_name("environment", env)?;
+    if changes.is_empty() {
+        return Err(StoreError::Invalid(
+            "a change set needs at least one change".into(),
+        ));
+    }
+    let mut total = 0;
+    let mut seen = std::collections::HashSet::new();
+    for c in changes {
+        validate_name("entry", &c.name)?;
+        if !seen.insert(c.name.as_str()) {
+            return Err(StoreError::Invalid(format!(
+                "entry {:?} appears twice in one change set",
+                c.name
+            )));
+        }
+        match (&c.value, c.delete) {
+            (Some(_), true) => {
+                return Err(StoreError::Invalid(format!(
+                    "entry {:?} has both a value and delete",
+                    c.name
+                )));
+            }
+            (None, false) => {
+                return Err(StoreError::Invalid(format!(
+                    "entry {:?} has no value",
+                    c.name
+                )));
+            }
+            (Some(v), false) if v.len() > MAX_VALUE => {
+                return Err(StoreError::Invalid(format!(
+                    "value of {:?} is {} bytes, over the {MAX_VALUE}-byte limit",
+                    c.name,
+                    v.len()
+                )));
+            }
+            _ => {}
+        }
+        total += c.name.len() + c.value.as_ref().map_or(0, |v| v.len());
+    }
+    if total > MAX_CHANGE_SET {
+        return Err(StoreError::Invalid(format!(
+            "change set is {total} bytes, over the {MAX_CHANGE_SET}-byte limit"
+        )));
+    }
+    Ok(())
+}

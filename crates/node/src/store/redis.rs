@@ -1,0 +1,445 @@
+//! The cluster store: Redis holds the entries, the version and epoch of each environment,
+//! and its history as a capped stream. One Lua script per change set checks and bumps the
+//! version, writes the entries, appends the change set to the stream and publishes it, so
+//! the store and the bus never disagree about what was committed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+use super::{CatchUp, ChangeSet, EnvInfo, Plan, Snapshot, StoreError};
+use tether_core::protocol::{Epoch, Position, WireChange, WireEntry};
+use tether_core::secret::Value;
+
+/// The Pub/Sub channel every node subscribes to.
+pub const CHANNEL: &str = "tether:changes";
+const ENVS: &str = "tether:envs";
+/// The nodes that keep their agent registry in Redis (for cluster-wide rollout status).
+const AGENT_NODES: &str = "tether:agent-nodes";
+
+fn agents_key(node: &str) -> String {
+    format!("tether:agents:{node}")
+}
+
+fn meta_key(env: &str) -> String {
+    format!("tether:env:{{{env}}}:meta")
+}
+fn values_key(env: &str) -> String {
+    format!("tether:env:{{{env}}}:values")
+}
+fn secret_key(env: &str) -> String {
+    format!("tether:env:{{{env}}}:secret")
+}
+fn history_key(env: &str) -> String {
+    format!("tether:env:{{{env}}}:history")
+}
+
+/// KEYS: meta, values, secret, history, envs.
+/// ARGV: env, expected version or "", epoch for a new environment, history length,
+///       change-set JSON, channel, then (op, name, value, secret) per change.
+const COMMIT: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if not epoch then
+  epoch = ARGV[3]
+  version = 0
+  -- A new history: whatever stream is left belongs to an old one.
+  redis.call('DEL', KEYS[4])
+end
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= version then
+  return {'conflict', tostring(version)}
+end
+local size = tonumber(redis.call('HGET', KEYS[1], 'size') or '0')
+local j = 7
+while j <= #ARGV do
+  local old = redis.call('HSTRLEN', KEYS[2], ARGV[j + 1])
+  local existed = redis.call('HEXISTS', KEYS[2], ARGV[j + 1]) == 1
+  if ARGV[j] == 'del' and not existed then
+    return {'missing', ARGV[j + 1]}
+  end
+  if existed then
+    size = size - old - #ARGV[j + 1]
+  end
+  if ARGV[j] == 'set' then
+    size = size + #ARGV[j + 2] + #ARGV[j + 1]
+  end
+  j = j + 4
+end
+if size > MAX_ENV_BYTES then
+  return {'too_big', tostring(size)}
+end
+version = version + 1
+-- The only call that can fail on valid input goes first: a failed script writes nothing.
+redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[4], tostring(version) .. '-0', 'changes', ARGV[5])
+redis.call('HSET', KEYS[1], 'epoch', epoch, 'version', version, 'size', size)
+redis.call('SADD', KEYS[5], ARGV[1])
+local i = 7
+while i <= #ARGV do
+  if ARGV[i] == 'set' then
+    redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
+    redis.call('HSET', KEYS[3], ARGV[i + 1], ARGV[i + 3])
+  else
+    redis.call('HDEL', KEYS[2], ARGV[i + 1])
+    redis.call('HDEL', KEYS[3], ARGV[i + 1])
+  end
+  i = i + 4
+end
+redis.call('PUBLISH', ARGV[6], '{"env":' .. cjson.encode(ARGV[1]) .. ',"position":{"epoch":"' .. epoch
+  .. '","version":' .. version .. '},"changes":' .. ARGV[5] .. '}')
+return {'ok', epoch, tostring(version)}
+"#;
+
+/// KEYS: meta, history. ARGV: the epoch the caller saw, the new epoch, env, channel.
+/// Starts a new history unless someone already did, and tells every node (a notice
+/// without changes: nodes catch up, which means a snapshot).
+const RESET: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[2])
+  redis.call('DEL', KEYS[2])
+  local version = redis.call('HGET', KEYS[1], 'version') or '0'
+  redis.call('PUBLISH', ARGV[4], '{"env":' .. cjson.encode(ARGV[3]) .. ',"position":{"epoch":"' .. ARGV[2]
+    .. '","version":' .. version .. '},"changes":[]}')
+  return ARGV[2]
+end
+return epoch
+"#;
+
+/// A change set as published on the channel.
+#[derive(serde::Deserialize)]
+pub struct Notice {
+    pub env: String,
+    pub position: Position,
+    pub changes: Vec<WireChange>,
+}
+
+pub struct RedisStore {
+    client: redis::Client,
+    /// Connected on first use; the manager then reconnects by itself.
+    conn: tokio::sync::OnceCell<ConnectionManager>,
+    history: u64,
+    commit: Script,
+    reset: Script,
+}
+
+type SnapshotReply = (
+    HashMap<String, String>,
+    HashMap<String, Vec<u8>>,
+    HashMap<String, String>,
+);
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+impl RedisStore {
+    /// A store over `client`. Nothing is connected yet: a node starts while Redis is down,
+    /// and every call fails with `Unavailable` until Redis answers.
+    pub fn new(client: redis::Client, history: u64) -> RedisStore {
+        RedisStore {
+            client,
+            conn: tokio::sync::OnceCell::new(),
+            history: history.max(1),
+            commit: Script::new(&COMMIT.replace("MAX_ENV_BYTES", &super::MAX_ENV.to_string())),
+            reset: Script::new(RESET),
+        }
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        self.conn
+            .get_or_try_init(|| self.client.get_connection_manager_with_config(config))
+            .await
+            .cloned()
+            .map_err(unavailable)
+    }
+
+    pub async fn commit(
+        &self,
+        env: &str,
+        changes: &[WireChange],
+        expect: Option<u64>,
+    ) -> Result<ChangeSet, StoreError> {
+        let json =
+            serde_json::to_string(changes).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut inv = self.commit.prepare_invoke();
+        inv.key(meta_key(env))
+            .key(values_key(env))
+            .key(secret_key(env))
+            .key(history_key(env))
+            .key(ENVS)
+            .arg(env)
+            .arg(expect.map(|v| v.to_string()).unwrap_or_default())
+            .arg(Epoch::generate().to_string())
+            .arg(self.history)
+            .arg(&json)
+            .arg(CHANNEL);
+        for c in changes {
+            match &c.value {
+                Some(v) if !c.delete => inv
+                    .arg("set")
+                    .arg(&c.name)
+                    .arg(v.expose())
+                    .arg(if c.secret { "1" } else { "0" }),
+                _ => inv.arg("del").arg(&c.name).arg("").arg(""),
+            };
+        }
+        let mut conn = self.conn().await?;
+        let reply: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        match reply.as_slice() {
+            [ok, epoch, version] if ok == "ok" => Ok(ChangeSet {
+                env: env.to_string(),
+                position: Position {
+                    epoch: epoch.parse().map_err(StoreError::Unavailable)?,
+                    version: version
+                        .parse()
+                        .map_err(|_| StoreError::Unavailable("bad version from redis".into()))?,
+                },
+                changes: changes.to_vec(),
+            }),
+            [t, size] if t == "too_big" => Err(StoreError::Invalid(format!(
+                "environment {env:?} would hold {size} bytes, over the {}-byte limit",
+                super::MAX_ENV
+            ))),
+            [m, name] if m == "missing" => Err(StoreError::Missing {
+                env: env.to_string(),
+                name: name.clone(),
+            }),
+            [c, actual] if c == "conflict" => Err(StoreError::Conflict {
+                expected: expect.unwrap_or(0),
+                actual: actual.parse().unwrap_or(0),
+            }),
+            _ => Err(StoreError::Unavailable(
+                "unexpected reply from the commit script".into(),
+            )),
+        }
+    }
+
+    async fn meta(&self, env: &str) -> Result<Option<Position>, StoreError> {
+        let mut conn = self.conn().await?;
+        let m: HashMap<String, String> = conn.hgetall(meta_key(env)).await.map_err(unavailable)?;
+        parse_meta(&m)
+    }
+
+    pub async fn position(&self, env: &str) -> Result<Position, StoreError> {
+        Ok(self.meta(env).await?.unwrap_or_default())
+    }
+
+    pub async fn snapshot(&self, env: &str) -> Result<Snapshot, StoreError> {
+        let mut conn = self.conn().await?;
+        // One MULTI/EXEC: the position and the entries are read at the same instant.
+        let (meta, values, secret): SnapshotReply = redis::pipe()
+            .atomic()
+            .hgetall(meta_key(env))
+            .hgetall(values_key(env))
+            .hgetall(secret_key(env))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let position = parse_meta(&meta)?.unwrap_or_default();
+        let mut entries: Vec<WireEntry> = values
+            .into_iter()
+            .map(|(name, v)| WireEntry {
+                secret: secret.get(&name).is_some_and(|s| s == "1"),
+                name,
+                value: Some(Value::new(v)),
+            })
+            .collect();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Snapshot {
+            env: env.to_string(),
+            position,
+            entries,
+        })
+    }
+
+    pub async fn list(&self) -> Result<Vec<EnvInfo>, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut envs: Vec<String> = conn.smembers(ENVS).await.map_err(unavailable)?;
+        envs.sort();
+        let mut out = Vec::with_capacity(envs.len());
+        for env in envs {
+            let (meta, count): (HashMap<String, String>, usize) = redis::pipe()
+                .atomic()
+                .hgetall(meta_key(&env))
+                .hlen(values_key(&env))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if let Some(position) = parse_meta(&meta)? {
+                out.push(EnvInfo {
+                    env,
+                    position,
+                    entries: count,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keep this node's agent registry (JSON) in Redis for `ttl`: a node that stops
+    /// refreshing it drops out of the cluster's rollout status by itself.
+    pub async fn put_agents(
+        &self,
+        node: &str,
+        json: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        redis::pipe()
+            .cmd("SET")
+            .arg(agents_key(node))
+            .arg(json)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .ignore()
+            .sadd(AGENT_NODES, node)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Remove this node's agent registry (a clean shutdown).
+    pub async fn drop_agents(&self, node: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        redis::pipe()
+            .del(agents_key(node))
+            .ignore()
+            .srem(AGENT_NODES, node)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Every live node's agent registry, as node id and JSON. Nodes whose registry expired
+    /// are forgotten.
+    pub async fn all_agents(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut nodes: Vec<String> = conn.smembers(AGENT_NODES).await.map_err(unavailable)?;
+        nodes.sort();
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = nodes.iter().map(|n| agents_key(n)).collect();
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        for (node, value) in nodes.into_iter().zip(values) {
+            match value {
+                Some(json) => out.push((node, json)),
+                None => {
+                    let _: Result<(), _> = conn.srem(AGENT_NODES, &node).await;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Start a new history of `env`: a new epoch greater than `floor` and the current one,
+    /// history dropped, entries kept. Conditional on the epoch still being `seen`, so nodes
+    /// that notice the same thing at once start one history, not several.
+    pub async fn reset(&self, env: &str, floor: Option<Position>) -> Result<Position, StoreError> {
+        let Some(current) = self.meta(env).await? else {
+            return Err(StoreError::Invalid(format!(
+                "environment {env:?} does not exist"
+            )));
+        };
+        let base = floor.map_or(current.epoch.0, |f| f.epoch.0.max(current.epoch.0));
+        let fresh = Epoch(Epoch::generate().0.max(base + 1));
+        let mut conn = self.conn().await?;
+        let _: String = self
+            .reset
+            .key(meta_key(env))
+            .key(history_key(env))
+            .arg(current.epoch.to_string())
+            .arg(fresh.to_string())
+            .arg(env)
+            .arg(CHANNEL)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(self.meta(env).await?.unwrap_or_default())
+    }
+
+    /// Change sets after `from.version` up to `current` (read just before), if history still
+    /// has them all. The range stops at `current`: change sets committed since are not part
+    /// of this answer (they reach the caller live), and must not make it fall back to a
+    /// snapshot.
+    async fn since(
+        &self,
+        env: &str,
+        from: u64,
+        current: Position,
+    ) -> Result<Option<Vec<ChangeSet>>, StoreError> {
+        let mut conn = self.conn().await?;
+        let reply: redis::streams::StreamRangeReply = conn
+            .xrange(
+                history_key(env),
+                format!("{}-0", from + 1),
+                format!("{}-0", current.version),
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut sets = Vec::with_capacity(reply.ids.len());
+        for (i, entry) in reply.ids.iter().enumerate() {
+            let version: u64 = entry
+                .id
+                .split('-')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if version != from + 1 + i as u64 || version > current.version {
+                return Ok(None);
+            }
+            let json: String = entry.get("changes").unwrap_or_default();
+            let position = Position {
+                epoch: current.epoch,
+                version,
+            };
+            sets.push(ChangeSet::from_history(env, position, &json)?);
+        }
+        if sets.last().map(|s| s.position.version) != Some(current.version) {
+            return Ok(None);
+        }
+        Ok(Some(sets))
+    }
+
+    /// Same contract as the SQLite store's `catch_up`.
+    pub async fn catch_up(&self, env: &str, from: Option<Position>) -> Result<CatchUp, StoreError> {
+        let current = self.meta(env).await?;
+        let after = match super::plan(env, current, from) {
+            Plan::Empty => return Ok(CatchUp::Snapshot(Snapshot::empty(env))),
+            Plan::UpToDate => return Ok(CatchUp::UpToDate),
+            Plan::Snapshot => return Ok(CatchUp::Snapshot(self.snapshot(env).await?)),
+            Plan::Since(v) => v,
+        };
+        let current = current.unwrap_or_default();
+        match self.since(env, after, current).await? {
+            Some(sets) => Ok(CatchUp::Changes(sets)),
+            None => Ok(CatchUp::Snapshot(self.snapshot(env).await?)),
+        }
+    }
+}
+
+fn parse_meta(m: &HashMap<String, String>) -> Result<Option<Position>, StoreError> {
+    let (Some(epoch), Some(version)) = (m.get("epoch"), m.get("version")) else {
+        return Ok(None);
+    };
+    Ok(Some(Position {
+        epoch: epoch.parse().map_err(StoreError::Unavailable)?,
+        version: version
+            .parse()
+            .map_err(|_| StoreError::Unavailable(format!("bad version {version:?} in redis")))?,
+    }))
+}

@@ -1,0 +1,538 @@
+//! One agent connection: hello, catch-up from the agent's position, then live change sets
+//! in order without duplicates, heartbeats with current positions, acknowledgements into
+//! the rollout registry. Live change sets are judged and, on a plain socket, written by the
+//! fan-out (`outlet`); this task catches up, answers and drains. Generic over
+//! `Sink`/`Stream` so it is tested without a socket.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, close_code};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::Node;
+use super::auth::Grant;
+use super::hub::{self, AckState, AgentInfo, Counters};
+use super::outlet::Outlet;
+use super::plain::PlainSocket;
+use super::store::{CatchUp, StoreError};
+use tether_core::protocol::{ClientMsg, EnvPosition, Position, ServerMsg, Subscription};
+
+/// How long an agent has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the close frame may take to go out. A peer that stopped reading would
+/// otherwise hold the task (and its socket) until TCP gives up, which takes many minutes.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum End {
+    /// Close with this code and reason.
+    Close(u16, String),
+    /// The peer went away.
+    Gone,
+}
+
+struct Conn<S> {
+    socket: S,
+    node: Arc<Node>,
+    grant: Grant,
+    /// The socket under `socket` when it is plain TCP: the fan-out writes to it directly.
+    plain: Option<Arc<PlainSocket>>,
+    /// Set once the agent said hello: where live change sets arrive.
+    outlet: Option<Arc<Outlet>>,
+    id: u64,
+}
+
+/// Serve one agent until it leaves, misbehaves, or the node shuts down.
+pub async fn serve<S, E>(
+    socket: S,
+    plain: Option<Arc<PlainSocket>>,
+    node: Arc<Node>,
+    grant: Grant,
+    shutdown: CancellationToken,
+) where
+    S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+    E: std::fmt::Display,
+{
+    Counters::inc(&node.hub.counters.connections);
+    let mut conn = Conn {
+        socket,
+        node,
+        grant,
+        plain,
+        outlet: None,
+        id: 0,
+    };
+    let end = conn.run(shutdown).await;
+    let agent = conn.id;
+    // Before the close frame: nothing may be written after it.
+    conn.leave();
+    if let End::Close(code, mut reason) = end {
+        tracing::debug!(code, reason = %reason, "closing agent connection");
+        // A close frame's reason is at most 123 bytes.
+        let mut cut = reason.len().min(123);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        let close = conn.socket.send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        })));
+        if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+            tracing::debug!(
+                agent,
+                "close frame not taken within {CLOSE_TIMEOUT:?}; dropping the connection"
+            );
+        }
+    }
+}
+
+impl<S> Conn<S> {
+    /// Stop the fan-out writing to this connection and take it out of the hub and the
+    /// registry. Safe to call twice.
+    fn leave(&mut self) {
+        if let Some(outlet) = self.outlet.take() {
+            outlet.close();
+            self.node.hub.detach(&outlet);
+        }
+        if self.id != 0 {
+            self.node.hub.unregister(std::mem::take(&mut self.id));
+        }
+    }
+}
+
+/// However the connection's task ends (returned, panicked, or dropped unfinished), it
+/// leaves: otherwise the hub would keep its outlet, and with it the socket, and go on
+/// writing to it.
+impl<S> Drop for Conn<S> {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+impl<S, E> Conn<S>
+where
+    S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+    E: std::fmt::Display,
+{
+    async fn send(&mut self, frame: Utf8Bytes) -> Result<(), End> {
+        // An agent that stops reading is dropped rather than holding frames forever.
+        let limit = self.patience();
+        let result = {
+            let mut send = std::pin::pin!(self.socket.send(Message::Text(frame)));
+            // Nearly every send completes at once (room in the socket buffer): those need
+            // no timer. The rest get one, boxed so that it lives only while such a send is
+            // in flight, not in every idle connection.
+            match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+                Poll::Ready(r) => Ok(r),
+                Poll::Pending => Box::pin(tokio::time::timeout(limit, send)).await,
+            }
+        };
+        match result {
+            Ok(Ok(())) => {
+                Counters::inc(&self.node.hub.counters.frames_sent);
+                Ok(())
+            }
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => {
+                tracing::warn!(
+                    agent = self.id,
+                    "agent stopped reading; dropping its connection"
+                );
+                Err(End::Gone)
+            }
+        }
+    }
+
+    async fn send_msg(&mut self, msg: &ServerMsg) -> Result<(), End> {
+        self.send(hub::encode(msg)).await
+    }
+
+    fn outlet(&self) -> Result<Arc<Outlet>, End> {
+        self.outlet.clone().ok_or(End::Gone)
+    }
+
+    /// How long an agent may leave frames unread before it is dropped.
+    fn patience(&self) -> Duration {
+        (self.node.heartbeat * 2).max(Duration::from_secs(5))
+    }
+
+    /// Next text frame from the agent; pings are answered by the WebSocket layer.
+    async fn next_text(&mut self) -> Result<Utf8Bytes, End> {
+        loop {
+            match self.socket.next().await {
+                None => return Err(End::Gone),
+                Some(Err(e)) => {
+                    let e = e.to_string();
+                    // tungstenite's capacity errors: the agent sent more than the limit.
+                    if e.contains("too long") || e.contains("Space limit") || e.contains("too big")
+                    {
+                        return Err(End::Close(
+                            close_code::SIZE,
+                            format!("frame exceeds the {}-byte limit", self.node.max_frame),
+                        ));
+                    }
+                    return Err(End::Gone);
+                }
+                Some(Ok(Message::Text(t))) => return Ok(t),
+                Some(Ok(Message::Close(_))) => return Err(End::Gone),
+                Some(Ok(Message::Binary(_))) => {
+                    return Err(End::Close(
+                        close_code::UNSUPPORTED,
+                        "binary frames are not part of the protocol".into(),
+                    ));
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    async fn run(&mut self, shutdown: CancellationToken) -> End {
+        match self.run_inner(shutdown).await {
+            Ok(()) => End::Close(close_code::AWAY, "node shutting down".into()),
+            Err(end) => end,
+        }
+    }
+
+    async fn run_inner(&mut self, shutdown: CancellationToken) -> Result<(), End> {
+        let first = tokio::time::timeout(HELLO_TIMEOUT, self.next_text())
+            .await
+            .map_err(|_| End::Close(close_code::POLICY, "no hello within 10s".into()))??;
+        let (agent, subs) = match parse(&first)? {
+            Parsed::Msg(ClientMsg::Hello { agent, subscribe }) => (agent, subscribe),
+            _ => {
+                return Err(End::Close(
+                    close_code::POLICY,
+                    "the first frame must be hello".into(),
+                ));
+            }
+        };
+        let mut subs_ok: Vec<Subscription> = Vec::new();
+        // A hello may name tens of thousands of environments: past a few, duplicates are
+        // found with a set rather than by searching the list.
+        let mut seen: Option<HashSet<String>> =
+            (subs.len() > super::outlet::LINEAR_MAX).then(|| HashSet::with_capacity(subs.len()));
+        for s in subs {
+            if super::store::validate_name("environment", &s.env).is_err()
+                || !self.grant.can_read(&s.env)
+            {
+                Counters::inc(&self.node.hub.counters.rejected);
+                self.send_msg(&ServerMsg::Error {
+                    code: "forbidden".into(),
+                    message: format!(
+                        "token {:?} may not read environment {:?}",
+                        self.grant.name, s.env
+                    ),
+                })
+                .await?;
+                continue;
+            }
+            // The same environment twice is followed once.
+            let first = match &mut seen {
+                Some(seen) => seen.insert(s.env.clone()),
+                None => !subs_ok.iter().any(|o| o.env == s.env),
+            };
+            if first {
+                subs_ok.push(s);
+            }
+        }
+        if subs_ok.is_empty() {
+            return Err(End::Close(
+                close_code::POLICY,
+                "no environment this token may read".into(),
+            ));
+        }
+        self.id = self.node.hub.register(AgentInfo {
+            agent: agent.chars().take(200).collect(),
+            token: self.grant.name.clone(),
+            envs: subs_ok.iter().map(|s| (s.env.clone(), None)).collect(),
+        });
+        let outlet = Arc::new(Outlet::new(
+            self.id,
+            self.grant.secrets,
+            self.plain.clone(),
+            subs_ok
+                .iter()
+                .map(|s| (s.env.clone(), s.position))
+                .collect(),
+            self.node.hub.deferred_cap(),
+            super::BACKLOG_LIMIT,
+        ));
+        // Attached (paused) before reading the store, so nothing committed in between is
+        // missed: it waits in the outlet until the catch-up is done.
+        self.node.hub.attach(&outlet);
+        self.outlet = Some(outlet.clone());
+        self.send_msg(&ServerMsg::Welcome {
+            node: self.node.id.clone(),
+            heartbeat_ms: self.node.heartbeat.as_millis() as u64,
+        })
+        .await?;
+        self.catch_up(subs_ok.into_iter().map(|s| s.env).collect(), None)
+            .await?;
+        let mut heartbeat = tokio::time::interval(self.node.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        // Registered once: re-creating it in every turn of the loop would take the token's
+        // lock for every frame of every connection.
+        let mut cancelled = std::pin::pin!(shutdown.cancelled());
+        let plain = self.plain.clone();
+        loop {
+            tokio::select! {
+                _ = &mut cancelled => return Ok(()),
+                _ = outlet.notified() => self.service(&outlet).await?,
+                e = backlog(plain.as_deref()) => {
+                    if plain.as_ref().is_some_and(|p| p.overflowed()) {
+                        tracing::warn!(agent = self.id, "agent stopped reading; dropping its connection");
+                    } else {
+                        tracing::debug!(agent = self.id, error = %e, "agent socket failed");
+                    }
+                    return Err(End::Gone);
+                }
+                _ = heartbeat.tick() => {
+                    if plain.as_ref().and_then(|p| p.stalled_for()).is_some_and(|t| t > self.patience()) {
+                        tracing::warn!(agent = self.id, "agent stopped reading; dropping its connection");
+                        return Err(End::Gone);
+                    }
+                    let positions = outlet
+                        .envs()
+                        .into_iter()
+                        .filter_map(|env| self.node.hub.position(&env).map(|position| EnvPosition { env, position }))
+                        .collect();
+                    self.send_msg(&ServerMsg::Heartbeat { positions }).await?;
+                }
+                text = self.next_text() => {
+                    let text = text?;
+                    self.handle(&text).await?;
+                }
+            }
+        }
+    }
+
+    /// Do what the fan-out left: frames to send (no plain socket), environments to catch up.
+    async fn service(&mut self, outlet: &Outlet) -> Result<(), End> {
+        let work = outlet.take_work();
+        if work.overflow {
+            tracing::warn!(
+                agent = self.id,
+                "agent stopped reading; dropping its connection"
+            );
+            return Err(End::Gone);
+        }
+        for frame in work.frames {
+            self.send(frame).await?;
+        }
+        if !work.resync.is_empty() {
+            self.catch_up(work.resync, None).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, text: &str) -> Result<(), End> {
+        let msg = match parse(text)? {
+            Parsed::Msg(m) => m,
+            Parsed::Unknown(kind) => {
+                return self
+                    .send_msg(&ServerMsg::Error {
+                        code: "unknown_type".into(),
+                        message: format!("unknown message type {kind:?}"),
+                    })
+                    .await;
+            }
+        };
+        match msg {
+            ClientMsg::Hello { .. } => {
+                self.send_msg(&ServerMsg::Error {
+                    code: "unexpected".into(),
+                    message: "hello was already received".into(),
+                })
+                .await?;
+            }
+            ClientMsg::Ack {
+                env,
+                position,
+                ok,
+                error,
+            } => {
+                if !ok {
+                    tracing::warn!(env = %env, %position, error = error.as_deref().unwrap_or(""), "agent failed to apply");
+                }
+                self.node.hub.ack(
+                    self.id,
+                    &env,
+                    AckState {
+                        position,
+                        ok,
+                        error: error.map(|e| e.chars().take(500).collect()),
+                    },
+                );
+            }
+            ClientMsg::Resync { env, position } => {
+                if !self.outlet()?.follows(&env) {
+                    self.send_msg(&ServerMsg::Error {
+                        code: "not_subscribed".into(),
+                        message: format!(
+                            "resync of {env:?}, which this connection does not follow"
+                        ),
+                    })
+                    .await?;
+                    return Ok(());
+                }
+                Counters::inc(&self.node.hub.counters.resyncs);
+                self.catch_up(vec![env], Some(position)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Send what the agent is missing in `envs` (from what was last sent, or from `from`
+    /// when the agent said where it stands), each followed by `synced`; live change sets
+    /// wait meanwhile and are judged after. Catches up again if too many waited.
+    async fn catch_up(
+        &mut self,
+        mut envs: Vec<String>,
+        mut from: Option<Option<Position>>,
+    ) -> Result<(), End> {
+        let outlet = self.outlet()?;
+        for frame in outlet.pause() {
+            self.send(frame).await?;
+        }
+        loop {
+            for env in &envs {
+                let start = match from {
+                    Some(p) => p,
+                    None => outlet.sent(env),
+                };
+                self.send_catch_up(&outlet, env, start).await?;
+                if let Some(position) = outlet.sent(env) {
+                    self.send_msg(&ServerMsg::Synced {
+                        env: env.clone(),
+                        position,
+                    })
+                    .await?;
+                }
+            }
+            match outlet.resume() {
+                Some(sent) => {
+                    let c = &self.node.hub.counters.frames_sent;
+                    c.fetch_add(sent, Ordering::Relaxed);
+                    return Ok(());
+                }
+                None => {
+                    tracing::warn!(
+                        agent = self.id,
+                        "too many changes while catching up; catching up again"
+                    );
+                    envs = outlet.envs();
+                    from = None;
+                }
+            }
+        }
+    }
+
+    async fn send_catch_up(
+        &mut self,
+        outlet: &Outlet,
+        env: &str,
+        from: Option<Position>,
+    ) -> Result<(), End> {
+        // Boxed: store futures are large and only live during a catch-up.
+        let result = Box::pin(self.node.store.catch_up(env, from)).await;
+        match result {
+            Ok(CatchUp::UpToDate) => {
+                if let Some(p) = from {
+                    self.node.hub.note_position(env, p);
+                    outlet.set_sent(env, Some(p));
+                }
+            }
+            Ok(CatchUp::Changes(sets)) => {
+                for set in sets {
+                    let frame = hub::change_frame(&set, self.grant.secrets);
+                    self.send(frame).await?;
+                    self.node.hub.note_position(env, set.position);
+                    outlet.set_sent(env, Some(set.position));
+                }
+            }
+            Ok(CatchUp::Snapshot(snap)) => {
+                Counters::inc(&self.node.hub.counters.snapshots);
+                self.node.hub.note_position(env, snap.position);
+                let frame = hub::snapshot_frame(&snap, self.grant.secrets);
+                self.send(frame).await?;
+                outlet.set_sent(env, Some(snap.position));
+            }
+            Err(e) => {
+                self.store_error(e).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn store_error(&mut self, e: StoreError) -> Result<(), End> {
+        tracing::warn!(error = %e, "catch-up failed");
+        self.send_msg(&ServerMsg::Error {
+            code: "unavailable".into(),
+            message: e.to_string(),
+        })
+        .await
+    }
+}
+
+/// Resolves when the plain socket's backlog can no longer be drained; never without one.
+async fn backlog(plain: Option<&PlainSocket>) -> std::io::Error {
+    match plain {
+        Some(p) => std::future::poll_fn(|cx| p.poll_backlog(cx)).await,
+        None => std::future::pending().await,
+    }
+}
+
+enum Parsed {
+    Msg(ClientMsg),
+    /// Well-formed JSON with a type this node does not know: answered, not fatal.
+    Unknown(String),
+}
+
+/// Parse an agent frame; anything malformed closes the connection with a reason.
+fn parse(text: &str) -> Result<Parsed, End> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        End::Close(
+            close_code::INVALID,
+            format!("malformed frame: not JSON ({})", e.classify_str()),
+        )
+    })?;
+    let Some(kind) = value.get("type").and_then(|t| t.as_str()) else {
+        return Err(End::Close(
+            close_code::INVALID,
+            "malformed frame: no \"type\"".into(),
+        ));
+    };
+    if !matches!(kind, "hello" | "resync" | "ack") {
+        return Ok(Parsed::Unknown(kind.chars().take(40).collect()));
+    }
+    let kind = kind.to_string();
+    serde_json::from_value(value)
+        .map(Parsed::Msg)
+        .map_err(|e| End::Close(close_code::INVALID, format!("malformed {kind} frame: {e}")))
+}
+
+trait Classify {
+    fn classify_str(&self) -> &'static str;
+}
+
+impl Classify for serde_json::Error {
+    fn classify_str(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "io",
+            serde_json::error::Category::Syntax => "syntax error",
+            serde_json::error::Category::Data => "bad data",
+            serde_json::error::Category::Eof => "unexpected end",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
