@@ -334,45 +334,7 @@ async fn status(
             ));
         }
     };
-    let mut by_version = std::collections::BTreeMap::<String, usize>::new();
-    let mut agents = Vec::new();
-    let mut current_count = 0;
-    for (on, a) in registry
-        .agents
-        .into_iter()
-        .filter(|(_, a)| a.envs.contains_key(&env))
-    {
-        let ack = a.envs.get(&env).cloned().flatten();
-        let key = match &ack {
-            Some(s) if s.position == current => {
-                current_count += 1;
-                s.position.version.to_string()
-            }
-            Some(s) if !s.ok => format!("{} (failed)", s.position.version),
-            Some(s) => s.position.version.to_string(),
-            None => "none".into(),
-        };
-        *by_version.entry(key).or_default() += 1;
-        agents.push(json!({"agent": a.agent, "token": a.token, "node": on, "ack": ack}));
-    }
-    let nodes: Vec<serde_json::Value> = registry
-        .nodes
-        .iter()
-        .map(|(id, n)| json!({"node": id, "agents": n}))
-        .collect();
-    let mut body = json!({
-        "env": env,
-        "position": current,
-        "scope": registry.scope,
-        "agents": agents.len(),
-        "current": current_count,
-        "by_version": by_version,
-        "connected": agents,
-        "node_registries": nodes,
-    });
-    if let Some(w) = registry.warning {
-        body["warning"] = json!(w);
-    }
+    let body = super::rollout::summary(&env, current, registry);
     Ok(Json(body).into_response())
 }
 
