@@ -258,6 +258,11 @@ pub struct ServeArgs {
     /// How often a cluster node compares its positions with Redis (default 10s).
     #[arg(long, value_name = "DURATION", env = "TETHER_REPAIR_INTERVAL")]
     pub repair_interval: Option<String>,
+    /// When the embedded store is found empty or damaged (the node refuses to start on it,
+    /// exit 65): move its files aside and start with what can still be read from them.
+    /// Remove the flag once the node has started.
+    #[arg(long)]
+    pub reset_store: bool,
     /// PEM certificate chain for https/wss.
     #[arg(long, value_name = "PATH", env = "TETHER_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,

@@ -49,6 +49,8 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     pub redis: Option<RedisUrl>,
     pub repair_interval: Duration,
+    /// `--reset-store`: replace a damaged embedded store by what can be read from it.
+    pub reset_store: bool,
 }
 
 /// Build the node config from flags and the optional file.
@@ -186,6 +188,7 @@ pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         log_format,
         redis,
         repair_interval,
+        reset_store: args.reset_store,
     })
 }
 
