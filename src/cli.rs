@@ -260,7 +260,8 @@ pub struct ServeArgs {
     pub repair_interval: Option<String>,
     /// When the embedded store is found empty or damaged (the node refuses to start on it,
     /// exit 65): move its files aside and start with what can still be read from them.
-    /// Remove the flag once the node has started.
+    /// Remove the flag once the node has started. Cluster mode: Redis may lose its data
+    /// (no persistence); environments it lost start again with the next write.
     #[arg(long)]
     pub reset_store: bool,
     /// PEM certificate chain for https/wss.

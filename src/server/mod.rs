@@ -168,6 +168,7 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
         Some(client) => Store::Redis(Arc::new(store::redis::RedisStore::new(
             client.clone(),
             cfg.history,
+            cfg.reset_store,
         ))),
         None => Store::Sqlite(Arc::new(
             store::sqlite::SqliteStore::open_with(&cfg.data, cfg.history, cfg.reset_store)

@@ -190,7 +190,7 @@ impl Store {
     pub async fn damage(&self) -> Option<String> {
         match self {
             Store::Sqlite(s) => s.damage(),
-            Store::Redis(_) => None,
+            Store::Redis(r) => r.damage().await,
         }
     }
 

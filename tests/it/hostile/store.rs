@@ -276,6 +276,66 @@ fn a_damaged_history_gives_agents_a_snapshot_and_readyz_says_why() {
     );
 }
 
+/// One command to Redis (inline protocol); the reply's first line.
+fn redis_cmd(port: u16, cmd: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(format!("{cmd}\r\nQUIT\r\n").as_bytes())?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    Ok(reply.lines().next().unwrap_or_default().to_string())
+}
+
+#[test]
+fn redis_flushed_under_a_running_node_refuses_writes_that_would_wipe_agents() {
+    let w = Work::new();
+    let port = crate::support::free_port();
+    let mut redis = KillOnDrop(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .current_dir(w.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server"),
+    );
+    wait(&mut redis, "redis answering", || {
+        redis_cmd(port, "PING").ok().filter(|r| r == "+PONG")
+    });
+    let url = format!("redis://127.0.0.1:{port}");
+    let (_node, node_port) = node(&w, &["--redis", &url]);
+    let ready = || http("GET", &format!("http://127.0.0.1:{node_port}/readyz"), None);
+    crate::support::wait_for("the node ready", || ready().0 == 200);
+    put(node_port, "A", "1");
+    put(node_port, "B", "2");
+
+    assert_eq!(redis_cmd(port, "FLUSHALL").unwrap(), "+OK");
+    // A write now would start a new history holding only A: agents would drop B.
+    let (status, body) = http(
+        "POST",
+        &format!("http://127.0.0.1:{node_port}/v1/envs/prod/changes"),
+        Some(json!({"changes": [{"name": "A", "value": "3"}]})),
+    );
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no longer holds"), "{body}");
+    assert_eq!(
+        redis_cmd(port, "EXISTS tether:env:{prod}:meta").unwrap(),
+        ":0"
+    );
+    let (status, body) = ready();
+    assert_eq!(
+        (status, &body["status"]),
+        (503, &json!("damaged")),
+        "{body}"
+    );
+    assert!(
+        body["reason"].as_str().unwrap_or_default().contains("prod"),
+        "{body}"
+    );
+}
+
 /// The damaged databases moved aside in `dir`.
 fn aside(dir: &Path) -> Vec<PathBuf> {
     fs::read_dir(dir)
