@@ -270,6 +270,12 @@ pub struct ServeArgs {
     /// token covers.
     #[arg(long, env = "TETHER_METRICS_REQUIRE_TOKEN")]
     pub metrics_require_token: bool,
+    /// When the embedded store is found empty or damaged (the node refuses to start on it,
+    /// exit 65): move its files aside and start with what can still be read from them.
+    /// Remove the flag once the node has started. Cluster mode: Redis may lose its data
+    /// (no persistence); environments it lost start again with the next write.
+    #[arg(long)]
+    pub reset_store: bool,
     /// PEM certificate chain for https/wss.
     #[arg(long, value_name = "PATH", env = "TETHER_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,

@@ -57,6 +57,8 @@ pub struct ServeConfig {
     pub repair_interval: Duration,
     /// The front door: request timeout, unauthenticated connections, `/metrics` token.
     pub limits: super::front::Limits,
+    /// `--reset-store`: replace a damaged embedded store by what can be read from it.
+    pub reset_store: bool,
 }
 
 /// Build the node config from flags and the optional file.
@@ -228,6 +230,7 @@ pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         redis,
         repair_interval,
         limits,
+        reset_store: args.reset_store,
     })
 }
 

@@ -406,15 +406,19 @@ async fn status(
     Ok(Json(body).into_response())
 }
 
+/// 200 when ready; 503 with `"damaged"` (the store needs an operator) or `"degraded"`
+/// (something does not answer), and the reason.
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
-    match node.ready().await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "degraded", "reason": reason})),
-        )
-            .into_response(),
-    }
+    let (status, reason) = match node.ready().await {
+        Ok(()) => return Json(json!({"status": "ready"})).into_response(),
+        Err(super::NotReady::Damaged(r)) => ("damaged", r),
+        Err(super::NotReady::Degraded(r)) => ("degraded", r),
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": status, "reason": reason})),
+    )
+        .into_response()
 }
 
 async fn upgrade(

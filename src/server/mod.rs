@@ -111,16 +111,31 @@ impl Node {
         }
     }
 
-    /// Ready to serve: the store answers (and, in cluster mode, the subscriber is up).
-    pub async fn ready(&self) -> Result<(), String> {
-        self.store.list().await.map_err(|e| e.to_string())?;
+    /// Ready to serve: the store answers and is not known to be damaged (and, in cluster
+    /// mode, the subscriber is up).
+    pub async fn ready(&self) -> Result<(), NotReady> {
+        self.store
+            .list()
+            .await
+            .map_err(|e| NotReady::Degraded(e.to_string()))?;
+        if let Some(damage) = self.store.damage().await {
+            return Err(NotReady::Damaged(damage));
+        }
         match self.bus.get() {
-            Some(bus) if !bus.subscribed.load(std::sync::atomic::Ordering::SeqCst) => {
-                Err("redis subscriber connection is down".into())
-            }
+            Some(bus) if !bus.subscribed.load(std::sync::atomic::Ordering::SeqCst) => Err(
+                NotReady::Degraded("redis subscriber connection is down".into()),
+            ),
             _ => Ok(()),
         }
     }
+}
+
+/// Why a node is not ready (`/readyz`): its store is damaged (an operator must act), or
+/// something it needs does not answer (it may come back by itself).
+#[derive(Debug)]
+pub enum NotReady {
+    Damaged(String),
+    Degraded(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +148,9 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The store was there and is now empty or damaged: the operator chooses what to do.
+    #[error(transparent)]
+    StoreDamaged(#[from] store::files::Damaged),
     #[error("tls: {0}")]
     Tls(String),
     #[error("config: {0}")]
@@ -152,11 +170,15 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
         Some(client) => Store::Redis(Arc::new(store::redis::RedisStore::new(
             client.clone(),
             cfg.history,
+            cfg.reset_store,
         ))),
-        None => Store::Sqlite(Arc::new(store::sqlite::SqliteStore::open(
-            &cfg.data,
-            cfg.history,
-        )?)),
+        None => Store::Sqlite(Arc::new(
+            store::sqlite::SqliteStore::open_with(&cfg.data, cfg.history, cfg.reset_store)
+                .map_err(|e| match e {
+                    store::files::OpenError::Damaged(d) => ServeError::StoreDamaged(d),
+                    store::files::OpenError::Store(e) => ServeError::Store(e),
+                })?,
+        )),
     };
     let listener = TcpListener::bind(cfg.listen)
         .await

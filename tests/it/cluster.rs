@@ -951,7 +951,8 @@ fn killing_a_node_moves_its_agent_to_another_with_nothing_lost() {
 
 #[test]
 fn redis_down_degrades_and_redis_back_empty_resumes_without_going_back() {
-    let mut c = Cluster::start(3, &[]);
+    // Redis without persistence, which the nodes are told may lose its data.
+    let mut c = Cluster::start(3, &["--reset-store"]);
     let a1 = c.agent(&[0]);
     c.agent(&[1]);
     let old = c.write(2, &[("K", "1")]);
@@ -1224,7 +1225,8 @@ fn chaos_run_loses_nothing() {
     ];
     let started = Instant::now();
     // A short history, so agents that were away long enough need a snapshot.
-    let mut c = Cluster::start(3, &["--history", "30"]);
+    // Redis restarts empty: the nodes are told it may lose its data.
+    let mut c = Cluster::start(3, &["--history", "30", "--reset-store"]);
     c.write(0, &[("K", "0"), ("K2", "0")]);
     // Six agents, two per node: half fail over among all three, half know only their node.
     for i in 0..6 {
