@@ -28,7 +28,7 @@ fn token_config(w: &Work) -> String {
     use sha2::{Digest, Sha256};
     let mut toml = String::new();
     for (name, token, role, envs, secrets) in [
-        ("admin", ADMIN, "admin", "", true),
+        ("admin", ADMIN, "admin", r#""*""#, true),
         ("plain", NOSECRETS, "read", r#""prod""#, false),
     ] {
         let hash = hex::encode(Sha256::digest(token.as_bytes()));
