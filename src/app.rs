@@ -8,6 +8,10 @@ use crate::cli::{Cli, Command};
 
 /// Exit code for bad usage or configuration (sysexits EX_USAGE).
 pub const EXIT_USAGE: i32 = 64;
+#[cfg(feature = "node")]
+/// Exit code of a node whose store was there and is now empty or damaged (EX_DATAERR):
+/// restarting will not help; an operator restores a backup or passes `--reset-store`.
+pub const EXIT_STORE_DAMAGED: i32 = 65;
 
 /// Run a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
@@ -90,10 +94,12 @@ fn serve(args: &tether_node::args::ServeArgs) -> i32 {
     };
     crate::logging::init(cfg.log_level.as_deref(), cfg.log_format);
     // Nodes use every core: fan-out to thousands of sockets is parallel work.
-    finish(block_on_multi(async {
-        tether_node::run(cfg, shutdown_signal()).await?;
-        Ok(0)
-    }))
+    let result = block_on_multi(tether_node::run(cfg, shutdown_signal()));
+    if let Ok(Err(e @ tether_node::ServeError::StoreDamaged(_))) = &result {
+        eprintln!("tether: {e}");
+        return EXIT_STORE_DAMAGED;
+    }
+    finish(result.map(|r| r.map(|()| 0).map_err(Into::into)))
 }
 
 /// Resolves on the first TERM or INT.

@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use serde_json::{Value as Json, json};
 
 use crate::support::{
@@ -768,12 +769,12 @@ fn write_counter(
     ports: &[u16],
     range: std::ops::RangeInclusive<u64>,
     pace: std::ops::Range<u64>,
+    mut rng: StdRng,
     progress: &AtomicU64,
     stop: &AtomicBool,
 ) -> (u64, u64) {
     let _stop = StopOnPanic(stop);
     let http = http();
-    let mut rng = rand::thread_rng();
     let (mut attempts, mut ok) = (0, 0);
     for n in range {
         let v = n.to_string();
@@ -952,7 +953,8 @@ fn killing_a_node_moves_its_agent_to_another_with_nothing_lost() {
 
 #[test]
 fn redis_down_degrades_and_redis_back_empty_resumes_without_going_back() {
-    let mut c = Cluster::start(3, &[]);
+    // Redis without persistence, which the nodes are told may lose its data.
+    let mut c = Cluster::start(3, &["--reset-store"]);
     let a1 = c.agent(&[0]);
     c.agent(&[1]);
     let old = c.write(2, &[("K", "1")]);
@@ -1057,7 +1059,16 @@ fn killed_subscriber_connections_are_repaired_from_the_stream() {
             s.spawn(move || watch_output(&out, stop, seen));
         }
         let _stop = StopOnPanic(&stop);
-        let writer = s.spawn(|| write_counter(&ports, 1..=WRITES, 1..6, &progress, &stop));
+        let writer = s.spawn(|| {
+            write_counter(
+                &ports,
+                1..=WRITES,
+                1..6,
+                StdRng::from_entropy(),
+                &progress,
+                &stop,
+            )
+        });
         while !writer.is_finished() {
             kills += 1;
             killed += c.redis.kill_subscribers();
@@ -1108,9 +1119,11 @@ enum Fault {
 
 /// Inject `schedule` spread over the writes: fault `i` once the writer has committed
 /// `(i + 1) * writes / (len + 1)` writes.
+#[allow(clippy::too_many_arguments)]
 fn inject(
     schedule: &[Fault],
     writes: u64,
+    mut rng: StdRng,
     progress: &AtomicU64,
     stop: &AtomicBool,
     nodes: &mut [Node],
@@ -1118,7 +1131,6 @@ fn inject(
     agents: &Mutex<Vec<Agent>>,
 ) -> Faults {
     let _stop = StopOnPanic(stop);
-    let mut rng = rand::thread_rng();
     let mut f = Faults::default();
     for (i, fault) in schedule.iter().enumerate() {
         let at = (i as u64 + 1) * writes / (schedule.len() as u64 + 1);
@@ -1169,6 +1181,20 @@ fn inject(
     f
 }
 
+/// The chaos run's seed: `TETHER_CHAOS_SEED` when set (to replay a run), else a fresh one.
+/// Printed either way (test output is shown when the test fails).
+fn chaos_seed() -> u64 {
+    let seed = match std::env::var("TETHER_CHAOS_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("TETHER_CHAOS_SEED={s:?}: not a number (a u64)")),
+        Err(_) => rand::random(),
+    };
+    eprintln!("chaos: seed {seed} (replay with TETHER_CHAOS_SEED={seed})");
+    seed
+}
+
 /// The chaos run. Redis, three nodes (short history) and six agents (two per node;
 /// three fail over among all nodes, three know only their own). One writer commits
 /// `K=n, K2=n` for n = 1..=WRITES through random nodes, retrying what fails; meanwhile faults
@@ -1179,9 +1205,19 @@ fn inject(
 /// and the store's position; each agent process applied change sets at exactly +1 or moved
 /// forward by a snapshot; a reader per agent never saw a partial output file nor `K` going
 /// down; no agent restarted its child.
+///
+/// Its random choices (the node each write goes to, the writer's pace, which nodes and
+/// agents are killed, how long each stays down) come from one seed: `TETHER_CHAOS_SEED=N`
+/// replays them (the timing of real processes still varies); without it a seed is drawn.
+/// The seed is printed first, so a failing run's output says how to replay it.
 #[test]
 fn chaos_run_loses_nothing() {
     const WRITES: u64 = 800;
+    let mut seeds = StdRng::seed_from_u64(chaos_seed());
+    let (writer_rng, injector_rng) = (
+        StdRng::seed_from_u64(seeds.r#gen()),
+        StdRng::seed_from_u64(seeds.r#gen()),
+    );
     use Fault::*;
     #[rustfmt::skip]
     let schedule = [
@@ -1191,7 +1227,8 @@ fn chaos_run_loses_nothing() {
     ];
     let started = Instant::now();
     // A short history, so agents that were away long enough need a snapshot.
-    let mut c = Cluster::start(3, &["--history", "30"]);
+    // Redis restarts empty: the nodes are told it may lose its data.
+    let mut c = Cluster::start(3, &["--history", "30", "--reset-store"]);
     c.write(0, &[("K", "0"), ("K2", "0")]);
     // Six agents, two per node: half fail over among all three, half know only their node.
     for i in 0..6 {
@@ -1218,9 +1255,20 @@ fn chaos_run_loses_nothing() {
             s.spawn(move || watch_output(out, stop, seen));
         }
         let _stop = StopOnPanic(&stop);
-        let writer = s.spawn(|| write_counter(&ports, 1..=WRITES, 0..8, &progress, &stop));
-        let injector =
-            s.spawn(|| inject(&schedule, WRITES, &progress, &stop, nodes, redis, &agents));
+        let writer =
+            s.spawn(|| write_counter(&ports, 1..=WRITES, 0..8, writer_rng, &progress, &stop));
+        let injector = s.spawn(|| {
+            inject(
+                &schedule,
+                WRITES,
+                injector_rng,
+                &progress,
+                &stop,
+                nodes,
+                redis,
+                &agents,
+            )
+        });
         let faults = injector.join().expect("fault injector");
         let (attempts, ok) = writer.join().expect("writer");
         let writes_done = Instant::now();

@@ -731,8 +731,13 @@ fn write_token_config(w: &Work) -> String {
         ("agents", READER, "read", r#""prod""#, true),
         ("dashboards", NOSECRETS, "read", r#""prod""#, false),
     ] {
+        // No `envs` key: every environment (`envs = []` is refused).
+        let envs = match envs {
+            "" => String::new(),
+            e => format!("envs = [{e}]\n"),
+        };
         toml.push_str(&format!(
-            "[[token]]\nname = \"{name}\"\nhash = \"sha256:{}\"\nrole = \"{role}\"\nenvs = [{envs}]\nsecrets = {secrets}\n\n",
+            "[[token]]\nname = \"{name}\"\nhash = \"sha256:{}\"\nrole = \"{role}\"\n{envs}secrets = {secrets}\n\n",
             sha256_hex(token)
         ));
     }

@@ -162,7 +162,7 @@ fn render_env(cfg: &Config, entries: &Entries) -> EnvVars {
     };
     let (vars, skipped) = spec.render(entries);
     for s in skipped {
-        tracing::error!(key = %s.name, reason = s.reason, "entry not injected into the environment");
+        tracing::error!(key = %tether_core::logname::name(&s.name), reason = s.reason, "entry not injected into the environment");
     }
     vars
 }
@@ -359,7 +359,7 @@ impl Agent {
             return;
         }
         let mut failures: Vec<String> = Vec::new();
-        tracing::info!(keys = ?changed, "configuration changed");
+        tracing::info!(keys = %tether_core::logname::names(&changed), "configuration changed");
         let mut restart = false;
         let mut signals: Vec<Signal> = Vec::new();
         let mut hooks: Vec<Vec<String>> = Vec::new();

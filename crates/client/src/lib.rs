@@ -300,7 +300,7 @@ pub fn status(args: &StatusArgs) -> Result<i32, ClientError> {
     // agents, so every node given is asked and the answers added up.
     for env in envs {
         let path = format!("/v1/envs/{}/status", seg(&env));
-        let mut total = json!({"env": env, "position": Json::Null, "agents": 0, "current": 0, "by_version": {}, "connected": [], "nodes": []});
+        let mut total = json!({"env": env, "position": Json::Null, "agents": 0, "current": 0, "failed": 0, "by_version": {}, "connected": [], "nodes": []});
         let mut best: Option<(String, u64)> = None;
         for base in &client.bases {
             match client.call_one(base, "GET", &path, None) {
@@ -340,7 +340,7 @@ pub fn status(args: &StatusArgs) -> Result<i32, ClientError> {
                         best = Some(pos);
                         total["position"] = r["position"].clone();
                     }
-                    for key in ["agents", "current"] {
+                    for key in ["agents", "current", "failed"] {
                         total[key] =
                             json!(total[key].as_u64().unwrap_or(0) + r[key].as_u64().unwrap_or(0));
                     }
@@ -381,15 +381,26 @@ pub fn status(args: &StatusArgs) -> Result<i32, ClientError> {
             continue;
         }
         println!(
-            "{env}: version {}, {} agent(s) on {answered} node(s), {} current",
+            "{env}: version {}, {} agent(s) on {answered} node(s), {} current, {} failed",
             total.pointer("/position/version").unwrap_or(&Json::Null),
             total["agents"],
             total["current"],
+            total["failed"].as_u64().unwrap_or(0),
         );
         if let Some(map) = total["by_version"].as_object() {
             for (v, n) in map {
                 println!("  version {v}: {n}");
             }
+        }
+        let failed = failures(&total);
+        for line in failed.iter().take(FAILURES_SHOWN) {
+            println!("  {line}");
+        }
+        if failed.len() > FAILURES_SHOWN {
+            println!(
+                "  ... and {} more failed (see --json)",
+                failed.len() - FAILURES_SHOWN
+            );
         }
         if let Some(w) = total["warning"].as_str() {
             println!("  warning: {w}");
@@ -404,6 +415,30 @@ pub fn status(args: &StatusArgs) -> Result<i32, ClientError> {
         }
     }
     Ok(0)
+}
+
+/// Failed agents listed one per line in the text output; the rest are counted.
+const FAILURES_SHOWN: usize = 20;
+
+/// One line per agent whose last ack failed: who, where, at which version, and why. Agent
+/// names and errors come from agents: control characters are shown escaped.
+fn failures(status: &Json) -> Vec<String> {
+    let text = |v: &Json| v.as_str().unwrap_or("").escape_debug().to_string();
+    status["connected"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["ack"]["ok"] == Json::Bool(false))
+        .map(|a| {
+            format!(
+                "failed: {} on node {} at version {}: {}",
+                text(&a["agent"]),
+                text(&a["node"]),
+                a["ack"]["position"]["version"],
+                text(&a["ack"]["error"]),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -452,5 +487,18 @@ mod tests {
             .to_string();
         assert!(e.contains("argument 2 is not NAME=VALUE"), "{e}");
         assert!(!e.contains("s3cr3t"), "{e}");
+    }
+
+    #[test]
+    fn failed_agents_are_listed_with_control_characters_escaped() {
+        let status = serde_json::json!({"connected": [
+            {"agent": "web-1", "node": "n1", "ack": {"position": {"epoch": "0000000000000001", "version": 5}, "ok": false, "error": "disk\nfull\u{1b}[31m"}},
+            {"agent": "web-2", "node": "n1", "ack": {"position": {"epoch": "0000000000000001", "version": 5}, "ok": true}},
+            {"agent": "web-3", "node": "n2", "ack": null},
+        ]});
+        assert_eq!(
+            failures(&status),
+            ["failed: web-1 on node n1 at version 5: disk\\nfull\\u{1b}[31m"]
+        );
     }
 }

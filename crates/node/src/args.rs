@@ -37,6 +37,24 @@ pub struct ServeArgs {
     /// How often a cluster node compares its positions with Redis (default 10s).
     #[arg(long, value_name = "DURATION", env = "TETHER_REPAIR_INTERVAL")]
     pub repair_interval: Option<String>,
+    /// Longest a request (headers and body) may take to arrive before its connection is
+    /// closed (default 30s).
+    #[arg(long, value_name = "DURATION", env = "TETHER_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<String>,
+    /// Most connections at once on which no request has passed the token check yet; past
+    /// it new connections are closed on accept (default 1024).
+    #[arg(long, value_name = "N", env = "TETHER_MAX_UNAUTHENTICATED")]
+    pub max_unauthenticated: Option<usize>,
+    /// Ask for a token (any role) on /metrics, which then shows only the environments the
+    /// token covers.
+    #[arg(long, env = "TETHER_METRICS_REQUIRE_TOKEN")]
+    pub metrics_require_token: bool,
+    /// When the embedded store is found empty or damaged (the node refuses to start on it,
+    /// exit 65): move its files aside and start with what can still be read from them.
+    /// Remove the flag once the node has started. Cluster mode: Redis may lose its data
+    /// (no persistence); environments it lost start again with the next write.
+    #[arg(long)]
+    pub reset_store: bool,
     /// PEM certificate chain for https/wss.
     #[arg(long, value_name = "PATH", env = "TETHER_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,

@@ -23,9 +23,10 @@ pub struct TokenConfig {
     /// `sha256:<64 hex>` as printed by `tether serve hash-token`.
     pub hash: String,
     pub role: Role,
-    /// Environment name patterns (globs); default: all.
+    /// Environment name patterns (globs); left out: all. An empty list is refused, since
+    /// a token that may touch nothing is a mistake, not a policy.
     #[serde(default)]
-    pub envs: Vec<String>,
+    pub envs: Option<Vec<String>>,
     /// Whether secret values are sent to this token (default true).
     #[serde(default = "yes")]
     pub secrets: bool,
@@ -86,10 +87,14 @@ pub enum AuthError {
 }
 
 impl Auth {
-    /// Build the table; returns every problem found, keyed by token position.
+    /// Build the table; returns every problem found, keyed by token position. Refused:
+    /// a bad hash, a bad pattern, `envs = []` (it would grant nothing; the key left out
+    /// grants every environment), and two tokens with the same hash (one secret, two roles).
     pub fn new(tokens: &[TokenConfig]) -> Result<Auth, Vec<(String, String)>> {
         let mut problems = Vec::new();
-        let mut out = Vec::new();
+        let mut out: Vec<Token> = Vec::new();
+        // Which token (position, name) each hash came from, to name both of a duplicate.
+        let mut seen: Vec<([u8; 32], usize, &str)> = Vec::new();
         for (i, t) in tokens.iter().enumerate() {
             let key = format!("token[{i}]");
             let hash = match parse_hash(&t.hash) {
@@ -99,24 +104,46 @@ impl Auth {
                     continue;
                 }
             };
-            let envs = if t.envs.is_empty() {
-                None
-            } else {
-                let mut b = GlobSetBuilder::new();
-                for p in &t.envs {
-                    match Glob::new(p) {
-                        Ok(g) => {
-                            b.add(g);
-                        }
-                        Err(e) => problems
-                            .push((format!("{key}.envs"), format!("bad pattern {p:?}: {e}"))),
-                    }
+            if let Some((_, j, first)) = seen.iter().find(|(h, _, _)| *h == hash) {
+                problems.push((
+                    format!("{key}.hash"),
+                    format!(
+                        "token {:?} has the same hash as token {first:?} (token[{j}]): one secret cannot have two roles; give each token its own secret",
+                        t.name
+                    ),
+                ));
+                continue;
+            }
+            seen.push((hash, i, &t.name));
+            let envs = match &t.envs {
+                None => None,
+                Some(patterns) if patterns.is_empty() => {
+                    problems.push((
+                        format!("{key}.envs"),
+                        format!(
+                            "token {:?} has envs = [], which grants no environment: list patterns, or leave envs out (or use [\"*\"]) for every environment",
+                            t.name
+                        ),
+                    ));
+                    continue;
                 }
-                match b.build() {
-                    Ok(set) => Some(set),
-                    Err(e) => {
-                        problems.push((format!("{key}.envs"), e.to_string()));
-                        continue;
+                Some(patterns) => {
+                    let mut b = GlobSetBuilder::new();
+                    for p in patterns {
+                        match Glob::new(p) {
+                            Ok(g) => {
+                                b.add(g);
+                            }
+                            Err(e) => problems
+                                .push((format!("{key}.envs"), format!("bad pattern {p:?}: {e}"))),
+                        }
+                    }
+                    match b.build() {
+                        Ok(set) => Some(set),
+                        Err(e) => {
+                            problems.push((format!("{key}.envs"), e.to_string()));
+                            continue;
+                        }
                     }
                 }
             };
@@ -194,14 +221,14 @@ mod tests {
                 name: "agents".into(),
                 hash: hash_token("read-token"),
                 role: Role::Read,
-                envs: vec!["prod".into(), "staging-*".into()],
+                envs: Some(vec!["prod".into(), "staging-*".into()]),
                 secrets: true,
             },
             TokenConfig {
                 name: "ci".into(),
                 hash: hash_token("write-token"),
                 role: Role::Write,
-                envs: vec![],
+                envs: None,
                 secrets: false,
             },
         ])
@@ -231,7 +258,7 @@ mod tests {
             name: "x".into(),
             hash: "md5:abc".into(),
             role: Role::Read,
-            envs: vec![],
+            envs: None,
             secrets: true,
         };
         let worse = TokenConfig {
@@ -240,6 +267,47 @@ mod tests {
         };
         let errs = Auth::new(&[bad, worse]).err().unwrap();
         assert_eq!(errs.len(), 2);
+    }
+
+    fn token(name: &str, secret: &str, envs: Option<Vec<&str>>) -> TokenConfig {
+        TokenConfig {
+            name: name.into(),
+            hash: hash_token(secret),
+            role: Role::Read,
+            envs: envs.map(|v| v.into_iter().map(String::from).collect()),
+            secrets: true,
+        }
+    }
+
+    #[test]
+    fn empty_envs_is_refused_and_absent_envs_grants_all() {
+        let errs = Auth::new(&[token("agents", "t1", Some(vec![]))])
+            .err()
+            .expect("envs = [] refused");
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].0, "token[0].envs");
+        assert!(errs[0].1.contains("\"agents\"") && errs[0].1.contains("envs = []"));
+        let all = Auth::new(&[token("agents", "t1", None)]).unwrap();
+        assert!(all.check(Some("Bearer t1")).unwrap().can_read("anything"));
+    }
+
+    #[test]
+    fn duplicate_hashes_are_refused_naming_both_tokens() {
+        let errs = Auth::new(&[
+            token("agents", "s3cret-x", None),
+            token("other", "different", None),
+            token("ci", "s3cret-x", Some(vec!["prod"])),
+        ])
+        .err()
+        .expect("duplicate hash refused");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].0, "token[2].hash");
+        let m = &errs[0].1;
+        assert!(m.contains("\"ci\"") && m.contains("\"agents\"") && m.contains("token[0]"));
+        assert!(
+            !m.contains("s3cret-x"),
+            "the secret is not in the message: {m}"
+        );
     }
 
     #[test]

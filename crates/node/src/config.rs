@@ -30,6 +30,12 @@ pub struct RawServeConfig {
     pub redis: Option<RedisUrl>,
     /// How often a cluster node compares its positions with Redis (default 10s).
     pub repair_interval: Option<String>,
+    /// Longest a request (headers and body) may take to arrive (default 30s).
+    pub request_timeout: Option<String>,
+    /// Most connections at once with no request past the token check (default 1024).
+    pub max_unauthenticated: Option<usize>,
+    /// `/metrics` asks for a token (any role) like the API (default false).
+    pub metrics_require_token: Option<bool>,
     #[serde(default, rename = "token")]
     pub tokens: Vec<TokenConfig>,
 }
@@ -49,6 +55,10 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     pub redis: Option<RedisUrl>,
     pub repair_interval: Duration,
+    /// The front door: request timeout, unauthenticated connections, `/metrics` token.
+    pub limits: super::front::Limits,
+    /// `--reset-store`: replace a damaged embedded store by what can be read from it.
+    pub reset_store: bool,
 }
 
 /// Build the node config from flags and the optional file.
@@ -165,6 +175,39 @@ pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     if repair_interval < Duration::from_millis(10) {
         push("repair_interval", "must be at least 10ms".into());
     }
+    let defaults = super::front::Limits::default();
+    let request_timeout = match args
+        .request_timeout
+        .as_ref()
+        .or(raw.request_timeout.as_ref())
+    {
+        Some(s) => parse_duration(s)
+            .map_err(|m| push("request_timeout", m))
+            .ok()
+            .unwrap_or(defaults.request_timeout),
+        None => defaults.request_timeout,
+    };
+    if request_timeout < Duration::from_millis(100) {
+        push("request_timeout", "must be at least 100ms".into());
+    }
+    let max_unauthenticated = args
+        .max_unauthenticated
+        .or(raw.max_unauthenticated)
+        .unwrap_or(defaults.max_unauthenticated);
+    if max_unauthenticated == 0 {
+        push(
+            "max_unauthenticated",
+            "must be at least 1 (no client could connect)".into(),
+        );
+    } else if max_unauthenticated > 1_000_000 {
+        push("max_unauthenticated", "must be at most 1000000".into());
+    }
+    let limits = super::front::Limits {
+        request_timeout,
+        max_unauthenticated,
+        metrics_require_token: args.metrics_require_token
+            || raw.metrics_require_token.unwrap_or(false),
+    };
     if !problems.is_empty() {
         return Err(ConfigError(problems));
     }
@@ -186,6 +229,8 @@ pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         log_format,
         redis,
         repair_interval,
+        limits,
+        reset_store: args.reset_store,
     })
 }
 

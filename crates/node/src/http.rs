@@ -1,14 +1,13 @@
 //! The HTTP API (JSON; `docs/api.md`): writes and reads of environments, rollout status,
 //! health, readiness, metrics, and the WebSocket upgrade for agents. Every error is JSON.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -17,15 +16,24 @@ use serde_json::json;
 
 use super::Node;
 use super::auth::{AuthError, Grant, Role};
+use super::front::{Conn, Door, Limits};
 use super::store::{StoreError, validate_name};
 use tether_core::protocol::{Position, WireChange, WireEntry};
 use tether_core::secret::Value;
 
-pub fn router(node: Arc<Node>) -> Router {
+/// The API; `limits` says whether `/metrics` asks for a token, `door` has the counts of
+/// the front door that `/metrics` shows.
+pub fn router(node: Arc<Node>, limits: Limits, door: Arc<Door>) -> Router {
+    let require_token = limits.metrics_require_token;
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route(
+            "/metrics",
+            get(move |node, headers, extensions| {
+                super::metrics::metrics(node, headers, extensions, door.clone(), require_token)
+            }),
+        )
         .route("/v1/envs", get(list_envs))
         .route("/v1/envs/{env}", get(read_env))
         .route("/v1/envs/{env}/changes", post(commit))
@@ -38,6 +46,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/ws", get(upgrade))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed here (the Allow header lists what is)"),
+            )
         })
         .layer(DefaultBodyLimit::max(4 * 1024 * 1024))
         .with_state(node)
@@ -114,14 +129,76 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-fn grant(node: &Node, headers: &HeaderMap) -> Result<Grant, ApiError> {
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError::new(e.status(), "bad_request", e.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::new(e.status(), "bad_request", e.body_text())
+    }
+}
+
+/// Check the request's token. On success its connection no longer counts as
+/// unauthenticated (`front`); on failure the refusal is counted.
+pub(super) fn grant(
+    node: &Node,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+) -> Result<Grant, ApiError> {
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    node.auth.check(header).map_err(|e| {
-        super::hub::Counters::inc(&node.hub.counters.rejected);
-        e.into()
-    })
+    match node.auth.check(header) {
+        Ok(g) => {
+            if let Some(conn) = extensions.get::<Arc<Conn>>() {
+                conn.authenticated();
+            }
+            Ok(g)
+        }
+        Err(e) => {
+            super::hub::Counters::inc(&node.hub.counters.rejected);
+            Err(e.into())
+        }
+    }
+}
+
+/// The caller's grant. First among a handler's arguments, so the token is checked before
+/// anything else of the request is looked at, and a body is never read without one.
+struct Authed(Grant);
+
+impl FromRequestParts<Arc<Node>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        grant(node, &parts.headers, &parts.extensions).map(Authed)
+    }
+}
+
+/// A path's parameters, refused with the JSON error when they do not parse.
+struct ApiPath<T>(T);
+
+impl<T> FromRequestParts<Arc<Node>> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let Path(t) = Path::<T>::from_request_parts(parts, node).await?;
+        Ok(ApiPath(t))
+    }
+}
+
+/// Read a JSON body, once the token and its scope have been checked.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    node: &Arc<Node>,
+    request: Request,
+) -> Result<T, ApiError> {
+    let Json(t) = Json::<T>::from_request(request, node).await?;
+    Ok(t)
 }
 
 fn check_env(env: &str) -> Result<(), ApiError> {
@@ -193,26 +270,24 @@ async fn do_commit(
 }
 
 async fn commit(
+    Authed(g): Authed,
     State(node): State<Arc<Node>>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
-    body: Result<Json<ChangeRequest>, JsonRejection>,
+    ApiPath(env): ApiPath<String>,
+    request: Request,
 ) -> Result<Json<Committed>, ApiError> {
-    let g = grant(&node, &headers)?;
     need_write(&g, &env)?;
-    let Json(req) = body?;
+    let req: ChangeRequest = json_body(&node, request).await?;
     do_commit(&node, &env, req.changes, req.expect_version).await
 }
 
 async fn put_entry(
+    Authed(g): Authed,
     State(node): State<Arc<Node>>,
-    Path((env, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Result<Json<PutRequest>, JsonRejection>,
+    ApiPath((env, name)): ApiPath<(String, String)>,
+    request: Request,
 ) -> Result<Json<Committed>, ApiError> {
-    let g = grant(&node, &headers)?;
     need_write(&g, &env)?;
-    let Json(req) = body?;
+    let req: PutRequest = json_body(&node, request).await?;
     let change = WireChange {
         name,
         value: Some(Value::from(req.value)),
@@ -223,11 +298,10 @@ async fn put_entry(
 }
 
 async fn delete_entry(
+    Authed(g): Authed,
     State(node): State<Arc<Node>>,
-    Path((env, name)): Path<(String, String)>,
-    headers: HeaderMap,
+    ApiPath((env, name)): ApiPath<(String, String)>,
 ) -> Result<Json<Committed>, ApiError> {
-    let g = grant(&node, &headers)?;
     need_write(&g, &env)?;
     // The store refuses to delete what is not there (404), atomically with the commit.
     let change = WireChange {
@@ -248,11 +322,10 @@ struct EnvView {
 
 /// Start a new history (after restoring a backup of the store): admin only.
 async fn reset(
+    Authed(g): Authed,
     State(node): State<Arc<Node>>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
+    ApiPath(env): ApiPath<String>,
 ) -> Result<Json<Committed>, ApiError> {
-    let g = grant(&node, &headers)?;
     check_env(&env)?;
     if g.role < Role::Admin || !g.covers(&env) {
         return Err(ApiError::forbidden(format!(
@@ -267,11 +340,10 @@ async fn reset(
 }
 
 async fn read_env(
+    Authed(g): Authed,
     State(node): State<Arc<Node>>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
+    ApiPath(env): ApiPath<String>,
 ) -> Result<Json<EnvView>, ApiError> {
-    let g = grant(&node, &headers)?;
     need_read(&g, &env)?;
     let snap = node.store.snapshot(&env).await?;
     let entries = snap
@@ -293,11 +365,7 @@ async fn read_env(
     }))
 }
 
-async fn list_envs(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let g = grant(&node, &headers)?;
+async fn list_envs(Authed(g): Authed, State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     let envs: Vec<_> = node
         .store
         .list()
@@ -315,13 +383,13 @@ struct StatusQuery {
 }
 
 async fn status(
+    Authed(g): Authed,
     State(node): State<Arc<Node>>,
-    Path(env): Path<String>,
-    Query(q): Query<StatusQuery>,
-    headers: HeaderMap,
+    ApiPath(env): ApiPath<String>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let g = grant(&node, &headers)?;
     need_read(&g, &env)?;
+    let Query(q) = query?;
     let current = node.store.position(&env).await?;
     let registry = match q.scope.as_deref() {
         None | Some("cluster") => super::rollout::registry(&node).await,
@@ -334,137 +402,31 @@ async fn status(
             ));
         }
     };
-    let mut by_version = std::collections::BTreeMap::<String, usize>::new();
-    let mut agents = Vec::new();
-    let mut current_count = 0;
-    for (on, a) in registry
-        .agents
-        .into_iter()
-        .filter(|(_, a)| a.envs.contains_key(&env))
-    {
-        let ack = a.envs.get(&env).cloned().flatten();
-        let key = match &ack {
-            Some(s) if s.position == current => {
-                current_count += 1;
-                s.position.version.to_string()
-            }
-            Some(s) if !s.ok => format!("{} (failed)", s.position.version),
-            Some(s) => s.position.version.to_string(),
-            None => "none".into(),
-        };
-        *by_version.entry(key).or_default() += 1;
-        agents.push(json!({"agent": a.agent, "token": a.token, "node": on, "ack": ack}));
-    }
-    let nodes: Vec<serde_json::Value> = registry
-        .nodes
-        .iter()
-        .map(|(id, n)| json!({"node": id, "agents": n}))
-        .collect();
-    let mut body = json!({
-        "env": env,
-        "position": current,
-        "scope": registry.scope,
-        "agents": agents.len(),
-        "current": current_count,
-        "by_version": by_version,
-        "connected": agents,
-        "node_registries": nodes,
-    });
-    if let Some(w) = registry.warning {
-        body["warning"] = json!(w);
-    }
+    let body = super::rollout::summary(&env, current, registry);
     Ok(Json(body).into_response())
 }
 
+/// 200 when ready; 503 with `"damaged"` (the store needs an operator) or `"degraded"`
+/// (something does not answer), and the reason.
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
-    match node.ready().await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "degraded", "reason": reason})),
-        )
-            .into_response(),
-    }
-}
-
-async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    let c = &node.hub.counters;
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
+    let (status, reason) = match node.ready().await {
+        Ok(()) => return Json(json!({"status": "ready"})).into_response(),
+        Err(super::NotReady::Damaged(r)) => ("damaged", r),
+        Err(super::NotReady::Degraded(r)) => ("degraded", r),
     };
-    metric(
-        "tether_agents_connected",
-        "gauge",
-        "Agent connections on this node.",
-        node.hub.agent_count() as u64,
-    );
-    metric(
-        "tether_connections_total",
-        "counter",
-        "Agent connections accepted.",
-        c.connections.load(Ordering::Relaxed),
-    );
-    metric(
-        "tether_commits_total",
-        "counter",
-        "Change sets committed through this node.",
-        c.commits.load(Ordering::Relaxed),
-    );
-    metric(
-        "tether_frames_sent_total",
-        "counter",
-        "Frames sent to agents: written to their connections, or queued behind what a connection has not taken yet.",
-        c.frames_sent.load(Ordering::Relaxed),
-    );
-    metric(
-        "tether_resyncs_total",
-        "counter",
-        "Resyncs requested by agents.",
-        c.resyncs.load(Ordering::Relaxed),
-    );
-    metric(
-        "tether_snapshots_total",
-        "counter",
-        "Snapshots sent to agents.",
-        c.snapshots.load(Ordering::Relaxed),
-    );
-    metric(
-        "tether_auth_rejected_total",
-        "counter",
-        "Requests refused for auth.",
-        c.rejected.load(Ordering::Relaxed),
-    );
-    if let Ok(envs) = node.store.list().await {
-        let _ = writeln!(
-            out,
-            "# HELP tether_env_version Current version of each environment.\n# TYPE tether_env_version gauge"
-        );
-        for e in envs {
-            let _ = writeln!(
-                out,
-                "tether_env_version{{env=\"{}\"}} {}",
-                e.env.replace(['"', '\\', '\n'], "_"),
-                e.position.version
-            );
-        }
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": status, "reason": reason})),
+    )
+        .into_response()
 }
 
 async fn upgrade(
+    Authed(g): Authed,
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    extensions: axum::http::Extensions,
+    extensions: Extensions,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let g = match grant(&node, &headers) {
-        Ok(g) => g,
-        Err(e) => return e.into_response(),
-    };
     let ws = match ws {
         Ok(ws) => ws,
         Err(e) => return ApiError::new(e.status(), "bad_request", e.body_text()).into_response(),

@@ -78,25 +78,31 @@ pub fn ws_text_frame(payload: &[u8]) -> Bytes {
     Bytes::from(f)
 }
 
-/// Serialize a change frame, leaving out secret values unless `secrets`.
+/// Serialize a change frame, leaving out secret values unless `secrets`. For a reader
+/// without secret rights a secret's change is a deletion: the entry may have been public
+/// until this change, and a snapshot at this position would not hold it. So live fan-out,
+/// catch-up from history and a fresh snapshot give every such reader the same content.
 pub fn change_frame(set: &ChangeSet, secrets: bool) -> Utf8Bytes {
-    let changes: Vec<WireChange> = set
-        .changes
-        .iter()
-        .map(|c| WireChange {
-            value: if c.secret && !secrets {
-                None
-            } else {
-                c.value.clone()
-            },
-            ..c.clone()
-        })
-        .collect();
+    let changes: Vec<WireChange> = set.changes.iter().map(|c| visible(c, secrets)).collect();
     encode(&ServerMsg::Change {
         env: set.env.clone(),
         position: set.position,
         changes,
     })
+}
+
+/// A change as a reader with or without secret rights gets it.
+fn visible(c: &WireChange, secrets: bool) -> WireChange {
+    if c.secret && !secrets {
+        WireChange {
+            name: c.name.clone(),
+            value: None,
+            secret: true,
+            delete: true,
+        }
+    } else {
+        c.clone()
+    }
 }
 
 pub fn snapshot_frame(snap: &Snapshot, secrets: bool) -> Utf8Bytes {
@@ -410,4 +416,60 @@ fn offer_all(outlets: &Outlets, p: &Arc<Published>, batch: &mut Vec<(Arc<Outlet>
     }
     batch.clear();
     sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_core::protocol::Epoch;
+    use tether_core::secret::Value;
+
+    fn set(version: u64, name: &str, value: &str, secret: bool) -> ChangeSet {
+        ChangeSet {
+            env: "prod".into(),
+            position: Position {
+                epoch: Epoch(1),
+                version,
+            },
+            changes: vec![WireChange {
+                name: name.into(),
+                value: Some(Value::from(value)),
+                secret,
+                delete: false,
+            }],
+        }
+    }
+
+    fn changes(frame: &Utf8Bytes) -> Vec<WireChange> {
+        match serde_json::from_str(frame.as_str()).unwrap() {
+            ServerMsg::Change { changes, .. } => changes,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A value made secret is deleted for readers without secret rights (they would
+    /// otherwise keep its old public value); readers with the right get the value, and a
+    /// value made public again reaches everyone.
+    #[test]
+    fn a_value_made_secret_is_a_deletion_for_readers_without_secret_rights() {
+        let secret = set(2, "X", "s3cr3t", true);
+        let redacted = change_frame(&secret, false);
+        assert!(!redacted.as_str().contains("s3cr3t"));
+        let c = &changes(&redacted)[0];
+        assert_eq!(
+            (c.name.as_str(), c.delete, c.value.is_none()),
+            ("X", true, true)
+        );
+        let c = &changes(&change_frame(&secret, true))[0];
+        assert_eq!(
+            (c.delete, c.value.clone()),
+            (false, Some(Value::from("s3cr3t")))
+        );
+        let public = set(3, "X", "open", false);
+        let c = &changes(&change_frame(&public, false))[0];
+        assert_eq!(
+            (c.delete, c.value.clone()),
+            (false, Some(Value::from("open")))
+        );
+    }
 }

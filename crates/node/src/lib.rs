@@ -16,8 +16,10 @@ pub mod args;
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod front;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod outlet;
 pub mod plain;
 pub mod rollout;
@@ -120,16 +122,31 @@ impl Node {
         }
     }
 
-    /// Ready to serve: the store answers (and, in cluster mode, the subscriber is up).
-    pub async fn ready(&self) -> Result<(), String> {
-        self.store.list().await.map_err(|e| e.to_string())?;
+    /// Ready to serve: the store answers and is not known to be damaged (and, in cluster
+    /// mode, the subscriber is up).
+    pub async fn ready(&self) -> Result<(), NotReady> {
+        self.store
+            .list()
+            .await
+            .map_err(|e| NotReady::Degraded(e.to_string()))?;
+        if let Some(damage) = self.store.damage().await {
+            return Err(NotReady::Damaged(damage));
+        }
         match self.bus.get() {
-            Some(bus) if !bus.subscribed.load(std::sync::atomic::Ordering::SeqCst) => {
-                Err("redis subscriber connection is down".into())
-            }
+            Some(bus) if !bus.subscribed.load(std::sync::atomic::Ordering::SeqCst) => Err(
+                NotReady::Degraded("redis subscriber connection is down".into()),
+            ),
             _ => Ok(()),
         }
     }
+}
+
+/// Why a node is not ready (`/readyz`): its store is damaged (an operator must act), or
+/// something it needs does not answer (it may come back by itself).
+#[derive(Debug)]
+pub enum NotReady {
+    Damaged(String),
+    Degraded(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +159,9 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The store was there and is now empty or damaged: the operator chooses what to do.
+    #[error(transparent)]
+    StoreDamaged(#[from] store::files::Damaged),
     #[error("tls: {0}")]
     Tls(String),
     #[error("config: {0}")]
@@ -161,11 +181,15 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
         Some(client) => Store::Redis(Arc::new(store::redis::RedisStore::new(
             client.clone(),
             cfg.history,
+            cfg.reset_store,
         ))),
-        None => Store::Sqlite(Arc::new(store::sqlite::SqliteStore::open(
-            &cfg.data,
-            cfg.history,
-        )?)),
+        None => Store::Sqlite(Arc::new(
+            store::sqlite::SqliteStore::open_with(&cfg.data, cfg.history, cfg.reset_store)
+                .map_err(|e| match e {
+                    store::files::OpenError::Damaged(d) => ServeError::StoreDamaged(d),
+                    store::files::OpenError::Store(e) => ServeError::Store(e),
+                })?,
+        )),
     };
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -206,18 +230,21 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
         None => format!("sqlite {}", cfg.data.display()),
     };
     tracing::info!(%addr, node = %node.id, tls = tls.is_some(), store = %store_desc, "node listening");
-    serve(listener, node, tls, shutdown).await;
+    serve(listener, node, tls, cfg.limits, shutdown).await;
     Ok(())
 }
 
 /// Accept connections until `shutdown`, then close agent sockets and drain for up to 5s.
+/// Past `limits.max_unauthenticated` unauthenticated connections, new ones are closed at once.
 pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: front::Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let app = http::router(node.clone());
+    let door = Arc::new(front::Door::new(limits));
+    let app = http::router(node.clone(), limits, door.clone());
     let tracker = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
@@ -225,11 +252,18 @@ pub async fn serve(
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(conn) = door.admit() else {
+                        tracing::debug!(%peer, "connection refused: too many unauthenticated");
+                        drop(stream);
+                        continue;
+                    };
                     let app = app.clone();
                     let tls = tls.clone();
                     let cancel = node.shutdown.clone();
+                    let header_timeout = door.header_timeout();
                     tracker.spawn(async move {
-                        if let Err(e) = connection(stream, app, tls, BACKLOG_LIMIT, cancel).await {
+                        let front = Front { conn, header_timeout, cancel };
+                        if let Err(e) = connection(stream, app, tls, BACKLOG_LIMIT, front).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
                     });
@@ -257,39 +291,81 @@ pub async fn serve(
 #[derive(Clone)]
 pub struct PlainConn(pub Arc<plain::PlainSocket>);
 
+/// What one connection's task keeps of the front door.
+struct Front {
+    conn: Arc<front::Conn>,
+    header_timeout: Duration,
+    cancel: CancellationToken,
+}
+
+/// Most bytes hyper buffers of a request head it has not parsed yet (it may overshoot by
+/// one read): bounds request headers (a larger head gets 431) and so what an
+/// unauthenticated connection can pin.
+const MAX_READ_BUFFER: usize = 64 * 1024;
+
 /// Serve one accepted connection; `limit` bounds what a plain socket queues for a slow agent.
 async fn connection(
     stream: TcpStream,
     app: axum::Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
     limit: usize,
-    cancel: CancellationToken,
+    front: Front,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    use tower::ServiceExt;
     let _ = stream.set_nodelay(true);
     match tls {
         None => {
             let (io, socket) = plain::PlainSocket::new(stream, limit);
-            let app = app.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(PlainConn(socket.clone()));
-                req
-            });
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            serve_http(TokioIo::new(io), svc, cancel).await
+            let svc = tracked(app, front.conn.clone(), Some(PlainConn(socket)));
+            serve_http(TokioIo::new(io), svc, front).await
         }
         Some(acceptor) => {
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            let s =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await??;
-            serve_http(TokioIo::new(s), svc, cancel).await
+            let svc = tracked(app, front.conn.clone(), None);
+            let s = tokio::time::timeout(front.header_timeout, acceptor.accept(stream)).await??;
+            serve_http(TokioIo::new(s), svc, front).await
         }
     }
 }
 
+/// `app` for one connection: each request carries the connection (and its plain socket)
+/// as extensions, and its body and response move the connection's request deadline.
+fn tracked(
+    app: axum::Router,
+    conn: Arc<front::Conn>,
+    plain: Option<PlainConn>,
+) -> hyper_util::service::TowerToHyperService<
+    impl tower::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static,
+> {
+    use tower::ServiceExt;
+    let answered = conn.clone();
+    let app = app
+        .map_request(move |req: hyper::Request<hyper::body::Incoming>| {
+            let (mut parts, body) = req.into_parts();
+            if let Some(p) = &plain {
+                parts.extensions.insert(p.clone());
+            }
+            parts.extensions.insert(conn.clone());
+            hyper::Request::from_parts(parts, conn.body(body))
+        })
+        .map_response(move |resp: axum::response::Response| {
+            answered.answered();
+            resp
+        });
+    hyper_util::service::TowerToHyperService::new(app)
+}
+
+/// Serve HTTP on `io` until the client goes, the shutdown, or a request that does not
+/// arrive whole within the request timeout (the connection is then closed).
 async fn serve_http<I, S>(
     io: I,
     svc: S,
-    cancel: CancellationToken,
+    front: Front,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -301,13 +377,18 @@ where
 {
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(front.header_timeout)
+        .max_buf_size(MAX_READ_BUFFER)
         .serve_connection(io, svc)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => r.map_err(Into::into),
-        _ = cancel.cancelled() => {
+        _ = front.conn.expired() => {
+            tracing::debug!("request not received whole within the request timeout: connection closed");
+            Ok(())
+        }
+        _ = front.cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
             Ok(())

@@ -20,6 +20,7 @@ use super::auth::Grant;
 use super::hub::{self, AckState, AgentInfo, Counters};
 use super::outlet::Outlet;
 use super::plain::PlainSocket;
+use super::rollout::{self, AckVerdict};
 use super::store::{CatchUp, StoreError};
 use tether_core::protocol::{ClientMsg, EnvPosition, Position, ServerMsg, Subscription};
 
@@ -359,6 +360,36 @@ where
                 ok,
                 error,
             } => {
+                let outlet = self.outlet()?;
+                if !outlet.follows(&env) {
+                    return self
+                        .send_msg(&ServerMsg::Error {
+                            code: "not_subscribed".into(),
+                            message: format!(
+                                "ack of {env:?}, which this connection does not follow"
+                            ),
+                        })
+                        .await;
+                }
+                let latest = self.node.hub.position(&env);
+                match rollout::judge_ack(outlet.sent(&env), latest, position) {
+                    AckVerdict::Record => {}
+                    AckVerdict::Stale => {
+                        tracing::debug!(agent = self.id, env = %env, %position, "ack of an older history ignored");
+                        return Ok(());
+                    }
+                    AckVerdict::Unknown => {
+                        tracing::warn!(agent = self.id, env = %env, %position, "ack of a position this node never sent; refused");
+                        return self
+                            .send_msg(&ServerMsg::Error {
+                                code: "unknown_position".into(),
+                                message: format!(
+                                    "ack of {env:?} at {position}, a position this node never sent"
+                                ),
+                            })
+                            .await;
+                    }
+                }
                 if !ok {
                     tracing::warn!(env = %env, %position, error = error.as_deref().unwrap_or(""), "agent failed to apply");
                 }

@@ -1,1 +1,373 @@
-//! Hostile input: the store — permissions, empty or damaged database files.
+//! Hostile input: the store — permissions, empty or damaged database files. A node is
+//! started on a data directory, written to, stopped, its files damaged on disk, and
+//! started again (issue 11, items 4 and 11).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use nix::sys::signal::Signal;
+use serde_json::{Value as Json, json};
+use tether_core::protocol::{ClientMsg, Position, ServerMsg, Subscription};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{BIN, DEADLINE, Tether, Work, listening_port, run_to_end, start_node};
+
+/// One HTTP call; any status is returned.
+fn http(method: &str, url: &str, body: Option<Json>) -> (u16, Json) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let req = ureq::http::Request::builder().method(method).uri(url);
+    let result = match body {
+        Some(b) => agent.run(
+            req.header("content-type", "application/json")
+                .body(b.to_string())
+                .unwrap(),
+        ),
+        None => agent.run(req.body(()).unwrap()),
+    };
+    let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (
+        resp.status().as_u16(),
+        serde_json::from_str(&text).unwrap_or(Json::Null),
+    )
+}
+
+fn put(port: u16, name: &str, value: &str) -> Position {
+    let (status, body) = http(
+        "POST",
+        &format!("http://127.0.0.1:{port}/v1/envs/prod/changes"),
+        Some(json!({"changes": [{"name": name, "value": value, "secret": true}]})),
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_value(body["position"].clone()).expect("a position")
+}
+
+fn env(port: u16) -> (u16, Json) {
+    http(
+        "GET",
+        &format!("http://127.0.0.1:{port}/v1/envs/prod"),
+        None,
+    )
+}
+
+fn data(w: &Work) -> String {
+    w.path("data").display().to_string()
+}
+
+fn node(w: &Work, extra: &[&str]) -> (Tether, u16) {
+    let data = data(w);
+    let mut args = vec!["--data", data.as_str()];
+    args.extend_from_slice(extra);
+    start_node(w.dir.path(), &args)
+}
+
+/// A node written to (`n` change sets), then stopped; returns its last position.
+fn written(w: &Work, n: usize) -> Position {
+    let (mut t, port) = node(w, &[]);
+    let mut last = None;
+    for i in 0..n {
+        last = Some(put(port, "A", &format!("v{i}")));
+    }
+    put(port, "B", "kept");
+    t.signal(Signal::SIGTERM);
+    t.wait();
+    let mut last = last.expect("at least one");
+    last.version += 1;
+    last
+}
+
+/// Start a node on a store it must refuse: exit 65, and the error says why and what to do.
+fn refused(w: &Work) -> String {
+    let (code, _, err) = run_to_end(
+        w.dir.path(),
+        &["serve", "--listen", "127.0.0.1:0", "--data", &data(w)],
+    );
+    assert_eq!(code, 65, "{err}");
+    assert!(
+        err.contains("tether.db") && err.contains("is damaged") && err.contains("--reset-store"),
+        "{err}"
+    );
+    err
+}
+
+/// Fold what is in the log into the database (so damage to the file is damage to the data).
+fn checkpoint(db: &Path) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+        .unwrap();
+}
+
+#[test]
+fn store_files_are_private_in_an_existing_0755_data_dir_under_umask_022() {
+    let w = Work::new();
+    let dir = w.path("data");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let err = w.path("node.err");
+    // The node under umask 022, whatever the test runner's.
+    let mut child = KillOnDrop(
+        Command::new("sh")
+            .args(["-c", "umask 022 && exec \"$0\" \"$@\"", BIN, "serve"])
+            .args(["--listen", "127.0.0.1:0", "--data", &data(&w)])
+            .current_dir(w.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || fs::read_to_string(&err).unwrap_or_default();
+    let port = wait(&mut child, "the node listening", || listening_port(&log()));
+    put(port, "A", "s3cret");
+    for name in ["tether.db", "tether.db-wal", "tether.db-shm"] {
+        let path = dir.join(name);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name} is {mode:o}\n{}", log());
+    }
+    let log = crate::support::strip_ansi(&log());
+    let warning = log
+        .lines()
+        .find(|l| l.contains("data directory is open to other users"))
+        .unwrap_or_else(|| panic!("no warning about the directory:\n{log}"));
+    assert!(
+        warning.contains(&data(&w)) && warning.contains("0755"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn an_emptied_store_is_refused_until_reset_store() {
+    let w = Work::new();
+    written(&w, 2);
+    let db = w.path("data").join("tether.db");
+    fs::write(&db, b"").unwrap();
+    for f in ["tether.db-wal", "tether.db-shm"] {
+        let _ = fs::remove_file(w.path("data").join(f));
+    }
+    let err = refused(&w);
+    assert!(err.contains("empty (0 bytes)"), "{err}");
+    assert_eq!(fs::metadata(&db).unwrap().len(), 0, "left as found");
+
+    let (t, port) = node(&w, &["--reset-store"]);
+    assert!(t.stderr().contains("--reset-store"), "says what it did");
+    let (status, body) = http("GET", &format!("http://127.0.0.1:{port}/readyz"), None);
+    assert_eq!((status, &body["status"]), (200, &json!("ready")), "{body}");
+    assert!(
+        aside(&w.path("data")).len() == 1,
+        "the damaged file is kept aside"
+    );
+}
+
+#[test]
+fn damaged_pages_are_refused_and_reset_store_keeps_what_can_be_read() {
+    let w = Work::new();
+    let before = written(&w, 30);
+    let db = w.path("data").join("tether.db");
+    checkpoint(&db);
+    // Overwrite the history table's root page.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let root: i64 = conn
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'history'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    drop(conn);
+    let mut bytes = fs::read(&db).unwrap();
+    let at = ((root - 1) * size) as usize;
+    bytes[at..at + size as usize].fill(0xA5);
+    fs::write(&db, &bytes).unwrap();
+
+    refused(&w);
+    assert_eq!(fs::read(&db).unwrap(), bytes, "left as found");
+
+    let (_t, port) = node(&w, &["--reset-store"]);
+    let (status, body) = env(port);
+    assert_eq!(status, 200, "{body}");
+    let after: Position = serde_json::from_value(body["position"].clone()).unwrap();
+    assert!(
+        after.epoch > before.epoch,
+        "a new epoch: {after} after {before}"
+    );
+    assert_eq!(after.version, before.version);
+    let text = body.to_string();
+    assert!(text.contains("\"A\"") && text.contains("\"B\""), "{text}");
+    assert_eq!(aside(&w.path("data")).len(), 1);
+}
+
+#[test]
+fn a_damaged_history_gives_agents_a_snapshot_and_readyz_says_why() {
+    let w = Work::new();
+    let (mut t, port) = node(&w, &[]);
+    let first = put(port, "A", "1");
+    put(port, "A", "2");
+    let last = put(port, "A", "3");
+    t.signal(Signal::SIGTERM);
+    t.wait();
+    // A history row whose content no longer parses; the file's structure is intact.
+    let db = w.path("data").join("tether.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE history SET changes = '[{\"name\": garbage' WHERE version = 2",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+
+    let (_t, port) = node(&w, &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let got = rt.block_on(async {
+        let url = format!("ws://127.0.0.1:{port}/v1/ws");
+        let (mut ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let hello = ClientMsg::Hello {
+            agent: "it".into(),
+            subscribe: vec![Subscription {
+                env: "prod".into(),
+                position: Some(first),
+            }],
+        };
+        ws.send(Message::text(serde_json::to_string(&hello).unwrap()))
+            .await
+            .unwrap();
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, ws.next())
+                .await
+                .expect("a frame in time");
+            let Some(Ok(Message::Text(t))) = frame else {
+                continue;
+            };
+            let m: ServerMsg = serde_json::from_str(t.as_str()).unwrap();
+            if matches!(m, ServerMsg::Snapshot { .. } | ServerMsg::Error { .. }) {
+                break m;
+            }
+        }
+    });
+    match got {
+        ServerMsg::Snapshot { position, .. } => assert_eq!(position, last),
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+    let (status, body) = http("GET", &format!("http://127.0.0.1:{port}/readyz"), None);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "damaged", "{body}");
+    let reason = body["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("history") && reason.contains("prod"),
+        "{body}"
+    );
+}
+
+/// One command to Redis (inline protocol); the reply's first line.
+fn redis_cmd(port: u16, cmd: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(format!("{cmd}\r\nQUIT\r\n").as_bytes())?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    Ok(reply.lines().next().unwrap_or_default().to_string())
+}
+
+#[test]
+fn redis_flushed_under_a_running_node_refuses_writes_that_would_wipe_agents() {
+    let w = Work::new();
+    let port = crate::support::free_port();
+    let mut redis = KillOnDrop(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .current_dir(w.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server"),
+    );
+    wait(&mut redis, "redis answering", || {
+        redis_cmd(port, "PING").ok().filter(|r| r == "+PONG")
+    });
+    let url = format!("redis://127.0.0.1:{port}");
+    let (_node, node_port) = node(&w, &["--redis", &url]);
+    let ready = || http("GET", &format!("http://127.0.0.1:{node_port}/readyz"), None);
+    crate::support::wait_for("the node ready", || ready().0 == 200);
+    put(node_port, "A", "1");
+    put(node_port, "B", "2");
+
+    assert_eq!(redis_cmd(port, "FLUSHALL").unwrap(), "+OK");
+    // A write now would start a new history holding only A: agents would drop B.
+    let (status, body) = http(
+        "POST",
+        &format!("http://127.0.0.1:{node_port}/v1/envs/prod/changes"),
+        Some(json!({"changes": [{"name": "A", "value": "3"}]})),
+    );
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no longer holds"), "{body}");
+    assert_eq!(
+        redis_cmd(port, "EXISTS tether:env:{prod}:meta").unwrap(),
+        ":0"
+    );
+    let (status, body) = ready();
+    assert_eq!(
+        (status, &body["status"]),
+        (503, &json!("damaged")),
+        "{body}"
+    );
+    assert!(
+        body["reason"].as_str().unwrap_or_default().contains("prod"),
+        "{body}"
+    );
+}
+
+/// The damaged databases moved aside in `dir`.
+fn aside(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.contains(".damaged-") && !n.ends_with("-wal") && !n.ends_with("-shm")
+        })
+        .collect()
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Wait until `f` gives a value, failing if the process exits first or on the deadline.
+fn wait<T>(child: &mut KillOnDrop, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if let Ok(Some(st)) = child.0.try_wait() {
+            panic!("exited with {st} before {what}");
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

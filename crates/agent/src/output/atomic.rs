@@ -13,6 +13,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 const DATA_LINK: &str = "..data";
 const DATA_TMP_LINK: &str = "..data_tmp";
+/// Prefix of the temporary per-name symlinks: fixed length, so a name of the full 255 bytes
+/// still fits (a temp named after the entry would not).
+const LINK_TMP: &str = "..link_tmp-";
 const RAMFS_MAGIC: u32 = 0x8584_58f6;
 
 /// Ownership to apply to written files; `None` fields leave that id unchanged.
@@ -154,7 +157,7 @@ pub fn write_atomic(
 }
 
 fn check_name(dir: &Path, name: &str) -> Result<(), WriteError> {
-    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\0']) {
+    if name.is_empty() || name.len() > 255 || name.starts_with('.') || name.contains(['/', '\0']) {
         return Err(invalid("publish", &dir.join(name), "invalid file name"));
     }
     Ok(())
@@ -197,9 +200,10 @@ fn published_name(link: &Path) -> Option<String> {
 /// 0700, and `owner`), points a `..data_tmp` symlink at it and renames that over `..data` (the
 /// atomic switch), then adds symlinks for new names, removes symlinks for vanished names,
 /// removes old data dirs, and fsyncs `dir`. Creates `dir` (mode 0700, chowned to `owner`) if
-/// missing. Names that are empty, start with '.', or contain '/' or NUL are refused with
-/// `InvalidInput` before anything is written. A reader opening `dir/NAME` sees complete old or
-/// complete new content (or, in a tiny window, ENOENT if the old data dir it resolved is gone).
+/// missing. Names that are empty, longer than 255 bytes, start with '.', or contain '/' or NUL
+/// are refused with `InvalidInput` before anything is written. A reader opening `dir/NAME` sees
+/// complete old or complete new content (or, in a tiny window, ENOENT if the old data dir it
+/// resolved is gone).
 pub fn publish_dir(
     dir: &Path,
     files: &[(String, Vec<u8>)],
@@ -242,7 +246,7 @@ pub fn publish_dir(
     for name in &names {
         let link = dir.join(name);
         if published_name(&link).as_deref() != Some(*name) {
-            let tmp = dir.join(format!(".{name}.tmp-{}", rand_suffix()));
+            let tmp = dir.join(format!("{LINK_TMP}{}", rand_suffix()));
             swap_symlink(&Path::new(DATA_LINK).join(name), &tmp, &link)?;
         }
     }
@@ -253,9 +257,10 @@ pub fn publish_dir(
         let fname = fname.to_string_lossy();
         let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
         let stale_tmp = || {
-            names
-                .iter()
-                .any(|n| fname.starts_with(&format!(".{n}.tmp-")))
+            fname.starts_with(LINK_TMP)
+                || names
+                    .iter()
+                    .any(|n| fname.starts_with(&format!(".{n}.tmp-")))
         };
         if is_dir && fname.starts_with("..") && fname != data_name {
             fs::remove_dir_all(&path).map_err(err("remove old data dir", &path))?;
@@ -316,6 +321,7 @@ pub fn remove_published(dir: &Path) -> Result<(), WriteError> {
         } else if ft.is_symlink()
             && (fname == DATA_LINK
                 || fname == DATA_TMP_LINK
+                || fname.starts_with(LINK_TMP)
                 || published_name(&path).is_some_and(|n| n == fname))
         {
             fs::remove_file(&path).map_err(err("remove", &path))?;
@@ -480,7 +486,8 @@ mod tests {
     fn publish_rejects_bad_names() {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("pub");
-        for bad in ["", ".hidden", "..data", "a/b", "../x", "nul\0"] {
+        let too_long = "n".repeat(256);
+        for bad in ["", ".hidden", "..data", "a/b", "../x", "nul\0", &too_long] {
             match publish_dir(&dir, &files(&[("ok", "1"), (bad, "2")]), 0o600, None) {
                 Err(WriteError::Io { source, .. }) => {
                     assert_eq!(source.kind(), io::ErrorKind::InvalidInput, "{bad:?}")
@@ -494,6 +501,21 @@ mod tests {
         fs::write(&file, b"").unwrap();
         assert!(publish_dir(&file.join("d"), &files(&[("a", "1")]), 0o600, None).is_err());
         assert_eq!(names_in(t.path()), ["file"]);
+    }
+
+    #[test]
+    fn publish_takes_names_of_the_full_255_bytes() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("pub");
+        let long = "n".repeat(255);
+        publish_dir(&dir, &files(&[(&long, "1"), ("a", "2")]), 0o600, None).unwrap();
+        assert_eq!(fs::read(dir.join(&long)).unwrap(), b"1");
+        publish_dir(&dir, &files(&[(&long, "3")]), 0o600, None).unwrap();
+        assert_eq!(fs::read(dir.join(&long)).unwrap(), b"3");
+        assert!(!dir.join("a").exists());
+        assert_eq!(names_in(&dir).len(), 3, "data dir, ..data, the long name");
+        remove_published(&dir).unwrap();
+        assert!(!dir.exists());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod env;
+mod place;
 pub mod render;
 
 use std::fmt;
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 pub use atomic::Owner;
 pub use env::{EnvSpec, EnvVars};
+pub use place::{default_dir, ensure_private_dir, resolve_path};
 pub use render::{Format, Rendered, Skipped, valid_env_name};
 
 use crate::config::OutputSpec;
@@ -29,12 +31,19 @@ pub enum OutputError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "default output directory {dir}: {why}; another user could read or replace the files \
+         there: remove it (or make it yours, mode 0700), or give the output a full path"
+    )]
+    UnsafeDir { dir: PathBuf, why: String },
 }
 
 /// One output file or directory and what it last held.
 pub struct Output {
     pub spec: OutputSpec,
     last: Option<Rendered>,
+    /// The shared default directory this output lives in, checked before each use.
+    private_dir: Option<PathBuf>,
 }
 
 impl Output {
@@ -46,15 +55,30 @@ impl Output {
                 "output is not on tmpfs: secret values will reach the disk"
             );
         }
-        Output { spec, last: None }
+        let private_dir = spec.path.parent().filter(|p| *p == default_dir());
+        Output {
+            private_dir: private_dir.map(Path::to_path_buf),
+            spec,
+            last: None,
+        }
     }
 
     /// Render `entries` and write them if the bytes differ from what the output holds.
     /// Returns whether anything was written.
     pub fn apply(&mut self, entries: &Entries) -> Result<bool, OutputError> {
+        if let Some(dir) = &self.private_dir {
+            // Before anything is read or written there: someone else's directory could hand
+            // us their content or take ours.
+            ensure_private_dir(dir)?;
+        }
         let (rendered, skipped) = render::render(self.spec.format, entries);
         for s in &skipped {
-            tracing::error!(key = %s.name, output = %self.spec.path.display(), reason = s.reason, "entry skipped");
+            tracing::error!(
+                key = %tether_core::logname::name(&s.name),
+                output = %self.spec.path.display(),
+                reason = s.reason,
+                "entry skipped"
+            );
         }
         if self.last.is_none() {
             // Left by an earlier run (--keep-outputs): identical content is not rewritten.
@@ -129,30 +153,6 @@ impl Output {
         if let Err(error) = res {
             tracing::warn!(path = %self.spec.path.display(), %error, "cannot remove output");
         }
-    }
-}
-
-/// Where outputs named by a bare file name go: a tmpfs runtime directory.
-pub fn default_dir() -> PathBuf {
-    use nix::unistd::{AccessFlags, access};
-    if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| Path::new(x).is_dir()) {
-        return Path::new(&xdg).join("tether");
-    }
-    let run = Path::new("/run");
-    if run.join("tether").is_dir()
-        || access(run, AccessFlags::W_OK).is_ok() && atomic::is_tmpfs(run)
-    {
-        return run.join("tether");
-    }
-    PathBuf::from("/dev/shm/tether")
-}
-
-/// A bare file name goes under [`default_dir`]; anything with a `/` is taken as given.
-pub fn resolve_path(s: &str) -> PathBuf {
-    if s.contains('/') {
-        PathBuf::from(s)
-    } else {
-        default_dir().join(s)
     }
 }
 
@@ -328,12 +328,6 @@ mod tests {
         );
         assert!(Owner::parse("no-such-user-xyz").is_err());
         assert!(Owner::parse(":").is_err());
-    }
-
-    #[test]
-    fn bare_names_go_to_the_runtime_dir() {
-        assert_eq!(resolve_path("/etc/x.env"), PathBuf::from("/etc/x.env"));
-        assert!(resolve_path("x.env").ends_with("tether/x.env"));
     }
 }
 

@@ -8,7 +8,8 @@ use crate::state::Entries;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    /// `KEY=value` lines, quoted when needed; readable by tether's own dotenv source.
+    /// `KEY=value` lines, quoted when needed; read back exactly by tether's own dotenv
+    /// source, by python-dotenv and by `sh` (`set -a; . FILE`, which runs nothing).
     Dotenv,
     /// One JSON object of strings.
     Json,
@@ -72,10 +73,24 @@ pub fn valid_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// A safe file name inside a `dir` output: not empty, no `/`, no NUL, no leading dot
-/// (which also rules out `.` and `..`).
+/// The longest file name Linux file systems take, in bytes (`NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+
+/// A safe file name inside a `dir` output: not empty, at most [`NAME_MAX`] bytes, no `/`, no
+/// NUL, no leading dot (which also rules out `.` and `..`).
 pub fn valid_file_name(name: &str) -> bool {
-    !name.is_empty() && !name.starts_with('.') && !name.contains('/') && !name.contains('\0')
+    file_name_problem(name).is_none()
+}
+
+/// Why `name` cannot be a file of a `dir` output, or None if it can.
+fn file_name_problem(name: &str) -> Option<&'static str> {
+    if name.len() > NAME_MAX {
+        Some("name is longer than the 255 bytes a file name can hold")
+    } else if name.is_empty() || name.starts_with('.') || name.contains(['/', '\0']) {
+        Some("not a safe file name (empty, leading dot, / or NUL)")
+    } else {
+        None
+    }
 }
 
 pub fn render(format: Format, entries: &Entries) -> (Rendered, Vec<Skipped>) {
@@ -90,7 +105,10 @@ pub fn render(format: Format, entries: &Entries) -> (Rendered, Vec<Skipped>) {
         Format::Dir => Rendered::Dir(
             entries
                 .iter()
-                .filter(|(k, _)| valid_file_name(k) || (skip(k, "not a safe file name"), false).1)
+                .filter(|(k, _)| match file_name_problem(k) {
+                    Some(reason) => (skip(k, reason), false).1,
+                    None => true,
+                })
                 .map(|(k, e)| (k.clone(), e.value.expose().to_vec()))
                 .collect(),
         ),
@@ -129,9 +147,14 @@ pub fn render(format: Format, entries: &Entries) -> (Rendered, Vec<Skipped>) {
                     out.push('=');
                     shell_quote(v, &mut out);
                 } else {
+                    let start = out.len();
                     out.push_str(k);
                     out.push('=');
-                    dotenv_quote(v, &mut out);
+                    if let Err(reason) = dotenv_quote(v, &mut out) {
+                        out.truncate(start);
+                        skip(k, reason);
+                        continue;
+                    }
                 }
                 out.push('\n');
             }
@@ -141,26 +164,62 @@ pub fn render(format: Format, entries: &Entries) -> (Rendered, Vec<Skipped>) {
     (rendered, skipped)
 }
 
-fn dotenv_quote(v: &str, out: &mut String) {
+/// Write `v` so that `sh` (`set -a; . FILE`: inert, nothing expanded or run), python-dotenv
+/// (with its default interpolation) and tether's own dotenv source all read back exactly `v`:
+/// bare when every character is plain; else single-quoted (literal in all three) when it holds
+/// no `'`, no `\\` pair and no trailing `\`; else double-quoted with `\\` and `\"` escaped
+/// (the only escapes all three share) when it holds no `$` or backtick. Values no common
+/// spelling carries are refused with the reason.
+fn dotenv_quote(v: &str, out: &mut String) -> Result<(), &'static str> {
+    if v.contains('\r') {
+        // python-dotenv reads the file in universal-newline mode: a CR becomes LF, and its
+        // `\r` escape means CR to no shell.
+        return Err(
+            "value holds a carriage return, which python-dotenv reads as a newline (use json or shell)",
+        );
+    }
+    if expands_in_python_dotenv(v) {
+        return Err(
+            "value holds ${...}, which python-dotenv expands in every quoting (use json or shell)",
+        );
+    }
+    if v.ends_with('\\') {
+        // python-dotenv takes `\'` or `\"` before the closing quote for an escaped quote.
+        return Err(
+            "value ends with a backslash, which python-dotenv misreads (use json or shell)",
+        );
+    }
     let plain = v
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "_-./:@%+,".contains(c));
     if plain {
         out.push_str(v);
-        return;
-    }
-    out.push('"');
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '$' => out.push_str("\\$"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
+    } else if !v.contains('\'') && !v.contains("\\\\") {
+        out.push('\'');
+        out.push_str(v);
+        out.push('\'');
+    } else if !v.contains(['$', '`']) {
+        out.push('"');
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                c => out.push(c),
+            }
         }
+        out.push('"');
+    } else {
+        return Err(
+            "value holds a ' or \\\\ as well as $ or a backtick: no dotenv quoting reads the same in sh and python-dotenv (use json or shell)",
+        );
     }
-    out.push('"');
+    Ok(())
+}
+
+/// Whether python-dotenv would expand part of `v`: a `${` with a `}` after it (a superset of
+/// its `${NAME}` / `${NAME:-DEFAULT}` pattern, which no quoting or escape turns off).
+fn expands_in_python_dotenv(v: &str) -> bool {
+    v.find("${").is_some_and(|i| v[i..].contains('}'))
 }
 
 fn shell_quote(v: &str, out: &mut String) {
@@ -207,6 +266,85 @@ mod tests {
     }
 
     #[test]
+    fn dotenv_carries_every_character_or_names_the_key() {
+        // Every character from U+0001 to U+00FF alone and inside text, and awkward mixes.
+        let mut values: Vec<String> = (1u32..=255)
+            .filter_map(char::from_u32)
+            .filter(|c| *c != '\r')
+            .flat_map(|c| [c.to_string(), format!("a{c}b")])
+            .filter(|v| v != "\\")
+            .collect();
+        values.extend(
+            [
+                "$(touch pwned)",
+                "`touch pwned`",
+                "it's",
+                "a\\\\b",
+                "\\'",
+                "\\\"",
+                "\\n",
+                "\u{8}\u{1b}[31m",
+                "é ü 日本 🦀",
+                "\u{2028}\u{85}",
+                " lead and trail ",
+                "# not a comment",
+                "$HOME",
+                "${HOME",
+                "}${",
+                "export X=1",
+                "",
+                "\n\n",
+            ]
+            .map(String::from),
+        );
+        let keys: Vec<String> = (0..values.len()).map(|i| format!("K{i}")).collect();
+        let pairs: Vec<(&str, &str)> = keys
+            .iter()
+            .map(String::as_str)
+            .zip(values.iter().map(String::as_str))
+            .collect();
+        let e = entries(&pairs);
+        let (r, skipped) = render(Format::Dotenv, &e);
+        assert_eq!(skipped, [], "every one of these has a common spelling");
+        let text = file(r);
+        let parsed: std::collections::BTreeMap<String, Vec<u8>> =
+            parse_dotenv(&text).unwrap().into_iter().collect();
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(parsed[&format!("K{i}")], v.as_bytes(), "{v:?} in {text}");
+        }
+
+        // What no spelling carries for both sh and python-dotenv is skipped, by name.
+        let refused = [
+            ("CR", "a\rb"),
+            ("EXPANDS", "${HOME}"),
+            ("TRAILING", "ends\\"),
+            ("QUOTE_DOLLAR", "it's $x"),
+            ("PAIR_TICK", "a\\\\b`x`"),
+            ("OK", "fine"),
+        ];
+        let (r, skipped) = render(Format::Dotenv, &entries(&refused));
+        assert_eq!(file(r), "OK=fine\n");
+        let mut names: Vec<&str> = skipped.iter().map(|s| s.name.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["CR", "EXPANDS", "PAIR_TICK", "QUOTE_DOLLAR", "TRAILING"]
+        );
+    }
+
+    #[test]
+    fn dotenv_spellings() {
+        let spell = |v: &str| {
+            let (r, _) = render(Format::Dotenv, &entries(&[("K", v)]));
+            file(r)
+        };
+        assert_eq!(spell("plain-1.2:3@x"), "K=plain-1.2:3@x\n");
+        assert_eq!(spell("$(x) `y`"), "K='$(x) `y`'\n");
+        assert_eq!(spell("it's \\ \""), "K=\"it's \\\\ \\\"\"\n");
+        assert_eq!(spell("a\\\\b"), "K=\"a\\\\\\\\b\"\n");
+    }
+
+    #[test]
     fn shell_quotes_single_quotes() {
         let (r, _) = render(Format::Shell, &entries(&[("A", "it's $x")]));
         assert_eq!(file(r), "export A='it'\\''s $x'\n");
@@ -244,6 +382,24 @@ mod tests {
         let (r, skipped) = render(Format::Dir, &e);
         assert_eq!(r, Rendered::Dir(vec![("ok.txt".into(), b"v".to_vec())]));
         assert_eq!(skipped.len(), 5);
+
+        // Names may be longer than a file name can be: only those are skipped.
+        let (n255, n256) = ("n".repeat(255), "n".repeat(256));
+        let e = entries(&[(n255.as_str(), "a"), (n256.as_str(), "b"), ("k", "c")]);
+        let (r, skipped) = render(Format::Dir, &e);
+        let Rendered::Dir(files) = r else { panic!() };
+        assert_eq!(
+            files.iter().map(|f| f.0.len()).collect::<Vec<_>>(),
+            [1, 255]
+        );
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].name, n256);
+        assert!(skipped[0].reason.contains("255"), "{}", skipped[0].reason);
+        let (r, skipped) = render(Format::Json, &e);
+        assert!(
+            skipped.is_empty() && file(r).contains(&n256),
+            "json holds any name"
+        );
     }
 
     #[test]

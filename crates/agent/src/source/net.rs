@@ -412,7 +412,7 @@ fn to_entries(list: Vec<WireEntry>) -> Entries {
                 );
             }
             None => {
-                tracing::warn!(key = %e.name, "secret withheld by the node (token may not read secrets); skipped")
+                tracing::warn!(key = %tether_core::logname::name(&e.name), "secret withheld by the node (token may not read secrets); skipped")
             }
         }
     }
@@ -435,7 +435,7 @@ fn apply_changes(entries: &mut Entries, changes: Vec<WireChange>) {
                 );
             }
             (false, None) => {
-                tracing::warn!(key = %c.name, "secret withheld by the node (token may not read secrets); skipped");
+                tracing::warn!(key = %tether_core::logname::name(&c.name), "secret withheld by the node (token may not read secrets); skipped");
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Spawning the child: executed directly (no shell) in its own process group, with tether's
-//! environment plus the injected values, killed by the kernel if tether dies.
+//! environment plus the injected values, killed by the kernel if tether dies. [`OsSpawner`]
+//! is the supervisor's real [`Spawner`].
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -9,6 +10,8 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal as NixSignal, killpg};
 use nix::unistd::Pid;
 
+use super::spawner::{Spawned, Spawner};
+use super::{Reaper, SpawnError, tty};
 use crate::output::EnvVars;
 use tether_core::signal::Signal;
 
@@ -90,4 +93,54 @@ pub fn signal_group(pgid: Pid, sig: Option<Signal>) -> Result<(), Errno> {
 /// Whether any process (zombies included) is still in the group.
 pub fn group_alive(pgid: Pid) -> bool {
     !matches!(killpg(pgid, None), Err(Errno::ESRCH))
+}
+
+/// The real child: started through the [`Reaper`] (which alone waits for it), signalled
+/// with `killpg`, given the terminal when tether has one.
+pub struct OsSpawner {
+    spec: ChildSpec,
+    reaper: Reaper,
+}
+
+impl OsSpawner {
+    pub fn new(spec: ChildSpec, reaper: Reaper) -> Self {
+        OsSpawner { spec, reaper }
+    }
+}
+
+impl Spawner for OsSpawner {
+    fn spawn(&self, env: &EnvVars) -> Result<Spawned, SpawnError> {
+        let (pid, exit) = self
+            .reaper
+            .spawn_with(&mut self.spec.command(env), self.spec.terminal)
+            .map_err(|source| SpawnError {
+                program: self.spec.argv[0].clone(),
+                source,
+            })?;
+        Ok(Spawned { pid, exit })
+    }
+
+    fn signal_group(&self, pgid: Pid, sig: Option<Signal>) -> Result<(), Errno> {
+        signal_group(pgid, sig)
+    }
+
+    fn group_alive(&self, pgid: Pid) -> bool {
+        group_alive(pgid)
+    }
+
+    fn holds_terminal(&self, pgid: Pid) -> bool {
+        tty::foreground() == Some(pgid)
+    }
+
+    fn before_continue(&self, pgid: Pid) {
+        if self.spec.terminal && tty::tether_in_foreground() {
+            let _ = tty::give(pgid);
+        }
+    }
+
+    fn group_gone(&self, pgid: Pid) {
+        if self.spec.terminal {
+            tty::child_gone(pgid);
+        }
+    }
 }

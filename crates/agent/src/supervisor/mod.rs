@@ -1,10 +1,16 @@
 //! The supervisor of `tether run`: a cheap cloneable handle that sends [`Control`] messages
 //! to the one task that owns the child. It signals, restarts (stop signal, grace period,
 //! SIGKILL to the group, wait until the group is gone, respawn) and applies the
-//! restart-on-exit policy; two children never run at once.
+//! restart-on-exit policy; two children never run at once. The task reaches its child only
+//! through a [`Spawner`], so the tests run it against a scripted child with time paused.
 
 pub mod child;
 pub mod reaper;
+pub mod spawner;
+#[cfg(test)]
+mod testchild;
+#[cfg(test)]
+mod tests;
 pub mod tty;
 
 use std::time::Duration;
@@ -13,8 +19,9 @@ use nix::unistd::Pid;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
-pub use child::ChildSpec;
+pub use child::{ChildSpec, OsSpawner};
 pub use reaper::{Exit, Reaper};
+pub use spawner::{Spawned, Spawner};
 
 use crate::config::RestartPolicy;
 use crate::output::EnvVars;
@@ -78,14 +85,22 @@ impl Supervisor {
         opts: Options,
         reaper: Reaper,
     ) -> Result<(Supervisor, oneshot::Receiver<Exit>), SpawnError> {
-        let running = spawn(&spec, &env, &reaper)?;
+        Supervisor::start_with(OsSpawner::new(spec, reaper), env, opts)
+    }
+
+    /// [`Supervisor::start`] with any [`Spawner`].
+    pub fn start_with(
+        spawner: impl Spawner,
+        env: EnvVars,
+        opts: Options,
+    ) -> Result<(Supervisor, oneshot::Receiver<Exit>), SpawnError> {
+        let running = spawn(&spawner, &env)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = oneshot::channel();
         let actor = Actor {
-            spec,
+            spawner,
             env,
             opts,
-            reaper,
             rx,
         };
         tokio::spawn(async move {
@@ -107,13 +122,8 @@ struct Running {
     started: Instant,
 }
 
-fn spawn(spec: &ChildSpec, env: &EnvVars, reaper: &Reaper) -> Result<Running, SpawnError> {
-    let (pid, exit) = reaper
-        .spawn_with(&mut spec.command(env), spec.terminal)
-        .map_err(|source| SpawnError {
-            program: spec.argv[0].clone(),
-            source,
-        })?;
+fn spawn(spawner: &impl Spawner, env: &EnvVars) -> Result<Running, SpawnError> {
+    let Spawned { pid, exit } = spawner.spawn(env)?;
     tracing::info!(pid = pid.as_raw(), "child started");
     Ok(Running {
         pid,
@@ -149,15 +159,14 @@ fn is_interrupt(exit: Exit) -> bool {
     }
 }
 
-struct Actor {
-    spec: ChildSpec,
+struct Actor<S> {
+    spawner: S,
     env: EnvVars,
     opts: Options,
-    reaper: Reaper,
     rx: mpsc::UnboundedReceiver<Control>,
 }
 
-impl Actor {
+impl<S: Spawner> Actor<S> {
     async fn run(mut self, mut child: Running) -> Exit {
         let mut terminating = false;
         let mut kill_at: Option<Instant> = None;
@@ -168,11 +177,11 @@ impl Actor {
             let release_at = child.started + self.opts.reload_grace;
             tokio::select! {
                 exit = &mut child.exit => {
-                                        let exit = exit.unwrap_or(Exit::Code(1));
+                    let exit = exit.unwrap_or(Exit::Code(1));
                     tracing::info!(pid = child.pid.as_raw(), %exit, "child exited");
                     // Ctrl-C or Ctrl-\ at the terminal reach the child's group, not tether:
                     // a child they ended is the user stopping the program, not a crash.
-                    let interrupted = tty::foreground() == Some(child.pid)
+                    let interrupted = self.spawner.holds_terminal(child.pid)
                         && is_interrupt(exit);
                     self.clear_group(child.pid).await;
                     let again = match self.opts.restart_on_exit {
@@ -192,14 +201,12 @@ impl Actor {
                     }
                 }
                 cmd = self.rx.recv() => match cmd {
-                                        Some(Control::Signal(sig)) => {
+                    Some(Control::Signal(sig)) => {
                         tracing::debug!(signal = %sig, "signalling child");
-                        if sig == Signal::CONT && self.spec.terminal && tty::tether_in_foreground() {
-                            // Continued in the foreground (`fg`): the terminal goes back to
-                            // the child before it runs again.
-                            let _ = tty::give(child.pid);
+                        if sig == Signal::CONT {
+                            self.spawner.before_continue(child.pid);
                         }
-                        let _ = child::signal_group(child.pid, Some(sig));
+                        let _ = self.spawner.signal_group(child.pid, Some(sig));
                     }
                     Some(Control::Reload(sig)) if Instant::now() < release_at => {
                         tracing::debug!(signal = %sig, "child just started; reload signal held until its grace period ends");
@@ -209,11 +216,11 @@ impl Actor {
                     }
                     Some(Control::Reload(sig)) => {
                         tracing::debug!(signal = %sig, "signalling child");
-                        let _ = child::signal_group(child.pid, Some(sig));
+                        let _ = self.spawner.signal_group(child.pid, Some(sig));
                     }
                     Some(Control::Terminate(sig)) => {
                         terminating = true;
-                        let _ = child::signal_group(child.pid, Some(sig));
+                        let _ = self.spawner.signal_group(child.pid, Some(sig));
                         kill_at.get_or_insert(Instant::now() + self.opts.stop_timeout);
                     }
                     Some(Control::Restart(env)) if !terminating => {
@@ -224,7 +231,7 @@ impl Actor {
                         if self.drain_for_restart() {
                             return exit;
                         }
-                        match spawn(&self.spec, &self.env, &self.reaper) {
+                        match spawn(&self.spawner, &self.env) {
                             Ok(next) => child = next,
                             Err(e) => {
                                 tracing::error!(error = %e, "restart failed");
@@ -244,12 +251,12 @@ impl Actor {
                 _ = sleep_until(release_at), if !held.is_empty() => {
                     for sig in held.drain(..) {
                         tracing::debug!(signal = %sig, "signalling child (held during its start)");
-                        let _ = child::signal_group(child.pid, Some(sig));
+                        let _ = self.spawner.signal_group(child.pid, Some(sig));
                     }
                 }
                 _ = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
                     tracing::warn!(pid = child.pid.as_raw(), "child outlived the stop timeout; killing its process group");
-                    let _ = child::signal_group(child.pid, Some(Signal::KILL));
+                    let _ = self.spawner.signal_group(child.pid, Some(Signal::KILL));
                     kill_at = None;
                 }
             }
@@ -286,7 +293,7 @@ impl Actor {
                     }
                 }
             }
-            match spawn(&self.spec, &self.env, &self.reaper) {
+            match spawn(&self.spawner, &self.env) {
                 Ok(r) => return Some(r),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start child; retrying");
@@ -300,12 +307,12 @@ impl Actor {
     async fn stop(&self, child: &mut Running) -> Exit {
         let pid = child.pid;
         tracing::info!(pid = pid.as_raw(), signal = %self.opts.stop_signal, "stopping child");
-        let _ = child::signal_group(pid, Some(self.opts.stop_signal));
+        let _ = self.spawner.signal_group(pid, Some(self.opts.stop_signal));
         let exit = match timeout(self.opts.stop_timeout, &mut child.exit).await {
             Ok(exit) => exit.unwrap_or(Exit::Code(1)),
             Err(_) => {
                 tracing::warn!(pid = pid.as_raw(), timeout = ?self.opts.stop_timeout, "child ignored the stop signal; killing its process group");
-                let _ = child::signal_group(pid, Some(Signal::KILL));
+                let _ = self.spawner.signal_group(pid, Some(Signal::KILL));
                 (&mut child.exit).await.unwrap_or(Exit::Code(1))
             }
         };
@@ -316,18 +323,16 @@ impl Actor {
     /// The leader is gone: kill what is left of its group and wait until nothing is.
     async fn clear_group(&self, pgid: Pid) {
         self.kill_group(pgid).await;
-        if self.spec.terminal {
-            tty::child_gone(pgid);
-        }
+        self.spawner.group_gone(pgid);
     }
 
     async fn kill_group(&self, pgid: Pid) {
-        if !child::group_alive(pgid) {
+        if !self.spawner.group_alive(pgid) {
             return;
         }
-        let _ = child::signal_group(pgid, Some(Signal::KILL));
+        let _ = self.spawner.signal_group(pgid, Some(Signal::KILL));
         let deadline = Instant::now() + Duration::from_secs(5);
-        while child::group_alive(pgid) {
+        while self.spawner.group_alive(pgid) {
             if Instant::now() >= deadline {
                 tracing::warn!(
                     pgid = pgid.as_raw(),
@@ -337,24 +342,5 @@ impl Actor {
             }
             sleep(Duration::from_millis(2)).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_caps_and_resets() {
-        let mut b = Backoff::default();
-        let short = Duration::from_millis(10);
-        assert_eq!(b.next(short), Duration::from_millis(100));
-        assert_eq!(b.next(short), Duration::from_millis(200));
-        assert_eq!(b.next(short), Duration::from_millis(400));
-        for _ in 0..20 {
-            b.next(short);
-        }
-        assert_eq!(b.next(short), Duration::from_secs(30));
-        assert_eq!(b.next(Duration::from_secs(11)), Duration::from_millis(100));
     }
 }

@@ -2,6 +2,7 @@
 //! committed change set, an epoch per history, and the last N change sets for catch-up.
 //! The embedded default is SQLite; cluster mode puts the same contract in Redis.
 
+pub mod files;
 pub mod redis;
 pub mod sqlite;
 
@@ -182,6 +183,14 @@ impl Store {
                 blocking(move || s.reset(&env)).await
             }
             Store::Redis(r) => r.reset(env, floor).await,
+        }
+    }
+
+    /// Damage found in the store while running (for `/readyz`), if any.
+    pub async fn damage(&self) -> Option<String> {
+        match self {
+            Store::Sqlite(s) => s.damage(),
+            Store::Redis(r) => r.damage().await,
         }
     }
 

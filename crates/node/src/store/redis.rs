@@ -37,12 +37,16 @@ fn history_key(env: &str) -> String {
 }
 
 /// KEYS: meta, values, secret, history, envs.
-/// ARGV: env, expected version or "", epoch for a new environment, history length,
+/// ARGV: env, expected version or "", epoch for a new environment ("" if it must exist: the
+///       node saw it, so its absence means Redis lost it), history length,
 ///       change-set JSON, channel, then (op, name, value, secret) per change.
 const COMMIT: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if not epoch then
+  if ARGV[3] == '' then
+    return {'lost'}
+  end
   epoch = ARGV[3]
   version = 0
   -- A new history: whatever stream is left belongs to an old one.
@@ -120,6 +124,12 @@ pub struct RedisStore {
     /// Connected on first use; the manager then reconnects by itself.
     conn: tokio::sync::OnceCell<ConnectionManager>,
     history: u64,
+    /// Environments this node has seen in Redis. One that vanishes was lost (Redis flushed
+    /// or replaced under the cluster): it is an error, never a new, empty environment.
+    known: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// `--reset-store`: Redis may lose its data (no persistence); an environment it lost
+    /// starts again with the next write (a new history), as on a first start.
+    reset_lost: bool,
     commit: Script,
     reset: Script,
 }
@@ -136,12 +146,15 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 
 impl RedisStore {
     /// A store over `client`. Nothing is connected yet: a node starts while Redis is down,
-    /// and every call fails with `Unavailable` until Redis answers.
-    pub fn new(client: redis::Client, history: u64) -> RedisStore {
+    /// and every call fails with `Unavailable` until Redis answers. `reset_lost`: see the
+    /// field.
+    pub fn new(client: redis::Client, history: u64, reset_lost: bool) -> RedisStore {
         RedisStore {
             client,
             conn: tokio::sync::OnceCell::new(),
             history: history.max(1),
+            known: Default::default(),
+            reset_lost,
             commit: Script::new(&COMMIT.replace("MAX_ENV_BYTES", &super::MAX_ENV.to_string())),
             reset: Script::new(RESET),
         }
@@ -176,7 +189,11 @@ impl RedisStore {
             .key(ENVS)
             .arg(env)
             .arg(expect.map(|v| v.to_string()).unwrap_or_default())
-            .arg(Epoch::generate().to_string())
+            .arg(if self.is_known(env) {
+                String::new()
+            } else {
+                Epoch::generate().to_string()
+            })
             .arg(self.history)
             .arg(&json)
             .arg(CHANNEL);
@@ -193,16 +210,20 @@ impl RedisStore {
         let mut conn = self.conn().await?;
         let reply: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
         match reply.as_slice() {
-            [ok, epoch, version] if ok == "ok" => Ok(ChangeSet {
-                env: env.to_string(),
-                position: Position {
-                    epoch: epoch.parse().map_err(StoreError::Unavailable)?,
-                    version: version
-                        .parse()
-                        .map_err(|_| StoreError::Unavailable("bad version from redis".into()))?,
+            [l] if l == "lost" => Err(lost(env)),
+            [ok, epoch, version] if ok == "ok" => Ok(self.saw(
+                env,
+                ChangeSet {
+                    env: env.to_string(),
+                    position: Position {
+                        epoch: epoch.parse().map_err(StoreError::Unavailable)?,
+                        version: version.parse().map_err(|_| {
+                            StoreError::Unavailable("bad version from redis".into())
+                        })?,
+                    },
+                    changes: changes.to_vec(),
                 },
-                changes: changes.to_vec(),
-            }),
+            )),
             [t, size] if t == "too_big" => Err(StoreError::Invalid(format!(
                 "environment {env:?} would hold {size} bytes, over the {}-byte limit",
                 super::MAX_ENV
@@ -224,7 +245,59 @@ impl RedisStore {
     async fn meta(&self, env: &str) -> Result<Option<Position>, StoreError> {
         let mut conn = self.conn().await?;
         let m: HashMap<String, String> = conn.hgetall(meta_key(env)).await.map_err(unavailable)?;
-        parse_meta(&m)
+        self.check(env, parse_meta(&m)?)
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn is_known(&self, env: &str) -> bool {
+        self.known().contains(env)
+    }
+
+    fn saw<T>(&self, env: &str, t: T) -> T {
+        if !self.reset_lost && !self.is_known(env) {
+            self.known().insert(env.to_string());
+        }
+        t
+    }
+
+    /// `meta` of `env` as read: remembered when there, an error when it vanished.
+    fn check(&self, env: &str, meta: Option<Position>) -> Result<Option<Position>, StoreError> {
+        match meta {
+            Some(p) => Ok(Some(self.saw(env, p))),
+            None if self.is_known(env) => Err(lost(env)),
+            None => Ok(None),
+        }
+    }
+
+    /// Environments this node saw that Redis no longer holds (for `/readyz`), if any.
+    pub async fn damage(&self) -> Option<String> {
+        let mut known: Vec<String> = self.known().iter().cloned().collect();
+        if known.is_empty() {
+            return None;
+        }
+        known.sort();
+        let mut pipe = redis::pipe();
+        for env in &known {
+            pipe.exists(meta_key(env));
+        }
+        let mut conn = self.conn().await.ok()?;
+        let there: Vec<bool> = pipe.query_async(&mut conn).await.ok()?;
+        let gone: Vec<&String> = known
+            .iter()
+            .zip(there)
+            .filter_map(|(env, there)| (!there).then_some(env))
+            .collect();
+        (!gone.is_empty()).then(|| {
+            format!(
+                "redis no longer holds environments {gone:?} that this node saw (flushed, or another server?): \
+                 restore Redis from a backup, or restart every node to start over from what Redis holds"
+            )
+        })
     }
 
     pub async fn position(&self, env: &str) -> Result<Position, StoreError> {
@@ -242,7 +315,7 @@ impl RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let position = parse_meta(&meta)?.unwrap_or_default();
+        let position = self.check(env, parse_meta(&meta)?)?.unwrap_or_default();
         let mut entries: Vec<WireEntry> = values
             .into_iter()
             .map(|(name, v)| WireEntry {
@@ -272,7 +345,7 @@ impl RedisStore {
                 .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
-            if let Some(position) = parse_meta(&meta)? {
+            if let Some(position) = self.check(&env, parse_meta(&meta)?)? {
                 out.push(EnvInfo {
                     env,
                     position,
@@ -430,6 +503,14 @@ impl RedisStore {
             None => Ok(CatchUp::Snapshot(self.snapshot(env).await?)),
         }
     }
+}
+
+fn lost(env: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "redis no longer holds environment {env:?}, which this node saw (flushed, or another server?): \
+         restore Redis from a backup, or restart every node to start over; writes to it are refused \
+         so that agents keep what they have"
+    ))
 }
 
 fn parse_meta(m: &HashMap<String, String>) -> Result<Option<Position>, StoreError> {

@@ -1,13 +1,16 @@
 //! The embedded store: SQLite in WAL mode under `--data`. One transaction per change set
 //! bumps the version, writes the entries and appends the change set to the history, which
 //! keeps the last N change sets. `synchronous = NORMAL`: a commit survives a crash or
-//! restart of the node (not a power loss of the machine).
+//! restart of the node (not a power loss of the machine). The files, and a store found
+//! empty or damaged at start, are `files`' business; damage found while running is kept
+//! here for `/readyz`.
 
 use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::files::{self, OpenError};
 use super::{CatchUp, ChangeSet, EnvInfo, Plan, Snapshot, StoreError};
 use tether_core::protocol::{Epoch, Position, WireChange, WireEntry};
 use tether_core::secret::Value;
@@ -15,13 +18,22 @@ use tether_core::secret::Value;
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     history: u64,
+    /// What was found damaged while running (reported by `/readyz` until a restart).
+    damage: Mutex<Option<String>>,
 }
+
+/// How an error from a damaged file starts, so the store can tell it from others.
+const DAMAGED: &str = "store damaged: ";
 
 fn db_err(e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(format!("sqlite: {e}"))
+    if files::is_corrupt(&e) {
+        StoreError::Unavailable(format!("{DAMAGED}sqlite: {e}"))
+    } else {
+        StoreError::Unavailable(format!("sqlite: {e}"))
+    }
 }
 
-const SCHEMA: &str = "
+pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS envs (
     name    TEXT PRIMARY KEY,
     epoch   INTEGER NOT NULL,
@@ -43,17 +55,17 @@ CREATE TABLE IF NOT EXISTS history (
 ";
 
 impl SqliteStore {
-    /// Open (or create) `dir/tether.db`. `history` is how many change sets to keep.
-    pub fn open(dir: &Path, history: u64) -> Result<SqliteStore, StoreError> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| {
-                StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display()))
-            })?;
-        let conn = Connection::open(dir.join("tether.db")).map_err(db_err)?;
+    /// Open (or create) `dir/tether.db`. `history` is how many change sets to keep. A store
+    /// that is there but empty or damaged is refused.
+    pub fn open(dir: &Path, history: u64) -> Result<SqliteStore, OpenError> {
+        SqliteStore::open_with(dir, history, false)
+    }
+
+    /// [`open`](Self::open); with `reset`, a damaged store is moved aside and replaced by
+    /// what can still be read from it (`--reset-store`).
+    pub fn open_with(dir: &Path, history: u64, reset: bool) -> Result<SqliteStore, OpenError> {
+        let db = files::prepare(dir, reset)?;
+        let conn = Connection::open(db).map_err(db_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -64,7 +76,38 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             history: history.max(1),
+            damage: Mutex::new(None),
         })
+    }
+
+    /// What was found damaged while running, if anything.
+    pub fn damage(&self) -> Option<String> {
+        self.damage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Remember damage (the first found) for `/readyz`, and say so once.
+    fn note_damage(&self, what: String) {
+        let mut d = self
+            .damage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if d.is_none() {
+            tracing::error!(damage = %what, "the store is damaged: restore a backup, or restart with --reset-store");
+            *d = Some(what);
+        }
+    }
+
+    /// Pass `r` on, noting damage if it is an error from a damaged file.
+    fn watch<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Unavailable(m)) = &r {
+            if let Some(what) = m.strip_prefix(DAMAGED) {
+                self.note_damage(what.to_string());
+            }
+        }
+        r
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -74,6 +117,15 @@ impl SqliteStore {
     }
 
     pub fn commit(
+        &self,
+        env: &str,
+        changes: &[WireChange],
+        expect: Option<u64>,
+    ) -> Result<ChangeSet, StoreError> {
+        self.watch(self.commit_locked(env, changes, expect))
+    }
+
+    fn commit_locked(
         &self,
         env: &str,
         changes: &[WireChange],
@@ -176,12 +228,12 @@ impl SqliteStore {
     /// dropped, entries kept. Every agent takes a snapshot.
     pub fn reset(&self, env: &str) -> Result<Position, StoreError> {
         let mut conn = self.lock();
-        let Some(current) = position(&conn, env)? else {
+        let Some(current) = self.watch(position(&conn, env))? else {
             return Err(StoreError::Invalid(format!(
                 "environment {env:?} does not exist"
             )));
         };
-        let epoch = reset_epoch(&mut conn, env, current.epoch)?;
+        let epoch = self.watch(reset_epoch(&mut conn, env, current.epoch))?;
         Ok(Position {
             epoch,
             version: current.version,
@@ -189,35 +241,16 @@ impl SqliteStore {
     }
 
     pub fn position(&self, env: &str) -> Result<Position, StoreError> {
-        Ok(position(&self.lock(), env)?.unwrap_or_default())
+        Ok(self.watch(position(&self.lock(), env))?.unwrap_or_default())
     }
 
     pub fn snapshot(&self, env: &str) -> Result<Snapshot, StoreError> {
         let conn = self.lock();
-        snapshot(&conn, env)
+        self.watch(snapshot(&conn, env))
     }
 
     pub fn list(&self) -> Result<Vec<EnvInfo>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(
-                "SELECT e.name, e.epoch, e.version, (SELECT count(*) FROM entries WHERE env = e.name)
-                 FROM envs e ORDER BY e.name",
-            )
-            .map_err(db_err)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(EnvInfo {
-                    env: r.get(0)?,
-                    position: Position {
-                        epoch: Epoch(r.get::<_, i64>(1)? as u64),
-                        version: r.get::<_, i64>(2)? as u64,
-                    },
-                    entries: r.get::<_, i64>(3)? as usize,
-                })
-            })
-            .map_err(db_err)?;
-        rows.collect::<Result<_, _>>().map_err(db_err)
+        self.watch(list(&self.lock()))
     }
 
     /// What an agent at `from` needs. A position this store cannot have produced (a newer
@@ -226,40 +259,81 @@ impl SqliteStore {
     /// history, so no reader can push every agent into a snapshot.
     pub fn catch_up(&self, env: &str, from: Option<Position>) -> Result<CatchUp, StoreError> {
         let conn = self.lock();
-        let current = position(&conn, env)?;
+        let current = self.watch(position(&conn, env))?;
         let after = match super::plan(env, current, from) {
             Plan::Empty => return Ok(CatchUp::Snapshot(Snapshot::empty(env))),
             Plan::UpToDate => return Ok(CatchUp::UpToDate),
-            Plan::Snapshot => return Ok(CatchUp::Snapshot(snapshot(&conn, env)?)),
+            Plan::Snapshot => return self.watch(snapshot(&conn, env)).map(CatchUp::Snapshot),
             Plan::Since(v) => v,
         };
-        let current = current.unwrap_or_default();
-        let mut stmt = conn
-            .prepare("SELECT version, changes FROM history WHERE env = ?1 AND version > ?2 ORDER BY version")
-            .map_err(db_err)?;
-        let rows: Vec<(u64, String)> = stmt
-            .query_map(params![env, after as i64], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
-            })
-            .map_err(db_err)?
-            .collect::<Result<_, _>>()
-            .map_err(db_err)?;
-        let complete = rows.first().is_some_and(|(v, _)| *v == after + 1)
-            && rows.len() as u64 == current.version - after;
-        if !complete {
-            drop(stmt);
-            return Ok(CatchUp::Snapshot(snapshot(&conn, env)?));
+        match since(&conn, env, after, current.unwrap_or_default()) {
+            Ok(Some(sets)) => return Ok(CatchUp::Changes(sets)),
+            Ok(None) => {}
+            Err(e) => {
+                // A damaged history costs the agent a snapshot, never its catch-up.
+                tracing::warn!(env, error = %e, "history unreadable; answering with a snapshot");
+                self.note_damage(format!("history of environment {env:?} is unreadable: {e}"));
+            }
         }
-        let mut sets = Vec::with_capacity(rows.len());
-        for (version, json) in rows {
-            let position = Position {
-                epoch: current.epoch,
-                version,
-            };
-            sets.push(ChangeSet::from_history(env, position, &json)?);
-        }
-        Ok(CatchUp::Changes(sets))
+        self.watch(snapshot(&conn, env)).map(CatchUp::Snapshot)
     }
+}
+
+/// The change sets after version `after` up to `current`, if history has them all.
+fn since(
+    conn: &Connection,
+    env: &str,
+    after: u64,
+    current: Position,
+) -> Result<Option<Vec<ChangeSet>>, StoreError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT version, changes FROM history WHERE env = ?1 AND version > ?2 ORDER BY version",
+        )
+        .map_err(db_err)?;
+    let rows: Vec<(u64, String)> = stmt
+        .query_map(params![env, after as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+        })
+        .map_err(db_err)?
+        .collect::<Result<_, _>>()
+        .map_err(db_err)?;
+    let complete = rows.first().is_some_and(|(v, _)| *v == after + 1)
+        && rows.len() as u64 == current.version - after;
+    if !complete {
+        return Ok(None);
+    }
+    let mut sets = Vec::with_capacity(rows.len());
+    for (version, json) in rows {
+        let position = Position {
+            epoch: current.epoch,
+            version,
+        };
+        sets.push(ChangeSet::from_history(env, position, &json)?);
+    }
+    Ok(Some(sets))
+}
+
+fn list(conn: &Connection) -> Result<Vec<EnvInfo>, StoreError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT e.name, e.epoch, e.version, (SELECT count(*) FROM entries WHERE env = e.name)
+             FROM envs e ORDER BY e.name",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(EnvInfo {
+                env: r.get(0)?,
+                position: Position {
+                    epoch: Epoch(r.get::<_, i64>(1)? as u64),
+                    version: r.get::<_, i64>(2)? as u64,
+                },
+                entries: r.get::<_, i64>(3)? as usize,
+            })
+        })
+        .map_err(db_err)?;
+    rows.collect::<Result<_, _>>().map_err(db_err)
 }
 
 fn position(conn: &Connection, env: &str) -> Result<Option<Position>, StoreError> {

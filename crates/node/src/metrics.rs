@@ -1,0 +1,136 @@
+//! `/metrics`: the node's counters and each environment's version as Prometheus text,
+//! open or (with `metrics_require_token`) behind a token like the API.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{Extensions, HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+
+use super::Node;
+use super::front::Door;
+use super::http::{ApiError, grant};
+
+/// Prometheus text. With `require_token`, a token of any role is needed, and only the
+/// environments it covers are shown.
+pub async fn metrics(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    extensions: Extensions,
+    door: Arc<Door>,
+    require_token: bool,
+) -> Result<Response, ApiError> {
+    let grant = if require_token {
+        Some(grant(&node, &headers, &extensions)?)
+    } else {
+        None
+    };
+    let c = &node.hub.counters;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "tether_agents_connected",
+        "gauge",
+        "Agent connections on this node.",
+        node.hub.agent_count() as u64,
+    );
+    metric(
+        "tether_connections_total",
+        "counter",
+        "Agent connections accepted.",
+        c.connections.load(Ordering::Relaxed),
+    );
+    metric(
+        "tether_commits_total",
+        "counter",
+        "Change sets committed through this node.",
+        c.commits.load(Ordering::Relaxed),
+    );
+    metric(
+        "tether_frames_sent_total",
+        "counter",
+        "Frames sent to agents: written to their connections, or queued behind what a connection has not taken yet.",
+        c.frames_sent.load(Ordering::Relaxed),
+    );
+    metric(
+        "tether_resyncs_total",
+        "counter",
+        "Resyncs requested by agents.",
+        c.resyncs.load(Ordering::Relaxed),
+    );
+    metric(
+        "tether_snapshots_total",
+        "counter",
+        "Snapshots sent to agents.",
+        c.snapshots.load(Ordering::Relaxed),
+    );
+    metric(
+        "tether_auth_rejected_total",
+        "counter",
+        "Requests refused for auth.",
+        c.rejected.load(Ordering::Relaxed),
+    );
+    metric(
+        "tether_http_unauthenticated_connections",
+        "gauge",
+        "Connections on which no request has passed the token check yet.",
+        door.unauthenticated() as u64,
+    );
+    metric(
+        "tether_http_connections_refused_total",
+        "counter",
+        "Connections closed on accept: max_unauthenticated were already open.",
+        door.refused.load(Ordering::Relaxed),
+    );
+    if let Ok(envs) = node.store.list().await {
+        let _ = writeln!(
+            out,
+            "# HELP tether_env_version Current version of each environment.\n# TYPE tether_env_version gauge"
+        );
+        for e in envs
+            .into_iter()
+            .filter(|e| grant.as_ref().is_none_or(|g| g.covers(&e.env)))
+        {
+            let _ = writeln!(
+                out,
+                "tether_env_version{{env=\"{}\"}} {}",
+                label_value(&e.env),
+                e.position.version
+            );
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// A Prometheus label value, escaped as the text exposition format says: backslash,
+/// double quote and line feed as `\\`, `\"` and `\n`; everything else as it is.
+fn label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for ch in v.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn label_values_are_escaped_as_the_text_format_says() {
+        assert_eq!(super::label_value("prod"), "prod");
+        assert_eq!(super::label_value(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(super::label_value("a\nb"), "a\\nb");
+        assert_eq!(super::label_value("é_ü"), "é_ü");
+    }
+}
