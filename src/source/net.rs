@@ -33,7 +33,7 @@ pub use saved::default_state_dir;
 use saved::state_file_name;
 
 /// Largest frame accepted from a node.
-pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+pub const MAX_FRAME: usize = crate::protocol::MAX_AGENT_FRAME;
 /// Heartbeat assumed until the node's welcome says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 
