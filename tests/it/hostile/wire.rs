@@ -329,15 +329,16 @@ async fn pump(
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
+        let read = from.read(&mut buf).await;
         if stop.load(Ordering::SeqCst) {
-            // Frozen: keep both sockets, read and write nothing more.
+            // Frozen: keep both sockets, pass on nothing more, not even an end of stream.
             let _held = (from, to);
             return std::future::pending::<()>().await;
         }
+        let n = match read {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
