@@ -8,9 +8,9 @@ use crate::protocol::MAX_AGENT_FRAME;
 
 /// Largest value accepted (as stored).
 pub const MAX_VALUE: usize = 512 * 1024;
-/// Largest change set as sent in a change frame. The largest value fits alone, whatever
-/// its bytes.
-pub const MAX_CHANGE_SET: usize = 4 * 1024 * 1024;
+/// Largest change set as sent in a change frame: room for what the raw 900 KiB limit of
+/// earlier versions let through once escaped, and for the largest value, whatever its bytes.
+pub const MAX_CHANGE_SET: usize = 6 * 1024 * 1024;
 /// Largest environment as sent in a snapshot frame: with the frame's header it stays well
 /// under what an agent accepts ([`MAX_AGENT_FRAME`]).
 pub const MAX_ENV: usize = 8 * 1024 * 1024;
