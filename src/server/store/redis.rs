@@ -171,6 +171,12 @@ impl RedisStore {
     /// A store over `client`. Nothing is connected yet: a node starts while Redis is down,
     /// and every call fails with `Unavailable` until Redis answers.
     pub fn new(client: redis::Client, history: u64) -> RedisStore {
+        RedisStore::with_limit(client, history, super::MAX_ENV)
+    }
+
+    /// A store whose environments may grow to `max_env` bytes on the wire (tests use a
+    /// small one: the Lua count of entries without a size is slow on large values).
+    fn with_limit(client: redis::Client, history: u64, max_env: usize) -> RedisStore {
         RedisStore {
             client,
             conn: tokio::sync::OnceCell::new(),
@@ -178,7 +184,7 @@ impl RedisStore {
             commit: Script::new(&format!(
                 "{}{}",
                 super::size::lua(),
-                COMMIT.replace("MAX_ENV_BYTES", &super::MAX_ENV.to_string())
+                COMMIT.replace("MAX_ENV_BYTES", &max_env.to_string())
             )),
             reset: Script::new(RESET),
         }
@@ -497,37 +503,39 @@ mod tests {
         }
     }
 
-    /// The commit script counts bytes as sent, like the SQLite store: of seven 512 KiB
-    /// values of control characters two fit; an environment found over the limit (written
-    /// by an older version, which kept no wire size) can be trimmed but not grown.
+    /// The commit script counts bytes as sent, like the SQLite store: of seven values of
+    /// control characters two fit (with a 1 MiB limit here, and 64 KiB values: 384 KiB as
+    /// sent); an environment found over the limit (written by an older version, which kept
+    /// no wire sizes) can be trimmed but not grown.
     #[tokio::test]
     async fn the_limit_counts_bytes_as_sent() {
         let redis = Redis::start();
         let mut raw = redis.connection();
         let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.1)).unwrap();
-        let store = RedisStore::new(client, 10);
+        let store = RedisStore::with_limit(client, 10, 1 << 20);
+        let ctl = vec![1u8; 64 * 1024];
         let mut refused = 0;
         for i in 0..7 {
             match store
-                .commit("prod", &[set(&format!("V{i}"), vec![1; 512 * 1024])], None)
+                .commit("prod", &[set(&format!("V{i}"), ctl.clone())], None)
                 .await
             {
                 Ok(_) => {}
-                Err(StoreError::TooLarge { size, limit, what }) => {
-                    assert!(size > limit && what.contains("\"prod\""), "{what}");
+                Err(StoreError::TooLarge { size, what, .. }) => {
+                    assert!(size > 1 << 20 && what.contains("\"prod\""), "{what}");
                     refused += 1;
                 }
                 Err(e) => panic!("{e}"),
             }
         }
-        assert_eq!(refused, 5, "two fit in 8 MiB as sent, not three");
+        assert_eq!(refused, 5, "two fit in 1 MiB as sent, not three");
 
         // As an older version would have left it: over the limit, no wire sizes.
         for i in 2..4 {
             let _: () = redis::cmd("HSET")
                 .arg(values_key("prod"))
                 .arg(format!("V{i}"))
-                .arg(vec![1u8; 512 * 1024])
+                .arg(ctl.as_slice())
                 .query(&mut raw)
                 .unwrap();
         }
@@ -556,5 +564,7 @@ mod tests {
             .commit("prod", &[set("V2", b"small".to_vec())], None)
             .await
             .expect("a smaller value is taken over the limit");
+        let r = store.commit("prod", &[set("B", ctl.clone())], None).await;
+        assert!(matches!(r, Err(StoreError::TooLarge { .. })), "{r:?}");
     }
 }
