@@ -86,6 +86,8 @@ pub struct NetSpec {
     pub servers: Vec<String>,
     pub env: String,
     pub token: Option<Value>,
+    /// Where the token came from, for messages (never the token itself).
+    pub token_source: String,
     pub ca_file: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub start_without_server: bool,

@@ -1,15 +1,7 @@
-//! Sizes and names that agents and nodes agree on: what one frame, value, change set and
-//! environment may hold, and which names are safe everywhere an agent may put them.
+//! Names that agents and nodes agree on: which names of environments and entries are safe
+//! everywhere an agent may put them. (Sizes on the wire: `protocol::MAX_AGENT_FRAME`; what the
+//! store takes is the node's `store::size`.)
 
-/// Largest frame an agent accepts from a node.
-pub const MAX_FRAME: usize = 16 * 1024 * 1024;
-/// Largest value accepted.
-pub const MAX_VALUE: usize = 512 * 1024;
-/// Largest change set, so it always fits one frame.
-pub const MAX_CHANGE_SET: usize = 900 * 1024;
-/// Largest environment (names and values): its snapshot must fit an agent's frame limit
-/// ([`MAX_FRAME`]) even with JSON escaping.
-pub const MAX_ENV: usize = 4 * 1024 * 1024;
 /// Longest name of an environment or an entry, in bytes.
 pub const MAX_NAME: usize = 256;
 

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::Value;
 
+/// Largest frame an agent accepts from a node. The node's limits on change sets and
+/// environments keep every frame it sends well under it.
+pub const MAX_AGENT_FRAME: usize = 16 * 1024 * 1024;
+
 /// Identifies one history of an environment. A new epoch is drawn whenever history is reset
 /// (store wiped or restored). Epochs are ordered by creation time: the upper bits are
 /// milliseconds since the Unix epoch, the low 16 bits random.

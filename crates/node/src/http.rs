@@ -119,6 +119,9 @@ impl From<StoreError> for ApiError {
             StoreError::Missing { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
             }
+            StoreError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
         }
     }
 }

@@ -43,12 +43,12 @@ use store::{ChangeSet, Store};
 pub const WS_READ_BUFFER: usize = 512;
 
 /// Most bytes a plain agent socket queues before the agent counts as not reading: two of the
-/// largest frames an agent accepts (`source::net::MAX_FRAME`), so that a reader may be in
+/// largest frames an agent accepts (`protocol::MAX_AGENT_FRAME`), so that a reader may be in
 /// the middle of one while the next waits. Not tied to `max_frame`, which bounds what agents
 /// send: a change set the HTTP API takes (4 MiB body, values as base64) is several MiB once
 /// JSON-escaped, and the store keeps snapshots under the agent's limit. Change frames are
 /// shared by every connection, so this counts more than each connection holds.
-pub const BACKLOG_LIMIT: usize = 2 * tether_core::limits::MAX_FRAME;
+pub const BACKLOG_LIMIT: usize = 2 * tether_core::protocol::MAX_AGENT_FRAME;
 
 /// Ask the CPU to bring `len` bytes from `start` into its cache, without waiting for them
 /// and without reading them as far as the language is concerned: the fan-out does this for

@@ -47,6 +47,8 @@ struct Backlog {
     overflow: bool,
     /// When the backlog last moved: bytes started waiting, or the kernel took some of them.
     since: Option<Instant>,
+    /// When the kernel last took bytes that had waited: the agent read some.
+    moved: Option<Instant>,
     /// The connection's task, to drain what was queued.
     drainer: Option<Waker>,
 }
@@ -137,6 +139,12 @@ impl PlainSocket {
         self.lock().since.map(|t| t.elapsed())
     }
 
+    /// When the kernel last took bytes that had waited for room, which only the agent
+    /// reading makes: a sign of life while a large frame keeps its answers behind it.
+    pub fn last_moved(&self) -> Option<Instant> {
+        self.lock().moved
+    }
+
     /// Drain the backlog; ready when it is empty. A waker registered while the kernel's
     /// buffer is full is woken when it has room.
     fn poll_drain(&self, b: &mut Backlog, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -153,6 +161,7 @@ impl PlainSocket {
                     }
                     if n > 0 {
                         b.since = Some(Instant::now());
+                        b.moved = b.since;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -216,8 +216,8 @@ pub fn summary(env: &str, current: Position, registry: Registry) -> serde_json::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tether_core::protocol::Epoch;
     use crate::hub::AckState;
+    use tether_core::protocol::Epoch;
 
     fn pos(epoch: u64, version: u64) -> Position {
         Position {

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, close_code};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+// tokio's, so that tests can stop the clock.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Node;
@@ -34,7 +36,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 enum End {
     /// Close with this code and reason.
     Close(u16, String),
-    /// The peer went away.
+    /// The agent sent a close frame: the WebSocket layer queued the answer, to be flushed.
+    PeerClosed,
+    /// The peer went away (or is not there any more: nothing could reach it).
     Gone,
 }
 
@@ -47,6 +51,9 @@ struct Conn<S> {
     /// Set once the agent said hello: where live change sets arrive.
     outlet: Option<Arc<Outlet>>,
     id: u64,
+    /// The agent's last sign of life: a frame from it (pongs included), or a send that
+    /// waited for it to read and then went through.
+    alive_at: Instant,
 }
 
 /// Serve one agent until it leaves, misbehaves, or the node shuts down.
@@ -68,12 +75,21 @@ pub async fn serve<S, E>(
         plain,
         outlet: None,
         id: 0,
+        alive_at: Instant::now(),
     };
     let end = conn.run(shutdown).await;
     let agent = conn.id;
     // Before the close frame: nothing may be written after it.
     conn.leave();
-    if let End::Close(code, mut reason) = end {
+    if let End::PeerClosed = end {
+        // Flushes the answer to the agent's close frame; nothing else is written.
+        if tokio::time::timeout(CLOSE_TIMEOUT, conn.socket.close())
+            .await
+            .is_err()
+        {
+            tracing::debug!(agent, "close answer not taken within {CLOSE_TIMEOUT:?}");
+        }
+    } else if let End::Close(code, mut reason) = end {
         tracing::debug!(code, reason = %reason, "closing agent connection");
         // A close frame's reason is at most 123 bytes.
         let mut cut = reason.len().min(123);
@@ -123,21 +139,30 @@ where
     E: std::fmt::Display,
 {
     async fn send(&mut self, frame: Utf8Bytes) -> Result<(), End> {
+        self.send_message(Message::Text(frame)).await?;
+        Counters::inc(&self.node.hub.counters.frames_sent);
+        Ok(())
+    }
+
+    async fn send_message(&mut self, message: Message) -> Result<(), End> {
         // An agent that stops reading is dropped rather than holding frames forever.
         let limit = self.patience();
-        let result = {
-            let mut send = std::pin::pin!(self.socket.send(Message::Text(frame)));
+        let (result, waited) = {
+            let mut send = std::pin::pin!(self.socket.send(message));
             // Nearly every send completes at once (room in the socket buffer): those need
             // no timer. The rest get one, boxed so that it lives only while such a send is
             // in flight, not in every idle connection.
             match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
-                Poll::Ready(r) => Ok(r),
-                Poll::Pending => Box::pin(tokio::time::timeout(limit, send)).await,
+                Poll::Ready(r) => (Ok(r), false),
+                Poll::Pending => (Box::pin(tokio::time::timeout(limit, send)).await, true),
             }
         };
         match result {
             Ok(Ok(())) => {
-                Counters::inc(&self.node.hub.counters.frames_sent);
+                // It waited for room, which only the agent reading could make.
+                if waited {
+                    self.alive_at = Instant::now();
+                }
                 Ok(())
             }
             Ok(Err(_)) => Err(End::Gone),
@@ -159,15 +184,27 @@ where
         self.outlet.clone().ok_or(End::Gone)
     }
 
-    /// How long an agent may leave frames unread before it is dropped.
+    /// How long an agent may leave frames unread, or say nothing (not even a pong), before
+    /// it is dropped.
     fn patience(&self) -> Duration {
         (self.node.heartbeat * 2).max(Duration::from_secs(5))
+    }
+
+    /// The agent's last sign of life, counting bytes it took from the plain socket's backlog
+    /// (a ping waits behind a large frame that a slow agent is still reading).
+    fn last_sign(&self) -> Instant {
+        let moved = self.plain.as_ref().and_then(|p| p.last_moved());
+        moved.map_or(self.alive_at, |m| m.max(self.alive_at))
     }
 
     /// Next text frame from the agent; pings are answered by the WebSocket layer.
     async fn next_text(&mut self) -> Result<Utf8Bytes, End> {
         loop {
-            match self.socket.next().await {
+            let next = self.socket.next().await;
+            if matches!(next, Some(Ok(_))) {
+                self.alive_at = Instant::now();
+            }
+            match next {
                 None => return Err(End::Gone),
                 Some(Err(e)) => {
                     let e = e.to_string();
@@ -182,7 +219,7 @@ where
                     return Err(End::Gone);
                 }
                 Some(Ok(Message::Text(t))) => return Ok(t),
-                Some(Ok(Message::Close(_))) => return Err(End::Gone),
+                Some(Ok(Message::Close(_))) => return Err(End::PeerClosed),
                 Some(Ok(Message::Binary(_))) => {
                     return Err(End::Close(
                         close_code::UNSUPPORTED,
@@ -282,10 +319,28 @@ where
         // Registered once: re-creating it in every turn of the loop would take the token's
         // lock for every frame of every connection.
         let mut cancelled = std::pin::pin!(shutdown.cancelled());
+        // Every heartbeat carries a ping; an agent that answers nothing (no pong, no frame)
+        // for two heartbeats is gone, however its socket looks: half-open (a vanished host,
+        // a proxy that stopped forwarding) or a stopped process whose kernel still acks.
+        // The timer is set again only when it fires, not for each frame.
+        let mut silence =
+            std::pin::pin!(tokio::time::sleep_until(self.last_sign() + self.patience()));
         let plain = self.plain.clone();
         loop {
             tokio::select! {
                 _ = &mut cancelled => return Ok(()),
+                _ = &mut silence => {
+                    let sign = self.last_sign();
+                    if sign.elapsed() >= self.patience() {
+                        tracing::warn!(
+                            agent = self.id,
+                            silent_for = ?sign.elapsed(),
+                            "agent answered nothing, not even a ping; dropping its connection"
+                        );
+                        return Err(End::Gone);
+                    }
+                    silence.as_mut().reset(sign + self.patience());
+                }
                 _ = outlet.notified() => self.service(&outlet).await?,
                 e = backlog(plain.as_deref()) => {
                     if plain.as_ref().is_some_and(|p| p.overflowed()) {
@@ -306,6 +361,7 @@ where
                         .filter_map(|env| self.node.hub.position(&env).map(|position| EnvPosition { env, position }))
                         .collect();
                     self.send_msg(&ServerMsg::Heartbeat { positions }).await?;
+                    self.send_message(Message::Ping(Default::default())).await?;
                 }
                 text = self.next_text() => {
                     let text = text?;
@@ -452,6 +508,8 @@ where
                 Some(sent) => {
                     let c = &self.node.hub.counters.frames_sent;
                     c.fetch_add(sent, Ordering::Relaxed);
+                    // No ping went out meanwhile: the agent's silence counts from here.
+                    self.alive_at = Instant::now();
                     return Ok(());
                 }
                 None => {
@@ -565,5 +623,7 @@ impl Classify for serde_json::Error {
     }
 }
 
+#[cfg(test)]
+mod liveness_tests;
 #[cfg(test)]
 mod tests;

@@ -351,7 +351,8 @@ impl Model {
     }
 
     fn apply(&mut self, frame: ServerMsg) {
-        let text = |v: &tether_core::secret::Value| String::from_utf8_lossy(v.expose()).into_owned();
+        let text =
+            |v: &tether_core::secret::Value| String::from_utf8_lossy(v.expose()).into_owned();
         match frame {
             ServerMsg::Snapshot {
                 position, entries, ..

@@ -1,1 +1,440 @@
 //! Hostile input: what crosses the wire — frame sizes, acks, half-open peers, secrecy.
+//! Values that grow sixfold once escaped, a node sending frames too large to take, a token
+//! the node refuses, agents that vanish without closing, and a client's close frame.
+
+use std::net::TcpStream as StdTcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value as Json, json};
+use tether_core::protocol::{ClientMsg, ServerMsg, Subscription};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::{DEADLINE, Tether, Work, free_port, start_node, strip_ansi, wait_for_within};
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// One HTTP request; any status is returned. The status and the body as JSON (or text).
+fn http(method: &str, url: &str, body: Option<&Json>) -> (u16, Json, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let req = ureq::http::Request::builder().method(method).uri(url);
+    let result = match body {
+        Some(b) => agent.run(
+            req.header("content-type", "application/json")
+                .body(b.to_string())
+                .unwrap(),
+        ),
+        None => agent.run(req.body(()).unwrap()),
+    };
+    let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .unwrap_or_default();
+    let json = serde_json::from_str(&text).unwrap_or(Json::Null);
+    (resp.status().as_u16(), json, text)
+}
+
+/// How many agents the node lists as connected to `prod`.
+fn connected(url: &str) -> u64 {
+    let (status, json, text) = http("GET", &format!("{url}/v1/envs/prod/status"), None);
+    assert_eq!(status, 200, "{text}");
+    json["agents"].as_u64().expect("an agent count")
+}
+
+/// `tether run` following `prod` on `server`, values in `out.json` (not the environment:
+/// these are large), state in `state/`.
+fn start_agent(w: &Work, server: &str, extra: &[&str]) -> Tether {
+    let out = w.path("out.json").display().to_string();
+    let state = w.path("state").display().to_string();
+    let mut args: Vec<String> = [
+        "run",
+        "--server",
+        server,
+        "--env",
+        "prod",
+        "--state-dir",
+        &state,
+        "--output",
+        &out,
+        "--no-env",
+        "--on-change",
+        "none",
+        "--debounce",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push("--".into());
+    args.extend(w.child_args(&[]));
+    Tether::start(w.dir.path(), &args, &[])
+}
+
+/// A redis-server on a free loopback port, without persistence; killed on drop.
+struct Redis(std::process::Child, u16);
+
+impl Redis {
+    fn start(w: &Work) -> Redis {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .current_dir(w.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        wait_for_within("redis-server to listen", DEADLINE, &mut || {
+            StdTcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Redis(child, port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issue 11, item 1: seven 512 KiB values of `\x01` made a 22 MB snapshot (6 bytes each
+/// once escaped), over the agent's 16 MiB frame limit: agents could never sync again. The
+/// limit counts bytes as sent, in both stores: the third value is refused with 413, naming
+/// the environment and the sizes, and an agent still takes the environment.
+fn seven_values_of_control_bytes(w: &Work, node_args: &[&str]) {
+    let (node, port) = start_node(w.dir.path(), node_args);
+    let url = format!("http://127.0.0.1:{port}");
+    let ctl = "\u{1}".repeat(512 * 1024);
+    let mut refused = Vec::new();
+    for i in 0..7 {
+        let body = json!({"changes": [{"name": format!("V{i}"), "value": ctl}]});
+        let (status, json, text) =
+            http("POST", &format!("{url}/v1/envs/prod/changes"), Some(&body));
+        match status {
+            200 => {}
+            413 => {
+                assert_eq!(json["error"]["code"], "too_large", "{text}");
+                let message = json["error"]["message"].as_str().unwrap_or("");
+                assert!(
+                    message.contains("\"prod\"") && message.contains("8388608-byte limit"),
+                    "{message}"
+                );
+                refused.push(i);
+            }
+            _ => panic!("write {i}: HTTP {status}: {text}"),
+        }
+    }
+    assert_eq!(
+        refused,
+        [2, 3, 4, 5, 6],
+        "two fit as sent, the rest are refused"
+    );
+    let (status, _, text) = http("GET", &format!("{url}/v1/envs/prod"), None);
+    assert_eq!(status, 200);
+    assert!(text.len() < 16 << 20, "{} bytes", text.len());
+
+    let agent = start_agent(w, &url, &[]);
+    agent.wait_for(
+        "the agent takes the environment and starts its child",
+        || w.starts().len() == 1 && w.read("out.json").contains("V1"),
+    );
+    drop((agent, node));
+}
+
+#[test]
+fn seven_values_of_control_bytes_are_refused_sqlite() {
+    let w = Work::new();
+    let data = w.path("data").display().to_string();
+    seven_values_of_control_bytes(&w, &["--data", &data]);
+}
+
+#[test]
+fn seven_values_of_control_bytes_are_refused_redis() {
+    let w = Work::new();
+    let redis = Redis::start(&w);
+    let url = format!("redis://127.0.0.1:{}", redis.1);
+    seven_values_of_control_bytes(&w, &["--redis", &url, "--node-id", "n1"]);
+}
+
+/// A fake node on a loopback port: accepts agents, counts them, answers each hello with a
+/// welcome and then `after_welcome`'s frame.
+fn fake_node(rt: &Runtime, after_welcome: Message) -> (u16, Arc<AtomicUsize>) {
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    rt.spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            let frame = after_welcome.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                let _hello = ws.next().await;
+                let welcome = json!({"type": "welcome", "node": "fake", "heartbeat_ms": 60000});
+                let _ = ws.send(Message::text(welcome.to_string())).await;
+                let _ = ws.send(frame).await;
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+        }
+    });
+    (port, count)
+}
+
+/// Issue 11, item 1: a frame the agent refuses (here one over its 16 MiB limit) must not
+/// start its waits over, as the welcome before it did: the agent reconnected about 20 times
+/// a second. Over six seconds a growing backoff makes a handful of attempts, never dozens.
+#[test]
+fn a_frame_too_large_to_take_does_not_reset_the_backoff() {
+    let w = Work::new();
+    let rt = runtime();
+    let big = format!(
+        r#"{{"type":"snapshot","env":"prod","position":{{"epoch":"0000000000000001","version":1}},"entries":[{{"name":"A","value":"{}"}}]}}"#,
+        "x".repeat(17 << 20)
+    );
+    let (port, attempts) = fake_node(&rt, Message::text(big));
+    let agent = start_agent(&w, &format!("http://127.0.0.1:{port}"), &[]);
+    agent.wait_for("the agent refuses the frame", || {
+        strip_ansi(&agent.stderr()).contains("node connection failed")
+    });
+    let start = attempts.load(Ordering::SeqCst);
+    // A window to count in, not a synchronisation: fewer attempts on a busy machine only.
+    std::thread::sleep(Duration::from_secs(6));
+    let made = attempts.load(Ordering::SeqCst) - start;
+    assert!(
+        made <= 15,
+        "{made} connection attempts in 6 s: the backoff was reset"
+    );
+    assert!(
+        w.starts().is_empty(),
+        "the child never starts without a state"
+    );
+}
+
+/// Issue 11, item 12: an agent with a token the node refuses retried at the same pace
+/// forever. It says so at error level, naming where the token came from (never the token),
+/// and waits seconds, then minutes, between attempts.
+#[test]
+fn a_refused_token_is_reported_and_retried_slowly() {
+    use sha2::{Digest, Sha256};
+    let w = Work::new();
+    let good = "agent-token-0123456789";
+    let hash = hex::encode(Sha256::digest(good.as_bytes()));
+    w.write(
+        "node.toml",
+        &format!(
+            "[[token]]\nname = \"agents\"\nhash = \"sha256:{hash}\"\nrole = \"read\"\nenvs = [\"prod\"]\n"
+        ),
+    );
+    let data = w.path("data").display().to_string();
+    let cfg = w.path("node.toml").display().to_string();
+    let (_node, port) = start_node(w.dir.path(), &["--data", &data, "--config", &cfg]);
+    let url = format!("http://127.0.0.1:{port}");
+    let wrong = "wrong-token-9876543210";
+    w.write("token", &format!("{wrong}\n"));
+    let token_file = w.path("token").display().to_string();
+    let agent = start_agent(&w, &url, &["--token-file", &token_file]);
+    let rejected = || {
+        let (_, _, text) = http("GET", &format!("{url}/metrics"), None);
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("tether_auth_rejected_total ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0u64)
+    };
+    agent.wait_for("the refusal, reported", || {
+        strip_ansi(&agent.stderr()).lines().any(|l| {
+            l.contains("ERROR")
+                && l.contains("refused this agent's token")
+                && l.contains(&token_file)
+        })
+    });
+    let first = rejected();
+    assert!(first >= 1);
+    // A window to count in, not a synchronisation: fewer attempts on a busy machine only.
+    std::thread::sleep(Duration::from_secs(6));
+    let more = rejected() - first;
+    assert!(
+        more <= 2,
+        "{more} more attempts in 6 s with a refused token"
+    );
+    assert!(!agent.stderr().contains(wrong), "the token was logged");
+    assert!(w.starts().is_empty());
+}
+
+/// A TCP proxy for one agent that, once frozen, forwards nothing more in either direction
+/// and closes nothing: to both ends the connection looks open and silent, as when a host
+/// vanishes or a middlebox drops a flow.
+struct Proxy {
+    port: u16,
+    frozen: Arc<AtomicBool>,
+}
+
+fn proxy(rt: &Runtime, target: u16) -> Proxy {
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let stop = frozen.clone();
+    rt.spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                if stop.load(Ordering::SeqCst) {
+                    // Held open, never answered.
+                    let _held = inbound;
+                    return std::future::pending::<()>().await;
+                }
+                let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
+                    return;
+                };
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                tokio::spawn(pump(ri, wo, stop.clone()));
+                tokio::spawn(pump(ro, wi, stop));
+            });
+        }
+    });
+    Proxy { port, frozen }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stop: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let read = from.read(&mut buf).await;
+        if stop.load(Ordering::SeqCst) {
+            // Frozen: keep both sockets, pass on nothing more, not even an end of stream.
+            let _held = (from, to);
+            return std::future::pending::<()>().await;
+        }
+        let n = match read {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Issue 11, item 8: with no ping and no keepalive, a vanished agent stayed connected (and
+/// current) in status for about 15 minutes. The node pings with every heartbeat and drops
+/// an agent that answers nothing for two heartbeats (at least 5 s); the agent drops a node
+/// silent for 2.5 heartbeats. Here the heartbeat is 1 s and the bound 15 s.
+#[test]
+fn a_half_open_agent_is_dropped_within_a_few_heartbeats() {
+    let w = Work::new();
+    let rt = runtime();
+    let data = w.path("data").display().to_string();
+    let (node, port) = start_node(w.dir.path(), &["--data", &data, "--heartbeat", "1s"]);
+    let url = format!("http://127.0.0.1:{port}");
+    let body = json!({"changes": [{"name": "A", "value": "1"}]});
+    let (status, _, text) = http("POST", &format!("{url}/v1/envs/prod/changes"), Some(&body));
+    assert_eq!(status, 200, "{text}");
+    let p = proxy(&rt, port);
+    let agent = start_agent(&w, &format!("http://127.0.0.1:{}", p.port), &[]);
+    agent.wait_for("the agent is connected and current", || {
+        w.starts().len() == 1 && connected(&url) == 1
+    });
+    // Longer than the node's patience, so that pings and pongs are known to flow.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(connected(&url), 1, "a live agent was dropped");
+
+    p.frozen.store(true, Ordering::SeqCst);
+    let frozen_at = Instant::now();
+    let bound = Duration::from_secs(15);
+    wait_for_within("the node drops the half-open agent", bound, &mut || {
+        connected(&url) == 0
+    });
+    wait_for_within("the agent gives the silent node up", bound, &mut || {
+        strip_ansi(&agent.stderr()).contains("presumed dead")
+    });
+    eprintln!("dropped after {:?}", frozen_at.elapsed());
+    drop((agent, node));
+}
+
+/// Issue 11, item 12: a client's close frame was never answered (the node just dropped the
+/// connection). It is answered with a close frame, as RFC 6455 asks.
+#[test]
+fn a_close_frame_is_answered() {
+    let w = Work::new();
+    let rt = runtime();
+    let data = w.path("data").display().to_string();
+    let (_node, port) = start_node(w.dir.path(), &["--data", &data]);
+    rt.block_on(async {
+        let url = format!("ws://127.0.0.1:{port}/v1/ws");
+        let connect = tokio_tungstenite::connect_async(url);
+        let (mut ws, _) = tokio::time::timeout(DEADLINE, connect)
+            .await
+            .expect("connect within the deadline")
+            .expect("upgrade");
+        let hello = ClientMsg::Hello {
+            agent: "it".into(),
+            subscribe: vec![Subscription {
+                env: "prod".into(),
+                position: None,
+            }],
+        };
+        ws.send(Message::text(serde_json::to_string(&hello).unwrap()))
+            .await
+            .unwrap();
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, ws.next())
+                .await
+                .expect("a frame");
+            if let Some(Ok(Message::Text(t))) = frame {
+                if matches!(
+                    serde_json::from_str(t.as_str()),
+                    Ok(ServerMsg::Synced { .. })
+                ) {
+                    break;
+                }
+            }
+        }
+        let bye = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        };
+        ws.send(Message::Close(Some(bye))).await.unwrap();
+        let answer = loop {
+            match tokio::time::timeout(DEADLINE, ws.next())
+                .await
+                .expect("an answer")
+            {
+                Some(Ok(Message::Close(c))) => break Ok(c),
+                Some(Ok(_)) => continue,
+                other => break Err(format!("{other:?}")),
+            }
+        };
+        let answer = answer.expect("a close frame in answer");
+        assert_eq!(answer.map(|c| c.code), Some(CloseCode::Normal));
+    });
+}

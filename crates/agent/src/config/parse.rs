@@ -167,10 +167,16 @@ pub(super) fn parse_net(raw: &RawConfig, p: &mut Problems) -> Option<NetSpec> {
             );
         }
     }
+    let token_source = match (&raw.token_file, &token) {
+        (Some(path), _) => format!("token_file {}", path.display()),
+        (None, Some(_)) => "TETHER_TOKEN".to_string(),
+        (None, None) => "none configured: set token_file or TETHER_TOKEN".to_string(),
+    };
     Some(NetSpec {
         servers,
         env,
         token,
+        token_source,
         ca_file: raw.ca_file.clone(),
         state_dir: raw.state_dir.clone(),
         start_without_server: raw.start_without_server.unwrap_or(false),

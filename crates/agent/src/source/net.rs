@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rand::Rng;
 use rand::seq::SliceRandom;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -25,14 +24,17 @@ use tether_core::protocol::{
     judge_change,
 };
 
+mod backoff;
 mod saved;
+
+use backoff::{Backoff, Outcome};
 
 pub use saved::default_state_dir;
 use saved::state_file_name;
 pub use tether_core::endpoint::{http_url, tls_config, ws_url};
 
 /// Largest frame accepted from a node.
-pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+pub const MAX_FRAME: usize = tether_core::protocol::MAX_AGENT_FRAME;
 /// Heartbeat assumed until the node's welcome says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 
@@ -151,24 +153,41 @@ impl Follower {
     async fn run(&mut self) {
         let mut order: Vec<usize> = (0..self.urls.len()).collect();
         order.shuffle(&mut rand::thread_rng());
-        let mut backoff = Jitter::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff = Backoff::new();
         let mut attempt = 0usize;
         loop {
             let url = self.urls[order[attempt % order.len()]].clone();
             attempt += 1;
-            let established = match self.session(&url).await {
-                Ok(()) => true,
-                Err((established, e)) => {
-                    if matches!(e, SessionError::Refused { .. }) {
-                        tracing::error!(node = %url, error = %e, "node connection failed");
-                    } else {
-                        tracing::warn!(node = %url, error = %e, "node connection failed");
-                    }
-                    established
-                }
+            let round_done = attempt % self.urls.len() == 0;
+            let (outcome, error) = match self.session(&url).await {
+                Ok(()) => (Outcome::Synced, None),
+                Err((true, e)) => (Outcome::Synced, Some(e)),
+                Err((
+                    false,
+                    e @ SessionError::Refused {
+                        status: 401 | 403, ..
+                    },
+                )) => (Outcome::Refused, Some(e)),
+                Err((false, e)) => (Outcome::Failed, Some(e)),
             };
-            if established {
-                backoff.reset();
+            let delay = backoff.after(outcome, round_done);
+            match (&error, outcome) {
+                (Some(e), Outcome::Refused) => tracing::error!(
+                    node = %url,
+                    error = %e,
+                    token = %self.spec.token_source,
+                    retry_in = ?delay,
+                    "the node refused this agent's token ({}): fix it and restart the agent; \
+                     until then it retries every few minutes",
+                    self.spec.token_source
+                ),
+                (Some(e @ SessionError::Refused { .. }), _) => {
+                    tracing::error!(node = %url, error = %e, retry_in = ?delay, "node connection failed")
+                }
+                (Some(e), _) => {
+                    tracing::warn!(node = %url, error = %e, retry_in = ?delay, "node connection failed")
+                }
+                (None, _) => {}
             }
             // Every node failed once: run on the saved state if allowed.
             if !self.emitted
@@ -180,18 +199,12 @@ impl Follower {
                 tracing::warn!(env = %self.spec.env, "DEGRADED: no node reachable; starting from the saved state");
                 self.emit();
             }
-            let delay = if established {
-                jitter(Duration::from_millis(50))
-            } else if attempt % self.urls.len() == 0 {
-                backoff.next()
-            } else {
-                jitter(Duration::from_millis(50))
-            };
             tokio::time::sleep(delay).await;
         }
     }
 
-    /// One connection, until it fails. The bool says whether it got as far as a welcome.
+    /// One connection, until it fails. The bool says whether it got as far as a healthy
+    /// sync (`synced` for the followed environment): only that starts the waits over.
     async fn session(&mut self, url: &str) -> Result<(), (bool, SessionError)> {
         let mut request = url
             .into_client_request()
@@ -247,24 +260,29 @@ impl Follower {
                 position: self.position,
             }],
         };
-        send(&mut ws, &hello).await.map_err(|e| (false, e))?;
         let mut silence = DEFAULT_HEARTBEAT.mul_f32(2.5);
+        let start = tokio::time::Instant::now();
+        send(&mut ws, &hello, start + silence)
+            .await
+            .map_err(|e| (false, e))?;
         let mut welcomed = false;
+        // Set by the first `synced`: this node serves us, the waits between attempts start over.
+        let mut synced = false;
         let mut resync_pending = false;
         // Silence is measured from the node's last frame, whatever else happens meanwhile.
-        let mut last_frame = tokio::time::Instant::now();
+        let mut last_frame = start;
         loop {
             tokio::select! {
                 frame = tokio::time::timeout_at(last_frame + silence, ws.next()) => {
                     last_frame = tokio::time::Instant::now();
                     let text = match frame {
-                        Err(_) => return Err((welcomed, SessionError::Silent(silence))),
-                        Ok(None) => return Err((welcomed, SessionError::Lost("end of stream".into()))),
-                        Ok(Some(Err(e))) => return Err((welcomed, SessionError::Lost(e.to_string()))),
+                        Err(_) => return Err((synced, SessionError::Silent(silence))),
+                        Ok(None) => return Err((synced, SessionError::Lost("end of stream".into()))),
+                        Ok(Some(Err(e))) => return Err((synced, SessionError::Lost(e.to_string()))),
                         Ok(Some(Ok(Message::Text(t)))) => t,
                         Ok(Some(Ok(Message::Close(c)))) => {
                             let reason = c.map(|c| format!("{} {}", u16::from(c.code), c.reason)).unwrap_or_default();
-                            return Err((welcomed, SessionError::Closed(reason)));
+                            return Err((synced, SessionError::Closed(reason)));
                         }
                         Ok(Some(Ok(_))) => continue,
                     };
@@ -282,7 +300,7 @@ impl Follower {
                             silence = Duration::from_millis(heartbeat_ms.max(10)).mul_f32(2.5);
                             tracing::info!(node = %node, url = %url, "connected to node");
                             if let Some((pos, result)) = self.last_ack.clone() {
-                                send(&mut ws, &ack_msg(&self.spec.env, pos, result)).await.map_err(|e| (true, e))?;
+                                send(&mut ws, &ack_msg(&self.spec.env, pos, result), last_frame + silence).await.map_err(|e| (synced, e))?;
                             }
                         }
                         ServerMsg::Snapshot { env, position, entries } if env == self.spec.env => {
@@ -314,12 +332,13 @@ impl Follower {
                                     tracing::info!(have = ?self.position.map(|p| p.to_string()), got = %position, "gap in change sets; resyncing");
                                     resync_pending = true;
                                     let m = ClientMsg::Resync { env: self.spec.env.clone(), position: self.position };
-                                    send(&mut ws, &m).await.map_err(|e| (welcomed, e))?;
+                                    send(&mut ws, &m, last_frame + silence).await.map_err(|e| (synced, e))?;
                                 }
                             }
                         }
                         ServerMsg::Synced { env, position } if env == self.spec.env => {
                             resync_pending = false;
+                            synced = true;
                             // The node sent all it has. A node behind us (its store lost its
                             // data, or was restored) has nothing newer: our state stands.
                             let current = self.position.is_some()
@@ -343,7 +362,7 @@ impl Follower {
                                     tracing::info!(node = %theirs, "heartbeat shows a newer version; resyncing");
                                     resync_pending = true;
                                     let m = ClientMsg::Resync { env: self.spec.env.clone(), position: self.position };
-                                    send(&mut ws, &m).await.map_err(|e| (welcomed, e))?;
+                                    send(&mut ws, &m, last_frame + silence).await.map_err(|e| (synced, e))?;
                                 }
                             }
                         }
@@ -361,7 +380,7 @@ impl Follower {
                 Some((pos, result)) = self.acks.recv() => {
                     self.last_ack = Some((pos, result.clone()));
                     if welcomed {
-                        send(&mut ws, &ack_msg(&self.spec.env, pos, result)).await.map_err(|e| (true, e))?;
+                        send(&mut ws, &ack_msg(&self.spec.env, pos, result), last_frame + silence).await.map_err(|e| (synced, e))?;
                     }
                 }
             }
@@ -388,14 +407,23 @@ fn ack_msg(env: &str, position: Position, result: Result<(), String>) -> ClientM
     }
 }
 
-async fn send<S>(ws: &mut S, msg: &ClientMsg) -> Result<(), SessionError>
+/// Send `msg`, giving up at `deadline` (when the node's silence makes it dead anyway): a
+/// node that vanished leaves our writes stuck in a full socket buffer.
+async fn send<S>(
+    ws: &mut S,
+    msg: &ClientMsg,
+    deadline: tokio::time::Instant,
+) -> Result<(), SessionError>
 where
     S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
 {
     let text = serde_json::to_string(msg).map_err(|e| SessionError::Protocol(e.to_string()))?;
-    ws.send(Message::text(text))
-        .await
-        .map_err(|e| SessionError::Lost(e.to_string()))
+    match tokio::time::timeout_at(deadline, ws.send(Message::text(text))).await {
+        Ok(r) => r.map_err(|e| SessionError::Lost(e.to_string())),
+        Err(_) => Err(SessionError::Lost(
+            "the node took no data in time; presumed dead".into(),
+        )),
+    }
 }
 
 fn to_entries(list: Vec<WireEntry>) -> Entries {
@@ -441,57 +469,10 @@ fn apply_changes(entries: &mut Entries, changes: Vec<WireChange>) {
     }
 }
 
-/// Capped exponential backoff with full jitter.
-struct Jitter {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Jitter {
-    fn new(base: Duration, cap: Duration) -> Self {
-        Jitter {
-            base,
-            cap,
-            attempt: 0,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1 << self.attempt.min(16))
-            .min(self.cap);
-        self.attempt += 1;
-        jitter(ceiling)
-    }
-
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-fn jitter(max: Duration) -> Duration {
-    if max.is_zero() {
-        return max;
-    }
-    rand::thread_rng().gen_range(Duration::ZERO..max)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tether_core::secret::Value;
-
-    #[test]
-    fn backoff_is_capped_and_jittered() {
-        let mut j = Jitter::new(Duration::from_millis(100), Duration::from_secs(10));
-        for _ in 0..40 {
-            assert!(j.next() < Duration::from_secs(10));
-        }
-        j.reset();
-        assert!(j.next() < Duration::from_millis(100));
-    }
 
     #[test]
     fn changes_set_and_delete() {

@@ -329,10 +329,10 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use tether_core::protocol::{Position, WireChange};
-    use tether_core::secret::Value;
     use crate::store::sqlite::SqliteStore;
     use crate::store::{CatchUp, StoreError};
+    use tether_core::protocol::{Position, WireChange};
+    use tether_core::secret::Value;
 
     fn set(name: &str, v: &str) -> WireChange {
         WireChange {

@@ -4,7 +4,10 @@
 
 pub mod files;
 pub mod redis;
+pub mod size;
 pub mod sqlite;
+
+pub use size::{MAX_CHANGE_SET, MAX_ENV, MAX_VALUE};
 
 use std::sync::Arc;
 
@@ -116,6 +119,28 @@ pub enum StoreError {
     Conflict { expected: u64, actual: u64 },
     #[error("environment {env:?} has no entry {name:?}")]
     Missing { env: String, name: String },
+    /// Over a limit on what agents receive; `what` names the environment.
+    #[error(
+        "{what} would be {size} bytes as sent to agents, over the {limit}-byte limit \
+         (values count JSON-escaped, non-UTF-8 bytes as base64, plus {overhead} bytes per entry)",
+        overhead = size::ENTRY_OVERHEAD
+    )]
+    TooLarge {
+        what: String,
+        size: usize,
+        limit: usize,
+    },
+}
+
+impl StoreError {
+    /// The environment `env` would grow to `size` bytes on the wire.
+    pub fn env_too_large(env: &str, size: usize) -> StoreError {
+        StoreError::TooLarge {
+            what: format!("environment {env:?}"),
+            size,
+            limit: MAX_ENV,
+        }
+    }
 }
 
 /// The store behind a node.
@@ -213,8 +238,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
 }
 
-pub use tether_core::limits::{MAX_CHANGE_SET, MAX_ENV, MAX_VALUE};
-
 /// [`tether_core::limits::validate_name`], as a store error.
 pub fn validate_name(kind: &str, name: &str) -> Result<(), StoreError> {
     tether_core::limits::validate_name(kind, name).map_err(StoreError::Invalid)
@@ -259,12 +282,17 @@ fn validate_changes(env: &str, changes: &[WireChange]) -> Result<(), StoreError>
             }
             _ => {}
         }
-        total += c.name.len() + c.value.as_ref().map_or(0, |v| v.len());
+        total += match &c.value {
+            Some(v) if !c.delete => size::entry_size(&c.name, v.expose()),
+            _ => size::delete_size(&c.name),
+        };
     }
     if total > MAX_CHANGE_SET {
-        return Err(StoreError::Invalid(format!(
-            "change set is {total} bytes, over the {MAX_CHANGE_SET}-byte limit"
-        )));
+        return Err(StoreError::TooLarge {
+            what: format!("a change set for environment {env:?}"),
+            size: total,
+            limit: MAX_CHANGE_SET,
+        });
     }
     Ok(())
 }

@@ -36,10 +36,17 @@ fn history_key(env: &str) -> String {
     format!("tether:env:{{{env}}}:history")
 }
 
-/// KEYS: meta, values, secret, history, envs.
+fn wire_key(env: &str) -> String {
+    format!("tether:env:{{{env}}}:wire")
+}
+
+/// KEYS: meta, values, secret, history, envs, wire sizes.
 /// ARGV: env, expected version or "", epoch for a new environment ("" if it must exist: the
 ///       node saw it, so its absence means Redis lost it), history length,
-///       change-set JSON, channel, then (op, name, value, secret) per change.
+///       change-set JSON, channel, then (op, name, value, secret, wire size) per change.
+/// The node computes each new entry's wire size (`store::size`); the script keeps them per
+/// entry (`size:length`) and in total. An entry it has no size for (written by an older
+/// version) is counted with the Lua `entry_size`, which is slow but gives the same answer.
 const COMMIT: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
@@ -55,40 +62,66 @@ end
 if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= version then
   return {'conflict', tostring(version)}
 end
+local function cost(name)
+  local n = redis.call('HSTRLEN', KEYS[2], name)
+  local c = redis.call('HGET', KEYS[6], name)
+  if c then
+    local w, len = string.match(c, '^(%d+):(%d+)$')
+    if w and tonumber(len) == n then
+      return tonumber(w)
+    end
+  end
+  return entry_size(name, redis.call('HGET', KEYS[2], name))
+end
+-- Raw size, kept for nodes of older versions; wire size (store::size), the limit.
 local size = tonumber(redis.call('HGET', KEYS[1], 'size') or '0')
+local wire = tonumber(redis.call('HGET', KEYS[1], 'wire') or '')
+if not wire or redis.call('HGET', KEYS[1], 'wire_at') ~= tostring(version) then
+  -- First write since an upgrade, or after an older node's write: count it all.
+  wire = 0
+  for _, name in ipairs(redis.call('HKEYS', KEYS[2])) do
+    wire = wire + cost(name)
+  end
+end
+local before = wire
 local j = 7
 while j <= #ARGV do
-  local old = redis.call('HSTRLEN', KEYS[2], ARGV[j + 1])
   local existed = redis.call('HEXISTS', KEYS[2], ARGV[j + 1]) == 1
   if ARGV[j] == 'del' and not existed then
     return {'missing', ARGV[j + 1]}
   end
   if existed then
-    size = size - old - #ARGV[j + 1]
+    size = size - redis.call('HSTRLEN', KEYS[2], ARGV[j + 1]) - #ARGV[j + 1]
+    wire = wire - cost(ARGV[j + 1])
   end
   if ARGV[j] == 'set' then
     size = size + #ARGV[j + 2] + #ARGV[j + 1]
+    wire = wire + tonumber(ARGV[j + 4])
   end
-  j = j + 4
+  j = j + 5
 end
-if size > MAX_ENV_BYTES then
-  return {'too_big', tostring(size)}
+-- A write that does not grow the environment is taken even over the limit (to trim one).
+if wire > MAX_ENV_BYTES and wire > before then
+  return {'too_big', tostring(wire)}
 end
 version = version + 1
 -- The only call that can fail on valid input goes first: a failed script writes nothing.
 redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[4], tostring(version) .. '-0', 'changes', ARGV[5])
-redis.call('HSET', KEYS[1], 'epoch', epoch, 'version', version, 'size', size)
+redis.call('HSET', KEYS[1], 'epoch', epoch, 'version', version, 'size', size, 'wire', wire,
+  'wire_at', version)
 redis.call('SADD', KEYS[5], ARGV[1])
 local i = 7
 while i <= #ARGV do
   if ARGV[i] == 'set' then
     redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
     redis.call('HSET', KEYS[3], ARGV[i + 1], ARGV[i + 3])
+    redis.call('HSET', KEYS[6], ARGV[i + 1], ARGV[i + 4] .. ':' .. #ARGV[i + 2])
   else
     redis.call('HDEL', KEYS[2], ARGV[i + 1])
     redis.call('HDEL', KEYS[3], ARGV[i + 1])
+    redis.call('HDEL', KEYS[6], ARGV[i + 1])
   end
-  i = i + 4
+  i = i + 5
 end
 redis.call('PUBLISH', ARGV[6], '{"env":' .. cjson.encode(ARGV[1]) .. ',"position":{"epoch":"' .. epoch
   .. '","version":' .. version .. '},"changes":' .. ARGV[5] .. '}')
@@ -149,13 +182,28 @@ impl RedisStore {
     /// and every call fails with `Unavailable` until Redis answers. `reset_lost`: see the
     /// field.
     pub fn new(client: redis::Client, history: u64, reset_lost: bool) -> RedisStore {
+        RedisStore::with_limit(client, history, reset_lost, super::MAX_ENV)
+    }
+
+    /// A store whose environments may grow to `max_env` bytes on the wire (tests use a
+    /// small one: the Lua count of entries without a size is slow on large values).
+    fn with_limit(
+        client: redis::Client,
+        history: u64,
+        reset_lost: bool,
+        max_env: usize,
+    ) -> RedisStore {
         RedisStore {
             client,
             conn: tokio::sync::OnceCell::new(),
             history: history.max(1),
             known: Default::default(),
             reset_lost,
-            commit: Script::new(&COMMIT.replace("MAX_ENV_BYTES", &super::MAX_ENV.to_string())),
+            commit: Script::new(&format!(
+                "{}{}",
+                super::size::lua(),
+                COMMIT.replace("MAX_ENV_BYTES", &max_env.to_string())
+            )),
             reset: Script::new(RESET),
         }
     }
@@ -187,6 +235,7 @@ impl RedisStore {
             .key(secret_key(env))
             .key(history_key(env))
             .key(ENVS)
+            .key(wire_key(env))
             .arg(env)
             .arg(expect.map(|v| v.to_string()).unwrap_or_default())
             .arg(if self.is_known(env) {
@@ -203,8 +252,9 @@ impl RedisStore {
                     .arg("set")
                     .arg(&c.name)
                     .arg(v.expose())
-                    .arg(if c.secret { "1" } else { "0" }),
-                _ => inv.arg("del").arg(&c.name).arg("").arg(""),
+                    .arg(if c.secret { "1" } else { "0" })
+                    .arg(super::size::entry_size(&c.name, v.expose())),
+                _ => inv.arg("del").arg(&c.name).arg("").arg("").arg(""),
             };
         }
         let mut conn = self.conn().await?;
@@ -224,10 +274,10 @@ impl RedisStore {
                     changes: changes.to_vec(),
                 },
             )),
-            [t, size] if t == "too_big" => Err(StoreError::Invalid(format!(
-                "environment {env:?} would hold {size} bytes, over the {}-byte limit",
-                super::MAX_ENV
-            ))),
+            [t, size] if t == "too_big" => Err(StoreError::env_too_large(
+                env,
+                size.parse().unwrap_or(super::MAX_ENV + 1),
+            )),
             [m, name] if m == "missing" => Err(StoreError::Missing {
                 env: env.to_string(),
                 name: name.clone(),
@@ -523,4 +573,84 @@ fn parse_meta(m: &HashMap<String, String>) -> Result<Option<Position>, StoreErro
             .parse()
             .map_err(|_| StoreError::Unavailable(format!("bad version {version:?} in redis")))?,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::size::tests::Redis;
+
+    fn set(name: &str, value: Vec<u8>) -> WireChange {
+        WireChange {
+            name: name.into(),
+            value: Some(Value::new(value)),
+            secret: false,
+            delete: false,
+        }
+    }
+
+    /// The commit script counts bytes as sent, like the SQLite store: of seven values of
+    /// control characters two fit (with a 1 MiB limit here, and 64 KiB values: 384 KiB as
+    /// sent); an environment found over the limit (written by an older version, which kept
+    /// no wire sizes) can be trimmed but not grown.
+    #[tokio::test]
+    async fn the_limit_counts_bytes_as_sent() {
+        let redis = Redis::start();
+        let mut raw = redis.connection();
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.1)).unwrap();
+        let store = RedisStore::with_limit(client, 10, false, 1 << 20);
+        let ctl = vec![1u8; 64 * 1024];
+        let mut refused = 0;
+        for i in 0..7 {
+            match store
+                .commit("prod", &[set(&format!("V{i}"), ctl.clone())], None)
+                .await
+            {
+                Ok(_) => {}
+                Err(StoreError::TooLarge { size, what, .. }) => {
+                    assert!(size > 1 << 20 && what.contains("\"prod\""), "{what}");
+                    refused += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(refused, 5, "two fit in 1 MiB as sent, not three");
+
+        // As an older version would have left it: over the limit, no wire sizes.
+        for i in 2..4 {
+            let _: () = redis::cmd("HSET")
+                .arg(values_key("prod"))
+                .arg(format!("V{i}"))
+                .arg(ctl.as_slice())
+                .query(&mut raw)
+                .unwrap();
+        }
+        let _: () = redis::cmd("HDEL")
+            .arg(meta_key("prod"))
+            .arg("wire")
+            .query(&mut raw)
+            .unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(wire_key("prod"))
+            .query(&mut raw)
+            .unwrap();
+        let r = store.commit("prod", &[set("B", b"2".to_vec())], None).await;
+        assert!(matches!(r, Err(StoreError::TooLarge { .. })), "{r:?}");
+        let del = WireChange {
+            name: "V3".into(),
+            value: None,
+            secret: false,
+            delete: true,
+        };
+        store
+            .commit("prod", &[del], None)
+            .await
+            .expect("a delete is taken over the limit");
+        store
+            .commit("prod", &[set("V2", b"small".to_vec())], None)
+            .await
+            .expect("a smaller value is taken over the limit");
+        let r = store.commit("prod", &[set("B", ctl.clone())], None).await;
+        assert!(matches!(r, Err(StoreError::TooLarge { .. })), "{r:?}");
+    }
 }

@@ -171,6 +171,19 @@ impl SqliteStore {
                 });
             }
         }
+        // Wire size (store::size) of the entries this change set replaces or deletes.
+        let mut replaced = 0;
+        for c in changes {
+            let old: Option<usize> = tx
+                .query_row(
+                    "SELECT value FROM entries WHERE env = ?1 AND name = ?2",
+                    params![env, c.name],
+                    |r| Ok(super::size::entry_size(&c.name, r.get_ref(0)?.as_bytes()?)),
+                )
+                .optional()
+                .map_err(db_err)?;
+            replaced += old.unwrap_or(0);
+        }
         for c in changes {
             match &c.value {
                 Some(v) if !c.delete => tx
@@ -185,19 +198,17 @@ impl SqliteStore {
                     .map_err(db_err)?,
             };
         }
-        let size: i64 = tx
-            .query_row(
-                "SELECT COALESCE(SUM(length(name) + length(value)), 0) FROM entries WHERE env = ?1",
-                params![env],
-                |r| r.get(0),
-            )
-            .map_err(db_err)?;
-        if size as usize > super::MAX_ENV {
+        let size = wire_size(&tx, env)?;
+        let added: usize = changes
+            .iter()
+            .filter(|c| !c.delete)
+            .filter_map(|c| Some(super::size::entry_size(&c.name, c.value.as_ref()?.expose())))
+            .sum();
+        // A write that does not grow the environment is taken even over the limit, so that
+        // one left over it (by an older version) can be trimmed.
+        if size > super::MAX_ENV && added > replaced {
             // Dropping the transaction rolls the change back.
-            return Err(StoreError::Invalid(format!(
-                "environment {env:?} would hold {size} bytes, over the {}-byte limit",
-                super::MAX_ENV
-            )));
+            return Err(StoreError::env_too_large(env, size));
         }
         let json =
             serde_json::to_string(changes).map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -334,6 +345,24 @@ fn list(conn: &Connection) -> Result<Vec<EnvInfo>, StoreError> {
         })
         .map_err(db_err)?;
     rows.collect::<Result<_, _>>().map_err(db_err)
+}
+
+/// The environment's size as sent in a snapshot frame (`store::size`).
+fn wire_size(conn: &Connection, env: &str) -> Result<usize, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT name, value FROM entries WHERE env = ?1")
+        .map_err(db_err)?;
+    let mut rows = stmt.query(params![env]).map_err(db_err)?;
+    let mut total = 0;
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let name = r.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(db_err)?;
+        let value = r
+            .get_ref(1)
+            .and_then(|v| Ok(v.as_bytes()?))
+            .map_err(db_err)?;
+        total += super::size::entry_size(name, value);
+    }
+    Ok(total)
 }
 
 fn position(conn: &Connection, env: &str) -> Result<Option<Position>, StoreError> {
@@ -539,8 +568,9 @@ mod tests {
         for i in 0..20 {
             match s.commit("prod", &[set(&format!("CERT{i}"), &big)], None) {
                 Ok(c) => last = Some(c.position),
-                Err(StoreError::Invalid(m)) => {
-                    assert!(m.contains("limit"), "{m}");
+                Err(e @ StoreError::TooLarge { .. }) => {
+                    let m = e.to_string();
+                    assert!(m.contains("limit") && m.contains("\"prod\""), "{m}");
                     assert!(i >= 8, "refused too early at {i}");
                     assert_eq!(
                         s.position("prod").unwrap(),
@@ -553,5 +583,60 @@ mod tests {
             }
         }
         panic!("20 values of 500 KiB were accepted");
+    }
+
+    /// Control characters cost 6 bytes on the wire: seven 512 KiB values of them would make
+    /// a 22 MB snapshot, over an agent's frame limit. The limit counts what is sent.
+    #[test]
+    fn the_limit_counts_bytes_as_sent() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(d.path(), 10).unwrap();
+        let ctl = String::from_utf8(vec![1; 512 * 1024]).unwrap();
+        let mut refused = 0;
+        for i in 0..7 {
+            match s.commit("prod", &[set(&format!("V{i}"), &ctl)], None) {
+                Ok(_) => {}
+                Err(StoreError::TooLarge { size, limit, .. }) => {
+                    assert!(size > limit);
+                    refused += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(refused, 5, "two fit in 8 MiB as sent, not three");
+        let snap = s.snapshot("prod").unwrap();
+        let frame = crate::hub::snapshot_frame(&snap, true);
+        assert!(frame.len() <= super::super::MAX_ENV + super::super::size::FRAME_HEADER);
+        let counted = wire_size(&s.lock(), "prod").unwrap();
+        assert!(
+            counted <= frame.len() && frame.len() <= counted + super::super::size::FRAME_HEADER
+        );
+    }
+
+    /// An environment left over the limit (by an older version) can still be trimmed: a
+    /// write that does not grow it is taken, one that grows it is refused.
+    #[test]
+    fn an_environment_over_the_limit_can_be_trimmed() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(d.path(), 10).unwrap();
+        s.commit("prod", &[set("A", "1")], None).unwrap();
+        {
+            let conn = s.lock();
+            for i in 0..7 {
+                conn.execute(
+                    "INSERT INTO entries (env, name, value, secret) VALUES ('prod', ?1, ?2, 0)",
+                    params![format!("OLD{i}"), vec![1u8; 512 * 1024]],
+                )
+                .unwrap();
+            }
+        }
+        assert!(matches!(
+            s.commit("prod", &[set("B", "2")], None),
+            Err(StoreError::TooLarge { .. })
+        ));
+        s.commit("prod", &[del("OLD0")], None)
+            .expect("a delete is taken over the limit");
+        s.commit("prod", &[set("OLD1", "small")], None)
+            .expect("a smaller value is taken over the limit");
     }
 }
