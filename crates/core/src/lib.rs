@@ -10,11 +10,13 @@
 //! - [`signal`]: one signal type that reads `HUP`, `SIGHUP`, `hup` and `1`.
 //! - [`settings`]: configuration problems with their keys, durations, log format, hostname.
 //! - [`logname`]: names as log lines show them (escaped, cut).
+//! - [`glob`]: `*`, `?` and `[...]` patterns on names.
 //! - [`endpoint`]: node URLs (`http(s)`/`ws(s)`) and the TLS client config with a CA file.
 
 #![forbid(unsafe_code)]
 
 pub mod endpoint;
+pub mod glob;
 pub mod limits;
 pub mod logname;
 pub mod protocol;

@@ -2,10 +2,10 @@
 //! write, admin), environment patterns and whether it may read secret values. Comparison is
 //! constant-time. With no tokens the node runs in an explicit dev mode (loopback only).
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tether_core::glob::GlobSet;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -127,25 +127,13 @@ impl Auth {
                     ));
                     continue;
                 }
-                Some(patterns) => {
-                    let mut b = GlobSetBuilder::new();
-                    for p in patterns {
-                        match Glob::new(p) {
-                            Ok(g) => {
-                                b.add(g);
-                            }
-                            Err(e) => problems
-                                .push((format!("{key}.envs"), format!("bad pattern {p:?}: {e}"))),
-                        }
+                Some(patterns) => match GlobSet::new(patterns) {
+                    Ok(set) => Some(set),
+                    Err(e) => {
+                        problems.push((format!("{key}.envs"), e.to_string()));
+                        continue;
                     }
-                    match b.build() {
-                        Ok(set) => Some(set),
-                        Err(e) => {
-                            problems.push((format!("{key}.envs"), e.to_string()));
-                            continue;
-                        }
-                    }
-                }
+                },
             };
             out.push(Token {
                 hash,

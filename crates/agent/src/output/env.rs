@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use tether_core::glob::GlobSet;
 
 use super::render::{Skipped, valid_env_name};
 use crate::state::Entries;
@@ -22,11 +22,7 @@ pub struct EnvSpec {
 }
 
 fn build(patterns: &[String]) -> Result<GlobSet, String> {
-    let mut b = GlobSetBuilder::new();
-    for p in patterns {
-        b.add(Glob::new(p).map_err(|e| format!("bad glob {p:?}: {e}"))?);
-    }
-    b.build().map_err(|e| e.to_string())
+    GlobSet::new(patterns).map_err(|e| e.to_string())
 }
 
 impl EnvSpec {
