@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use super::{CatchUp, ChangeSet, EnvInfo, Plan, Snapshot, StoreError};
+use super::{CatchUp, ChangeSet, Damage, EnvInfo, Plan, Snapshot, StoreError, damage};
 use tether_core::protocol::{Epoch, Position, WireChange, WireEntry};
 use tether_core::secret::Value;
 
@@ -128,14 +128,20 @@ redis.call('PUBLISH', ARGV[6], '{"env":' .. cjson.encode(ARGV[1]) .. ',"position
 return {'ok', epoch, tostring(version)}
 "#;
 
-/// KEYS: meta, history. ARGV: the epoch the caller saw, the new epoch, env, channel.
+/// KEYS: meta, history, envs. ARGV: the epoch the caller saw ("" for an environment Redis
+/// lost), the new epoch, env, channel.
 /// Starts a new history unless someone already did, and tells every node (a notice
-/// without changes: nodes catch up, which means a snapshot).
+/// without changes: nodes catch up, which means a snapshot). A lost environment starts
+/// over at version 0 with whatever entries Redis still holds of it.
 const RESET: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local epoch = redis.call('HGET', KEYS[1], 'epoch') or ''
 if epoch == ARGV[1] then
   redis.call('HSET', KEYS[1], 'epoch', ARGV[2])
   redis.call('DEL', KEYS[2])
+  if epoch == '' then
+    redis.call('HSETNX', KEYS[1], 'version', '0')
+    redis.call('SADD', KEYS[3], ARGV[3])
+  end
   local version = redis.call('HGET', KEYS[1], 'version') or '0'
   redis.call('PUBLISH', ARGV[4], '{"env":' .. cjson.encode(ARGV[3]) .. ',"position":{"epoch":"' .. ARGV[2]
     .. '","version":' .. version .. '},"changes":[]}')
@@ -157,9 +163,16 @@ pub struct RedisStore {
     /// Connected on first use; the manager then reconnects by itself.
     conn: tokio::sync::OnceCell<ConnectionManager>,
     history: u64,
-    /// Environments this node has seen in Redis. One that vanishes was lost (Redis flushed
-    /// or replaced under the cluster): it is an error, never a new, empty environment.
+    /// Environments this node has seen in Redis, or that an agent holds at a position
+    /// Redis does not have (this node restarted after Redis lost them). One that is not
+    /// there was lost (Redis flushed or replaced under the cluster): it is an error, never
+    /// a new, empty environment.
     known: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The lost environments already named in the log (once each, not per read).
+    told: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Damage found while running other than lost environments (a history entry that does
+    /// not parse).
+    damage: Damage,
     /// `--reset-store`: Redis may lose its data (no persistence); an environment it lost
     /// starts again with the next write (a new history), as on a first start.
     reset_lost: bool,
@@ -198,6 +211,8 @@ impl RedisStore {
             conn: tokio::sync::OnceCell::new(),
             history: history.max(1),
             known: Default::default(),
+            told: Default::default(),
+            damage: Damage::default(),
             reset_lost,
             commit: Script::new(&format!(
                 "{}{}",
@@ -319,35 +334,72 @@ impl RedisStore {
     fn check(&self, env: &str, meta: Option<Position>) -> Result<Option<Position>, StoreError> {
         match meta {
             Some(p) => Ok(Some(self.saw(env, p))),
-            None if self.is_known(env) => Err(lost(env)),
+            None if self.is_known(env) => {
+                self.tell_lost(env, "this node saw it");
+                Err(lost(env))
+            }
             None => Ok(None),
         }
     }
 
-    /// Environments this node saw that Redis no longer holds (for `/readyz`), if any.
+    fn told(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.told
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Say in the log (once) that Redis lost `env`, and how this node knows.
+    fn tell_lost(&self, env: &str, evidence: &str) {
+        if self.told().insert(env.to_string()) {
+            tracing::error!(
+                env,
+                evidence,
+                "redis no longer holds this environment (flushed, or another server?); writes \
+                 to it are refused so that agents keep what they have: restore Redis from a \
+                 backup, or start it over (POST /v1/envs/ENV/reset, or restart the nodes with \
+                 --reset-store)"
+            );
+        }
+    }
+
+    /// Damage for `/readyz`, if any: environments this node (or an agent) saw that Redis no
+    /// longer holds, or history that does not parse. A fixed sentence; the log names them.
     pub async fn damage(&self) -> Option<String> {
+        self.lost_envs()
+            .await
+            .then_some(damage::LOST)
+            .or_else(|| self.damage.get())
+            .map(str::to_string)
+    }
+
+    /// Whether Redis no longer holds some environment this node knows.
+    async fn lost_envs(&self) -> bool {
         let mut known: Vec<String> = self.known().iter().cloned().collect();
         if known.is_empty() {
-            return None;
+            return false;
         }
         known.sort();
         let mut pipe = redis::pipe();
         for env in &known {
             pipe.exists(meta_key(env));
         }
-        let mut conn = self.conn().await.ok()?;
-        let there: Vec<bool> = pipe.query_async(&mut conn).await.ok()?;
-        let gone: Vec<&String> = known
-            .iter()
-            .zip(there)
-            .filter_map(|(env, there)| (!there).then_some(env))
-            .collect();
-        (!gone.is_empty()).then(|| {
-            format!(
-                "redis no longer holds environments {gone:?} that this node saw (flushed, or another server?): \
-                 restore Redis from a backup, or restart every node to start over from what Redis holds"
-            )
-        })
+        let Ok(mut conn) = self.conn().await else {
+            return false;
+        };
+        let Ok(there) = pipe.query_async::<Vec<bool>>(&mut conn).await else {
+            return false;
+        };
+        let mut any = false;
+        for (env, there) in known.iter().zip(there) {
+            if there {
+                // Back (Redis restored): a later loss is told again.
+                self.told().remove(env);
+            } else {
+                self.tell_lost(env, "this node saw it");
+                any = true;
+            }
+        }
+        any
     }
 
     pub async fn position(&self, env: &str) -> Result<Position, StoreError> {
@@ -471,27 +523,42 @@ impl RedisStore {
 
     /// Start a new history of `env`: a new epoch greater than `floor` and the current one,
     /// history dropped, entries kept. Conditional on the epoch still being `seen`, so nodes
-    /// that notice the same thing at once start one history, not several.
+    /// that notice the same thing at once start one history, not several. An environment
+    /// Redis lost starts over (an admin's explicit choice): agents take what it holds.
     pub async fn reset(&self, env: &str, floor: Option<Position>) -> Result<Position, StoreError> {
-        let Some(current) = self.meta(env).await? else {
-            return Err(StoreError::Invalid(format!(
-                "environment {env:?} does not exist"
-            )));
-        };
-        let base = floor.map_or(current.epoch.0, |f| f.epoch.0.max(current.epoch.0));
-        let fresh = Epoch(Epoch::generate().0.max(base + 1));
         let mut conn = self.conn().await?;
+        let m: HashMap<String, String> = conn.hgetall(meta_key(env)).await.map_err(unavailable)?;
+        let current = match parse_meta(&m)? {
+            Some(p) => Some(self.saw(env, p)),
+            None if self.is_known(env) => {
+                tracing::warn!(env, "an environment redis lost starts over");
+                None
+            }
+            None => {
+                return Err(StoreError::Invalid(format!(
+                    "environment {env:?} does not exist"
+                )));
+            }
+        };
+        let base = match (floor, current) {
+            (Some(f), Some(c)) => f.epoch.0.max(c.epoch.0),
+            (Some(p), None) | (None, Some(p)) => p.epoch.0,
+            (None, None) => 0,
+        };
+        let fresh = Epoch(Epoch::generate().0.max(base + 1));
         let _: String = self
             .reset
             .key(meta_key(env))
             .key(history_key(env))
-            .arg(current.epoch.to_string())
+            .key(ENVS)
+            .arg(current.map(|c| c.epoch.to_string()).unwrap_or_default())
             .arg(fresh.to_string())
             .arg(env)
             .arg(CHANNEL)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        self.damage.clear(env);
         Ok(self.meta(env).await?.unwrap_or_default())
     }
 
@@ -530,7 +597,19 @@ impl RedisStore {
                 epoch: current.epoch,
                 version,
             };
-            sets.push(ChangeSet::from_history(env, position, &json)?);
+            match ChangeSet::from_history(env, position, &json) {
+                Ok(set) => sets.push(set),
+                Err(e) => {
+                    // A damaged history costs the agent a snapshot, never its catch-up.
+                    self.damage.note(
+                        Some(env),
+                        damage::HISTORY,
+                        &format!("history unreadable, answering with a snapshot: {e}"),
+                        "reset the environment (POST /v1/envs/ENV/reset) to drop its history",
+                    );
+                    return Ok(None);
+                }
+            }
         }
         if sets.last().map(|s| s.position.version) != Some(current.version) {
             return Ok(None);
@@ -539,8 +618,18 @@ impl RedisStore {
     }
 
     /// Same contract as the SQLite store's `catch_up`.
+    /// An agent that holds `env` at a position Redis does not have is evidence that Redis
+    /// lost it (this node may have restarted since): the environment is then known, and
+    /// refused like one this node saw vanish, unless `--reset-store`.
     pub async fn catch_up(&self, env: &str, from: Option<Position>) -> Result<CatchUp, StoreError> {
         let current = self.meta(env).await?;
+        if let (None, Some(p)) = (current, from) {
+            if p.version > 0 && !self.reset_lost {
+                self.known().insert(env.to_string());
+                self.tell_lost(env, &format!("an agent holds it at {p}"));
+                return Err(lost(env));
+            }
+        }
         let after = match super::plan(env, current, from) {
             Plan::Empty => return Ok(CatchUp::Snapshot(Snapshot::empty(env))),
             Plan::UpToDate => return Ok(CatchUp::UpToDate),
@@ -557,8 +646,9 @@ impl RedisStore {
 
 fn lost(env: &str) -> StoreError {
     StoreError::Unavailable(format!(
-        "redis no longer holds environment {env:?}, which this node saw (flushed, or another server?): \
-         restore Redis from a backup, or restart every node to start over; writes to it are refused \
+        "redis no longer holds environment {env:?}, which this node or its agents saw (flushed, \
+         or another server?): restore Redis from a backup, or start it over (POST \
+         /v1/envs/ENV/reset, or restart the nodes with --reset-store); writes to it are refused \
          so that agents keep what they have"
     ))
 }
