@@ -410,7 +410,8 @@ async fn status(
 }
 
 /// 200 when ready; 503 with `"damaged"` (the store needs an operator) or `"degraded"`
-/// (something does not answer), and the reason.
+/// (something does not answer), and the reason. No token needed: a damage reason is a fixed
+/// sentence (`store::damage`) that names no environment and quotes nothing stored.
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
     let (status, reason) = match node.ready().await {
         Ok(()) => return Json(json!({"status": "ready"})).into_response(),

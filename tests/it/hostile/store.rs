@@ -209,31 +209,22 @@ fn damaged_pages_are_refused_and_reset_store_keeps_what_can_be_read() {
     assert_eq!(aside(&w.path("data")).len(), 1);
 }
 
-#[test]
-fn a_damaged_history_gives_agents_a_snapshot_and_readyz_says_why() {
-    let w = Work::new();
-    let (mut t, port) = node(&w, &[]);
-    let first = put(port, "A", "1");
-    put(port, "A", "2");
-    let last = put(port, "A", "3");
-    t.signal(Signal::SIGTERM);
-    t.wait();
-    // A history row whose content no longer parses; the file's structure is intact.
-    let db = w.path("data").join("tether.db");
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute(
-        "UPDATE history SET changes = '[{\"name\": garbage' WHERE version = 2",
-        [],
-    )
-    .unwrap();
-    drop(conn);
+/// A value planted in a damaged history row: it must reach neither `/readyz` nor the log.
+const MARKER: &str = "hunter2-planted-in-history";
 
-    let (_t, port) = node(&w, &[]);
+/// A history row of the right syntax whose `secret` holds [`MARKER`] (serde_json's error
+/// for it quotes the string).
+fn marked_row() -> String {
+    json!([{"name": "A", "value": "x", "secret": MARKER}]).to_string()
+}
+
+/// What an agent at `from` in `prod` is sent first: a snapshot, change or error.
+fn hello(port: u16, from: Position) -> ServerMsg {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let got = rt.block_on(async {
+    rt.block_on(async {
         let url = format!("ws://127.0.0.1:{port}/v1/ws");
         let (mut ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
             .await
@@ -243,7 +234,7 @@ fn a_damaged_history_gives_agents_a_snapshot_and_readyz_says_why() {
             agent: "it".into(),
             subscribe: vec![Subscription {
                 env: "prod".into(),
-                position: Some(first),
+                position: Some(from),
             }],
         };
         ws.send(Message::text(serde_json::to_string(&hello).unwrap()))
@@ -257,39 +248,147 @@ fn a_damaged_history_gives_agents_a_snapshot_and_readyz_says_why() {
                 continue;
             };
             let m: ServerMsg = serde_json::from_str(t.as_str()).unwrap();
-            if matches!(m, ServerMsg::Snapshot { .. } | ServerMsg::Error { .. }) {
+            if let ServerMsg::Snapshot { .. } | ServerMsg::Change { .. } | ServerMsg::Error { .. } =
+                m
+            {
                 break m;
             }
         }
-    });
-    match got {
-        ServerMsg::Snapshot { position, .. } => assert_eq!(position, last),
-        other => panic!("expected a snapshot, got {other:?}"),
-    }
-    let (status, body) = http("GET", &format!("http://127.0.0.1:{port}/readyz"), None);
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["status"], "damaged", "{body}");
-    let reason = body["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.contains("history") && reason.contains("prod"),
-        "{body}"
-    );
+    })
 }
 
-/// One command to Redis (inline protocol); the reply's first line.
-fn redis_cmd(port: u16, cmd: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(format!("{cmd}\r\nQUIT\r\n").as_bytes())?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)?;
-    Ok(reply.lines().next().unwrap_or_default().to_string())
+/// `/readyz` says "damaged" in a fixed sentence (it needs no token): no environment name,
+/// nothing stored; nor does the node's log quote the planted value.
+fn damaged_without_names(port: u16, node: &Tether, about: &str) {
+    let (status, body) = http("GET", &format!("http://127.0.0.1:{port}/readyz"), None);
+    assert_eq!(
+        (status, &body["status"]),
+        (503, &json!("damaged")),
+        "{body}"
+    );
+    let reason = body["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(about), "{body}");
+    assert!(
+        !reason.contains("prod") && !reason.contains(MARKER),
+        "{body}"
+    );
+    assert!(!node.stderr().contains(MARKER), "{}", node.stderr());
 }
 
 #[test]
-fn redis_flushed_under_a_running_node_refuses_writes_that_would_wipe_agents() {
+fn a_damaged_history_gives_agents_a_snapshot_and_readyz_says_why() {
     let w = Work::new();
+    let (mut t, port) = node(&w, &[]);
+    let first = put(port, "A", "1");
+    put(port, "A", "2");
+    let last = put(port, "A", "3");
+    t.signal(Signal::SIGTERM);
+    t.wait();
+    // A history row whose content no longer parses; the file's structure is intact.
+    let db = w.path("data").join("tether.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE history SET changes = ?1 WHERE version = 2",
+        [marked_row()],
+    )
+    .unwrap();
+    drop(conn);
+
+    let (t, port) = node(&w, &["--log-level", "debug"]);
+    match hello(port, first) {
+        ServerMsg::Snapshot { position, .. } => assert_eq!(position, last),
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+    damaged_without_names(port, &t, "history");
+    assert!(t.stderr().contains("prod"), "the log names the environment");
+}
+
+/// A Redis history entry that does not parse costs the agent a snapshot, not its
+/// catch-up (which used to answer `unavailable` on every reconnect), and `/readyz` says so.
+#[test]
+fn a_damaged_redis_history_gives_agents_a_snapshot() {
+    let w = Work::new();
+    let (_redis, rport) = redis(&w);
+    let url = format!("redis://127.0.0.1:{rport}");
+    let (t, port) = node(&w, &["--redis", &url, "--log-level", "debug"]);
+    crate::support::wait_for("the node ready", || ready(port).0 == 200);
+    put(port, "A", "1");
+    let from = put(port, "A", "2");
+    // Version 3 in Redis, its history entry garbage.
+    let stream = "tether:env:{prod}:history";
+    let reply = redis_cmd(rport, &["XADD", stream, "3-0", "changes", &marked_row()]);
+    assert_eq!(reply.unwrap(), "$3");
+    let reply = redis_cmd(rport, &["HSET", "tether:env:{prod}:meta", "version", "3"]);
+    assert_eq!(reply.unwrap(), ":0");
+    match hello(port, from) {
+        ServerMsg::Snapshot { position, .. } => assert_eq!(position.version, 3),
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+    damaged_without_names(port, &t, "history");
+}
+
+/// A node knows only the environments it saw in Redis; one restarted after Redis lost its
+/// data learns of the loss from its agents, which hold positions Redis does not have. A
+/// write then would start a new history and wipe them: it is refused until an admin
+/// starts the environment over.
+#[test]
+fn a_node_restarted_after_redis_lost_its_data_refuses_writes_agents_would_lose() {
+    let w = Work::new();
+    let (_redis, rport) = redis(&w);
+    let url = format!("redis://127.0.0.1:{rport}");
+    let (mut t, port) = node(&w, &["--redis", &url]);
+    crate::support::wait_for("the node ready", || ready(port).0 == 200);
+    put(port, "A", "1");
+    let held = put(port, "B", "2");
+    t.signal(Signal::SIGTERM);
+    t.wait();
+    assert_eq!(redis_cmd(rport, &["FLUSHALL"]).unwrap(), "+OK");
+
+    let (t, port) = node(&w, &["--redis", &url]);
+    crate::support::wait_for("the node ready", || ready(port).0 == 200);
+    match hello(port, held) {
+        ServerMsg::Error { code, message } => {
+            assert_eq!(code, "unavailable");
+            assert!(message.contains("no longer holds"), "{message}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let (status, body) = write(port, "A", "3");
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no longer holds"), "{body}");
+    let exists = redis_cmd(rport, &["EXISTS", "tether:env:{prod}:meta"]);
+    assert_eq!(exists.unwrap(), ":0", "no new history");
+    damaged_without_names(port, &t, "no longer holds");
+
+    // An admin starts it over: a new epoch, and writes are taken again.
+    let (status, body) = http(
+        "POST",
+        &format!("http://127.0.0.1:{port}/v1/envs/prod/reset"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let over: Position = serde_json::from_value(body["position"].clone()).unwrap();
+    assert!(over.epoch > held.epoch && over.version == 0, "{over}");
+    assert_eq!(ready(port).0, 200);
+    let (status, body) = write(port, "A", "3");
+    assert_eq!(status, 200, "{body}");
+}
+
+fn ready(port: u16) -> (u16, Json) {
+    http("GET", &format!("http://127.0.0.1:{port}/readyz"), None)
+}
+
+fn write(port: u16, name: &str, value: &str) -> (u16, Json) {
+    http(
+        "POST",
+        &format!("http://127.0.0.1:{port}/v1/envs/prod/changes"),
+        Some(json!({"changes": [{"name": name, "value": value}]})),
+    )
+}
+
+/// A redis-server without persistence on a free loopback port, answering.
+fn redis(w: &Work) -> (KillOnDrop, u16) {
     let port = crate::support::free_port();
     let mut redis = KillOnDrop(
         Command::new("redis-server")
@@ -301,38 +400,53 @@ fn redis_flushed_under_a_running_node_refuses_writes_that_would_wipe_agents() {
             .expect("redis-server"),
     );
     wait(&mut redis, "redis answering", || {
-        redis_cmd(port, "PING").ok().filter(|r| r == "+PONG")
+        redis_cmd(port, &["PING"]).ok().filter(|r| r == "+PONG")
     });
+    (redis, port)
+}
+
+/// One command to Redis; the reply's first line.
+fn redis_cmd(port: u16, args: &[&str]) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut req = String::new();
+    for cmd in [args, &["QUIT"]] {
+        req += &format!("*{}\r\n", cmd.len());
+        for a in cmd {
+            req += &format!("${}\r\n{a}\r\n", a.len());
+        }
+    }
+    s.write_all(req.as_bytes())?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    Ok(reply.lines().next().unwrap_or_default().to_string())
+}
+
+#[test]
+fn redis_flushed_under_a_running_node_refuses_writes_that_would_wipe_agents() {
+    let w = Work::new();
+    let (_redis, port) = redis(&w);
     let url = format!("redis://127.0.0.1:{port}");
-    let (_node, node_port) = node(&w, &["--redis", &url]);
-    let ready = || http("GET", &format!("http://127.0.0.1:{node_port}/readyz"), None);
-    crate::support::wait_for("the node ready", || ready().0 == 200);
+    let (node, node_port) = node(&w, &["--redis", &url]);
+    crate::support::wait_for("the node ready", || ready(node_port).0 == 200);
     put(node_port, "A", "1");
     put(node_port, "B", "2");
 
-    assert_eq!(redis_cmd(port, "FLUSHALL").unwrap(), "+OK");
+    assert_eq!(redis_cmd(port, &["FLUSHALL"]).unwrap(), "+OK");
     // A write now would start a new history holding only A: agents would drop B.
-    let (status, body) = http(
-        "POST",
-        &format!("http://127.0.0.1:{node_port}/v1/envs/prod/changes"),
-        Some(json!({"changes": [{"name": "A", "value": "3"}]})),
-    );
+    let (status, body) = write(node_port, "A", "3");
     assert_eq!(status, 503, "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("no longer holds"), "{body}");
     assert_eq!(
-        redis_cmd(port, "EXISTS tether:env:{prod}:meta").unwrap(),
+        redis_cmd(port, &["EXISTS", "tether:env:{prod}:meta"]).unwrap(),
         ":0"
     );
-    let (status, body) = ready();
-    assert_eq!(
-        (status, &body["status"]),
-        (503, &json!("damaged")),
-        "{body}"
-    );
+    damaged_without_names(node_port, &node, "no longer holds");
     assert!(
-        body["reason"].as_str().unwrap_or_default().contains("prod"),
-        "{body}"
+        node.stderr().contains("prod"),
+        "the log names the environment"
     );
 }
 

@@ -522,11 +522,15 @@ mod tests {
             Ok(CatchUp::Snapshot(snap)) => assert_eq!(snap.position.version, 2),
             other => panic!("{other:?}"),
         }
+        // A fixed sentence: `/readyz` needs no token, so it names no environment.
         let why = s.damage().expect("damage is reported");
-        assert!(why.contains("history") && why.contains("prod"), "{why}");
+        assert!(why.contains("history") && !why.contains("prod"), "{why}");
         assert!(matches!(
             s.commit("prod", &[set("A", "3")], None),
             Ok(_) | Err(StoreError::Unavailable(_))
         ));
+        // A reset drops the damaged history, and the damage with it.
+        s.reset("prod").unwrap();
+        assert_eq!(s.damage(), None);
     }
 }

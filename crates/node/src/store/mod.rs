@@ -75,19 +75,38 @@ pub fn plan(env: &str, current: Option<Position>, from: Option<Position>) -> Pla
 }
 
 impl ChangeSet {
-    /// A change set as kept in history (its changes as JSON), at `position`.
+    /// A change set as kept in history (its changes as JSON), at `position`. The error
+    /// names where the JSON broke, never what it holds (serde_json's text quotes the input,
+    /// which may be a secret value).
     pub fn from_history(
         env: &str,
         position: Position,
         json: &str,
     ) -> Result<ChangeSet, StoreError> {
-        let changes = serde_json::from_str(json)
-            .map_err(|e| StoreError::Unavailable(format!("corrupt history: {e}")))?;
+        let changes = serde_json::from_str(json).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "corrupt history: version {} does not parse ({}, line {} column {})",
+                position.version,
+                json_category(&e),
+                e.line(),
+                e.column()
+            ))
+        })?;
         Ok(ChangeSet {
             env: env.to_string(),
             position,
             changes,
         })
+    }
+}
+
+/// What kind of JSON error `e` is, in words that quote nothing of the input.
+fn json_category(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "an I/O error",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "JSON of the wrong shape",
+        serde_json::error::Category::Eof => "JSON cut short",
     }
 }
 
@@ -99,6 +118,57 @@ impl Snapshot {
             position: Position::default(),
             entries: Vec::new(),
         }
+    }
+}
+
+/// What `/readyz` (answered without a token) says of damage: fixed sentences that name no
+/// environment and quote nothing stored. The node's log has the details.
+pub mod damage {
+    pub const HISTORY: &str = "the store is damaged: the history of an environment cannot be \
+        read (its agents get snapshots); see the node's log";
+    pub const FILE: &str = "the store is damaged: the database file is corrupt; see the node's log";
+    pub const LOST: &str = "the store is damaged: redis no longer holds an environment that \
+        this node or its agents saw (flushed, or another server?), and writes to it are \
+        refused; see the node's log";
+}
+
+/// Damage found while running, kept for `/readyz`: per environment (cleared when an admin
+/// resets it, which drops its history), or of the whole store (`None`, until a restart).
+#[derive(Default)]
+pub struct Damage(std::sync::Mutex<std::collections::BTreeMap<Option<String>, &'static str>>);
+
+impl Damage {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<Option<String>, &'static str>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remember damage of `env` (or of the store) for `/readyz`; `detail` goes to the log
+    /// (at error level the first time, then at debug), never to `/readyz`.
+    pub fn note(&self, env: Option<&str>, public: &'static str, detail: &str, advice: &str) {
+        let first = self
+            .lock()
+            .insert(env.map(str::to_string), public)
+            .is_none();
+        if first {
+            tracing::error!(env, damage = %detail, "the store is damaged: {advice}");
+        } else {
+            tracing::debug!(env, damage = %detail, "the store is damaged");
+        }
+    }
+
+    /// An admin reset `env`: its history, where the damage was, is gone.
+    pub fn clear(&self, env: &str) {
+        self.lock().remove(&Some(env.to_string()));
+    }
+
+    /// The first sentence for `/readyz`, if anything is damaged.
+    pub fn get(&self) -> Option<&'static str> {
+        let d = self.lock();
+        d.get(&None).or_else(|| d.values().next()).copied()
     }
 }
 
@@ -211,10 +281,12 @@ impl Store {
         }
     }
 
-    /// Damage found in the store while running (for `/readyz`), if any.
+    /// Damage found in the store while running, if any: a fixed sentence for `/readyz`
+    /// (answered without a token), naming no environment and quoting nothing stored; the
+    /// details are in the node's log.
     pub async fn damage(&self) -> Option<String> {
         match self {
-            Store::Sqlite(s) => s.damage(),
+            Store::Sqlite(s) => s.damage().map(str::to_string),
             Store::Redis(r) => r.damage().await,
         }
     }
@@ -295,4 +367,32 @@ fn validate_changes(env: &str, changes: &[WireChange]) -> Result<(), StoreError>
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// serde_json's messages quote the input (`invalid type: string "..."`): a damaged
+    /// history row must not carry a value into an error, a log line or `/readyz`.
+    #[test]
+    fn a_history_error_quotes_nothing_of_the_row() {
+        let p = Position {
+            epoch: tether_core::protocol::Epoch(7),
+            version: 3,
+        };
+        for row in [
+            r#"[{"name": "A", "value": "x", "secret": "hunter2-marker"}]"#,
+            r#"[{"name": "A", "value": {"hunter2-marker": 1}}]"#,
+            r#"[{"name": "hunter2-marker", "value": "x", "bogus"#,
+            r#"hunter2-marker"#,
+            r#"[{"name": "A", "value": "x", "hunter2-marker": 1}"#,
+        ] {
+            let e = ChangeSet::from_history("prod", p, row)
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("version 3") && e.contains("line 1"), "{e}");
+        }
+    }
 }

@@ -11,15 +11,15 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::files::{self, OpenError};
-use super::{CatchUp, ChangeSet, EnvInfo, Plan, Snapshot, StoreError};
+use super::{CatchUp, ChangeSet, Damage, EnvInfo, Plan, Snapshot, StoreError, damage};
 use tether_core::protocol::{Epoch, Position, WireChange, WireEntry};
 use tether_core::secret::Value;
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     history: u64,
-    /// What was found damaged while running (reported by `/readyz` until a restart).
-    damage: Mutex<Option<String>>,
+    /// What was found damaged while running (reported by `/readyz`).
+    damage: Damage,
 }
 
 /// How an error from a damaged file starts, so the store can tell it from others.
@@ -76,35 +76,25 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             history: history.max(1),
-            damage: Mutex::new(None),
+            damage: Damage::default(),
         })
     }
 
-    /// What was found damaged while running, if anything.
-    pub fn damage(&self) -> Option<String> {
-        self.damage
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Remember damage (the first found) for `/readyz`, and say so once.
-    fn note_damage(&self, what: String) {
-        let mut d = self
-            .damage
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if d.is_none() {
-            tracing::error!(damage = %what, "the store is damaged: restore a backup, or restart with --reset-store");
-            *d = Some(what);
-        }
+    /// What was found damaged while running, if anything (a sentence for `/readyz`).
+    pub fn damage(&self) -> Option<&'static str> {
+        self.damage.get()
     }
 
     /// Pass `r` on, noting damage if it is an error from a damaged file.
     fn watch<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(StoreError::Unavailable(m)) = &r {
             if let Some(what) = m.strip_prefix(DAMAGED) {
-                self.note_damage(what.to_string());
+                self.damage.note(
+                    None,
+                    damage::FILE,
+                    what,
+                    "restore a backup, or restart with --reset-store",
+                );
             }
         }
         r
@@ -245,6 +235,7 @@ impl SqliteStore {
             )));
         };
         let epoch = self.watch(reset_epoch(&mut conn, env, current.epoch))?;
+        self.damage.clear(env);
         Ok(Position {
             epoch,
             version: current.version,
@@ -282,8 +273,13 @@ impl SqliteStore {
             Ok(None) => {}
             Err(e) => {
                 // A damaged history costs the agent a snapshot, never its catch-up.
-                tracing::warn!(env, error = %e, "history unreadable; answering with a snapshot");
-                self.note_damage(format!("history of environment {env:?} is unreadable: {e}"));
+                self.damage.note(
+                    Some(env),
+                    damage::HISTORY,
+                    &format!("history unreadable, answering with a snapshot: {e}"),
+                    "reset the environment (POST /v1/envs/ENV/reset) to drop its history, \
+                     or restore a backup",
+                );
             }
         }
         self.watch(snapshot(&conn, env)).map(CatchUp::Snapshot)
