@@ -3,7 +3,6 @@
 //! once with its key path.
 
 use std::ffi::OsString;
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,6 +11,10 @@ use crate::output::{EnvSpec, Format, Owner};
 use crate::source::{SourceKind, SourceSpec};
 use tether_core::secret::Value;
 use tether_core::signal::Signal;
+
+pub use crate::action::Action;
+pub use crate::output::OutputSpec;
+pub use crate::source::net::NetSpec;
 
 mod parse;
 mod raw;
@@ -23,31 +26,6 @@ use parse::{Problems, parse_env, parse_net, parse_output, parse_source};
 use raw::load;
 pub use raw::{RawConfig, RawEnv, RawOutput, RawSource, RawSourceTable, read_file};
 pub use tether_core::settings::{ConfigError, LogFormat, Problem, parse_duration};
-
-/// What a change does to the program.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    Restart,
-    Signal(Signal),
-    /// A hook command, split shell-style, executed without a shell.
-    Exec(Vec<String>),
-    None,
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Action::Restart => f.write_str("restart"),
-            Action::Signal(s) => write!(f, "signal:{s}"),
-            Action::Exec(argv) => write!(
-                f,
-                "exec:{}",
-                shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_default()
-            ),
-            Action::None => f.write_str("none"),
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestartPolicy {
@@ -62,35 +40,11 @@ pub enum Mode {
     Watch,
 }
 
-/// One output as validated.
-#[derive(Clone, Debug)]
-pub struct OutputSpec {
-    pub path: PathBuf,
-    pub format: Format,
-    pub mode: u32,
-    pub owner: Option<Owner>,
-    pub on_change: Action,
-}
-
 /// Where watch mode sends its signals.
 #[derive(Clone, Debug, Default)]
 pub struct WatchTarget {
     pub pidfile: Option<PathBuf>,
     pub process: Option<String>,
-}
-
-/// The network source: nodes and the environment to follow.
-#[derive(Clone, Debug)]
-pub struct NetSpec {
-    /// Base URLs as given (http(s):// or ws(s)://).
-    pub servers: Vec<String>,
-    pub env: String,
-    pub token: Option<Value>,
-    /// Where the token came from, for messages (never the token itself).
-    pub token_source: String,
-    pub ca_file: Option<PathBuf>,
-    pub state_dir: Option<PathBuf>,
-    pub start_without_server: bool,
 }
 
 /// The validated configuration.

@@ -12,7 +12,9 @@
 //! - `target`: watch mode's pidfile/process-name targets and exec hooks.
 //! - `run`: the loop tying sources to outputs and actions ([`run()`]).
 
+mod action;
 pub mod args;
+pub mod atomic;
 pub mod config;
 pub mod debounce;
 pub mod output;

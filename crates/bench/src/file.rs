@@ -166,7 +166,7 @@ fn print_header(dir: &Path, entries: usize) {
         .map(|s| format!("Linux {}", s.trim()))
         .unwrap_or_else(|_| "unknown kernel".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let fs = if tether_agent::output::atomic::is_tmpfs(dir) {
+    let fs = if tether_agent::atomic::is_tmpfs(dir) {
         "tmpfs: fsync is nearly free"
     } else {
         "NOT tmpfs: every change pays for real fsyncs"

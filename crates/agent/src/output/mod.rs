@@ -1,7 +1,6 @@
 //! Outputs: where rendered values go (files in dotenv, json, shell or dir format, and the
 //! child's environment), written atomically and only when their bytes change.
 
-pub mod atomic;
 pub mod env;
 mod place;
 pub mod render;
@@ -9,13 +8,24 @@ pub mod render;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use atomic::Owner;
+use crate::atomic;
+pub use crate::atomic::Owner;
 pub use env::{EnvSpec, EnvVars};
 pub use place::{default_dir, ensure_private_dir, resolve_path};
 pub use render::{Format, Rendered, Skipped, valid_env_name};
 
-use crate::config::OutputSpec;
+use crate::action::Action;
 use crate::state::Entries;
+
+/// One output as validated.
+#[derive(Clone, Debug)]
+pub struct OutputSpec {
+    pub path: PathBuf,
+    pub format: Format,
+    pub mode: u32,
+    pub owner: Option<Owner>,
+    pub on_change: Action,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -241,7 +251,7 @@ impl fmt::Display for Owner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Action;
+    use crate::action::Action;
     use crate::state::entries;
 
     #[test]
@@ -334,7 +344,7 @@ mod tests {
 #[cfg(test)]
 mod mode_tests {
     use super::*;
-    use crate::config::Action;
+    use crate::action::Action;
     use crate::state::entries;
     use std::os::unix::fs::PermissionsExt;
 

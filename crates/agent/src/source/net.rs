@@ -17,7 +17,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::config::NetSpec;
 use crate::state::{Entries, Entry};
 use tether_core::protocol::{
     ClientMsg, Position, ServerMsg, Subscription, Verdict, WireChange, WireEntry, accept_snapshot,
@@ -32,6 +31,20 @@ use backoff::{Backoff, Outcome};
 pub use saved::default_state_dir;
 use saved::state_file_name;
 pub use tether_core::endpoint::{http_url, tls_config, ws_url};
+
+/// The network source: nodes and the environment to follow.
+#[derive(Clone, Debug)]
+pub struct NetSpec {
+    /// Base URLs as given (http(s):// or ws(s)://).
+    pub servers: Vec<String>,
+    pub env: String,
+    pub token: Option<tether_core::secret::Value>,
+    /// Where the token came from, for messages (never the token itself).
+    pub token_source: String,
+    pub ca_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub start_without_server: bool,
+}
 
 /// Largest frame accepted from a node.
 pub const MAX_FRAME: usize = tether_core::protocol::MAX_AGENT_FRAME;

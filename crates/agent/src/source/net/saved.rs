@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::NetSpec;
 use super::{Follower, to_entries};
-use crate::config::NetSpec;
 use tether_core::protocol::{Position, WireEntry};
 
 /// Saved state: position and entries of the followed environment.
@@ -99,7 +99,7 @@ impl Follower {
                 .mode(0o700)
                 .create(dir);
         }
-        if let Err(e) = crate::output::atomic::write_atomic(path, &bytes, 0o600, None) {
+        if let Err(e) = crate::atomic::write_atomic(path, &bytes, 0o600, None) {
             tracing::warn!(error = %e, "cannot save state");
         }
     }
