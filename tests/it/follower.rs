@@ -250,13 +250,28 @@ fn a_node_that_refuses_the_hello_is_passed_over_for_the_next() {
         w.read("out.env").contains("A=1") && w.starts().len() == 1 && s0.acked(v1)
     });
     let logs = logs(&agent);
-    assert!(logs.contains("forbidden"), "the refusal is logged:\n{logs}");
-    assert!(logs.contains("1008"), "the close code is logged:\n{logs}");
+    assert!(
+        logs.contains("refused this agent's token") && logs.contains("forbidden"),
+        "the refusal is logged:\n{logs}"
+    );
     no_bad_frames(&[first.conn(0), s0]);
 }
 
-#[test]
-fn a_refused_agent_retries_and_its_child_keeps_the_last_good_values() {
+/// How the node refuses the agent's reconnection.
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    /// An HTTP status on the upgrade, as for a bad token.
+    Upgrade(u16),
+    /// An `error` frame (`forbidden`) and close 1008 in answer to the hello, as for a token
+    /// that may not read the environment.
+    Hello,
+}
+
+/// An agent synced at v1 loses its node, whose next answer is `refusal`. The agent reports
+/// a refused token (naming its source, never the token), tries again after a wait, and its
+/// child runs on the last good values meanwhile; the retry is served and the same child
+/// sees the next change.
+fn refused_then_retried(refusal: Refusal) {
     let w = Work::new();
     let fake = FakeNode::start();
     let token = "follower-token-0123456789";
@@ -271,36 +286,41 @@ fn a_refused_agent_retries_and_its_child_keeps_the_last_good_values() {
     });
     let child = w.starts()[0];
 
-    // The node drops the connection, then refuses the token on the upgrade (401), then
-    // refuses the hello (an error frame, close 1008); the agent keeps trying.
-    fake.refuse_next_upgrade(401);
-    c0.abort();
-    fake.wait_attempts(&agent, 2);
-    agent.wait_for("the upgrade refused", || {
-        fake.conn(1).refused() == Some(401)
-    });
+    match refusal {
+        Refusal::Upgrade(status) => {
+            fake.refuse_next_upgrade(status);
+            c0.abort();
+            fake.wait_attempts(&agent, 2);
+            agent.wait_for("the upgrade refused", || {
+                fake.conn(1).refused() == Some(status)
+            });
+        }
+        Refusal::Hello => {
+            c0.abort();
+            let c1 = fake.wait_hello(&agent, 1);
+            assert_eq!(c1.hello().and_then(|s| s.position), Some(v1));
+            c1.refuse_hello("token \"t\" may not read environment \"prod\"");
+        }
+    }
     agent.wait_for("the refused token reported", || {
         logs(&agent).contains("refused this agent's token")
     });
+
+    // The agent tries again; meanwhile the child runs on, on the last good values.
     let c2 = fake.wait_hello(&agent, 2);
     assert_eq!(c2.hello().and_then(|s| s.position), Some(v1));
-    c2.refuse_hello("token \"t\" may not read environment \"prod\"");
-
-    // Meanwhile the child runs on, on the last good values.
-    let c3 = fake.wait_hello(&agent, 3);
-    assert_eq!(c3.hello().and_then(|s| s.position), Some(v1));
     assert!(running(&mut agent), "the agent never gives up");
     assert!(alive(child), "the child runs on");
     assert_eq!(w.starts(), [child]);
     assert!(w.read("out.env").contains("A=1"));
     assert!(w.signals().is_empty(), "{:?}", w.record());
 
-    // Once a node takes it again, a later change reaches the same child.
-    c3.send(&welcome(LONG_HB));
-    c3.send(&change(v2, &[("A", "2")]));
-    c3.send(&synced(v2));
+    // Once the node takes it again, a later change reaches the same child.
+    c2.send(&welcome(LONG_HB));
+    c2.send(&change(v2, &[("A", "2")]));
+    c2.send(&synced(v2));
     agent.wait_for("v2 rendered, signalled, acked", || {
-        w.read("out.env").contains("A=2") && w.signals().len() == 1 && c3.acked(v2)
+        w.read("out.env").contains("A=2") && w.signals().len() == 1 && c2.acked(v2)
     });
     assert_eq!(w.starts(), [child]);
     let logs = logs(&agent);
@@ -309,5 +329,18 @@ fn a_refused_agent_retries_and_its_child_keeps_the_last_good_values() {
         "names the token's source:\n{logs}"
     );
     assert!(!logs.contains(token), "the token never appears in the logs");
-    no_bad_frames(&[c0, c2, c3]);
+    assert_eq!(fake.attempts(), 3, "one retry after the refusal");
+    no_bad_frames(&[c0, fake.conn(1), c2]);
+}
+
+#[test]
+fn a_token_refused_on_the_upgrade_is_retried_while_the_child_runs_on() {
+    refused_then_retried(Refusal::Upgrade(401));
+}
+
+/// A token that may not read the environment is refused in answer to the hello: reported
+/// and waited on as a refused token, not retried at once as a failed connection.
+#[test]
+fn a_refused_hello_is_reported_as_a_refused_token_and_retried() {
+    refused_then_retried(Refusal::Hello);
 }
