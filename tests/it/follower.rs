@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tether_core::protocol::{ClientMsg, Epoch};
+use tether_core::protocol::{ClientMsg, Epoch, ServerMsg};
 
 use crate::fake_node::{Conn, FakeNode, change, heartbeat, pos, snapshot, synced, welcome};
 use crate::support::{Tether, Work, alive, strip_ansi};
@@ -139,6 +139,18 @@ fn a_heartbeat_ahead_of_the_agent_triggers_a_resync() {
     assert!(w.read("out.env").contains("A=1"), "{}", w.read("out.env"));
     assert!(!c0.acked(v2));
 
+    // Until an answer comes, another heartbeat asks nothing more; a catch-up the node could
+    // not serve (`unavailable`) is asked for again at the next heartbeat.
+    c0.send(&heartbeat(v2));
+    c0.send(&ServerMsg::Error {
+        code: "unavailable".into(),
+        message: "the store is unavailable".into(),
+    });
+    c0.send(&heartbeat(v2));
+    agent.wait_for("a second resync from v1", || {
+        c0.resyncs() == [Some(v1), Some(v1)]
+    });
+
     // The answer, as to a resync: the missed change set, then synced.
     c0.send(&change(v2, &[("A", "2")]));
     c0.send(&synced(v2));
@@ -153,12 +165,14 @@ fn a_heartbeat_ahead_of_the_agent_triggers_a_resync() {
     agent.wait_for("v3 applied and acked", || {
         w.read("out.env").contains("B=3") && c0.acked(v3)
     });
-    assert_eq!(c0.resyncs(), [Some(v1)], "{:?}", c0.received());
+    assert_eq!(c0.resyncs(), [Some(v1), Some(v1)], "{:?}", c0.received());
 
     // A heartbeat of a newer epoch (history was reset, its snapshot lost): resync too.
     let new = pos(E2, 1);
     c0.send(&heartbeat(new));
-    agent.wait_for("a resync from v3", || c0.resyncs() == [Some(v1), Some(v3)]);
+    agent.wait_for("a resync from v3", || {
+        c0.resyncs() == [Some(v1), Some(v1), Some(v3)]
+    });
     c0.send(&snapshot(new, &[("A", "new")]));
     c0.send(&synced(new));
     agent.wait_for("the new history rendered and acked", || {
