@@ -16,10 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tether_core::protocol::{
-    ClientMsg, EnvPosition, Epoch, Position, ServerMsg, Subscription, WireChange, WireEntry,
-};
-use tether_core::secret::Value;
+use tether_core::protocol::{ClientMsg, EnvPosition, Position, ServerMsg, Subscription};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
@@ -31,6 +28,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::support::Tether;
+
+mod msg;
+pub use msg::*;
 
 /// The environment the follower tests use.
 pub const ENV: &str = "prod";
@@ -453,70 +453,5 @@ fn record(state: &Shared, index: usize, text: &str) {
     match serde_json::from_str::<ClientMsg>(text) {
         Ok(m) => s.conns[index].received.push(m),
         Err(e) => s.conns[index].bad.push(format!("{e}: {text}")),
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Messages.
-
-pub fn pos(epoch: Epoch, version: u64) -> Position {
-    Position { epoch, version }
-}
-
-pub fn welcome(heartbeat_ms: u64) -> ServerMsg {
-    ServerMsg::Welcome {
-        node: "fake".into(),
-        heartbeat_ms,
-    }
-}
-
-pub fn entries(pairs: &[(&str, &str)]) -> Vec<WireEntry> {
-    pairs
-        .iter()
-        .map(|(n, v)| WireEntry {
-            name: n.to_string(),
-            value: Some(Value::from(*v)),
-            secret: false,
-        })
-        .collect()
-}
-
-pub fn change(p: Position, pairs: &[(&str, &str)]) -> ServerMsg {
-    ServerMsg::Change {
-        env: ENV.into(),
-        position: p,
-        changes: pairs
-            .iter()
-            .map(|(n, v)| WireChange {
-                name: n.to_string(),
-                value: Some(Value::from(*v)),
-                secret: false,
-                delete: false,
-            })
-            .collect(),
-    }
-}
-
-pub fn snapshot(p: Position, pairs: &[(&str, &str)]) -> ServerMsg {
-    ServerMsg::Snapshot {
-        env: ENV.into(),
-        position: p,
-        entries: entries(pairs),
-    }
-}
-
-pub fn synced(p: Position) -> ServerMsg {
-    ServerMsg::Synced {
-        env: ENV.into(),
-        position: p,
-    }
-}
-
-pub fn heartbeat(p: Position) -> ServerMsg {
-    ServerMsg::Heartbeat {
-        positions: vec![EnvPosition {
-            env: ENV.into(),
-            position: p,
-        }],
     }
 }
