@@ -82,9 +82,9 @@ fn a_silent_node_is_dropped_and_the_agent_reconnects_from_its_position() {
     let hb = 400;
     let c0 = fake.wait_hello(&agent, 0);
     c0.send(&welcome(hb));
-    c0.pump_heartbeats(Duration::from_millis(hb / 4), v1);
     c0.send(&snapshot(v1, &[("A", "1")]));
     c0.send(&synced(v1));
+    c0.pump_heartbeats(Duration::from_millis(hb / 4), v1);
     agent.wait_for("v1 rendered, child started, v1 acked", || {
         w.read("out.env").contains("A=1") && w.starts().len() == 1 && c0.acked(v1)
     });

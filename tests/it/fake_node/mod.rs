@@ -68,6 +68,7 @@ struct ConnState {
     bad: Vec<String>,
     /// How the connection ended, once it did (as far as the fake node can tell).
     ended: Option<String>,
+    /// Commands to the connection's task, once upgraded (kept after its end: they are dropped).
     cmds: Option<mpsc::UnboundedSender<Cmd>>,
 }
 
@@ -172,8 +173,9 @@ impl FakeNode {
         let tx = self
             .with(index, |c| c.cmds.clone())
             .flatten()
-            .unwrap_or_else(|| panic!("fake node: connection {index} is not open"));
-        // The task may have ended meanwhile (the agent left): then there is no one to tell.
+            .unwrap_or_else(|| panic!("fake node: connection {index} was never upgraded"));
+        // The connection may have ended meanwhile (the agent left first, which is its
+        // choice): then there is no one to tell, and nothing to do.
         let _ = tx.send(cmd);
     }
 }
@@ -348,9 +350,7 @@ async fn serve(state: Shared, index: usize, tcp: TcpStream) {
     let (tx, rx) = mpsc::unbounded_channel();
     lock(&state).conns[index].cmds = Some(tx);
     let why = live(&state, index, ws, rx).await;
-    let mut s = lock(&state);
-    s.conns[index].cmds = None;
-    s.conns[index].ended.get_or_insert(why);
+    lock(&state).conns[index].ended.get_or_insert(why);
 }
 
 /// The connection's loop; returns how it ended.
