@@ -4,7 +4,9 @@
 mod bench;
 mod cluster;
 mod examples;
+mod fake_node;
 mod files;
+mod follower;
 mod hostile;
 mod run;
 mod serve;

@@ -3,16 +3,13 @@
 //! the protocol from the test, and raw protocol clients.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use serde_json::{Value as Json, json};
-use tether_core::protocol::{
-    ClientMsg, Epoch, Position, ServerMsg, Subscription, WireChange, WireEntry,
-};
+use tether_core::protocol::{ClientMsg, Epoch, Position, ServerMsg, Subscription, WireChange};
 use tether_core::secret::Value;
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
@@ -21,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::fake_node::{FakeNode, change, pos, snapshot, synced, welcome};
 use crate::support::{
     DEADLINE, Tether, Work, free_port, run_to_end, run_to_end_env, start_node, start_node_at,
 };
@@ -483,186 +481,72 @@ fn a_committed_change_survives_a_node_crash() {
 // ---------------------------------------------------------------------------------------
 // 4. A crafted node: gap → resync, duplicates, old snapshots, new epochs, acks.
 
-struct FakeNode {
-    rt: Runtime,
-    tx: SplitSink<WebSocketStream<TcpStream>, Message>,
-    got: Arc<Mutex<Vec<ClientMsg>>>,
-}
-
-impl FakeNode {
-    fn send(&mut self, msg: &ServerMsg) {
-        let text = serde_json::to_string(msg).unwrap();
-        self.rt
-            .block_on(self.tx.send(Message::text(text)))
-            .expect("send to the agent");
-    }
-
-    fn received(&self) -> Vec<ClientMsg> {
-        self.got
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn acked(&self, p: Position) -> bool {
-        self.received()
-            .iter()
-            .any(|m| matches!(m, ClientMsg::Ack { position, ok: true, .. } if *position == p))
-    }
-}
-
-fn pos(epoch: Epoch, version: u64) -> Position {
-    Position { epoch, version }
-}
-
-fn entries(pairs: &[(&str, &str)]) -> Vec<WireEntry> {
-    pairs
-        .iter()
-        .map(|(n, v)| WireEntry {
-            name: n.to_string(),
-            value: Some(Value::from(*v)),
-            secret: false,
-        })
-        .collect()
-}
-
-fn change(p: Position, pairs: &[(&str, &str)]) -> ServerMsg {
-    ServerMsg::Change {
-        env: "prod".into(),
-        position: p,
-        changes: pairs
-            .iter()
-            .map(|(n, v)| WireChange {
-                name: n.to_string(),
-                value: Some(Value::from(*v)),
-                secret: false,
-                delete: false,
-            })
-            .collect(),
-    }
-}
-
-fn snapshot(p: Position, pairs: &[(&str, &str)]) -> ServerMsg {
-    ServerMsg::Snapshot {
-        env: "prod".into(),
-        position: p,
-        entries: entries(pairs),
-    }
-}
-
-fn synced(p: Position) -> ServerMsg {
-    ServerMsg::Synced {
-        env: "prod".into(),
-        position: p,
-    }
-}
-
 #[test]
 fn crafted_node_gap_resync_duplicates_and_snapshots() {
     let w = Work::new();
-    let rt = runtime();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let agent = start_agent(&w, &format!("http://127.0.0.1:{port}"), SIGNAL_USR1, &[]);
-    let ws = rt.block_on(async {
-        let accept = async {
-            let (stream, _) = listener.accept().await?;
-            tokio_tungstenite::accept_async(stream)
-                .await
-                .map_err(std::io::Error::other)
-        };
-        tokio::time::timeout(DEADLINE, accept).await
-    });
-    let ws = match ws {
-        Ok(Ok(ws)) => ws,
-        other => {
-            agent.dump();
-            panic!("the agent did not connect: {other:?}");
-        }
-    };
-    let (tx, mut rx) = ws.split();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let sink = got.clone();
-    rt.spawn(async move {
-        while let Some(Ok(m)) = rx.next().await {
-            if let Message::Text(t) = m {
-                let msg: ClientMsg = serde_json::from_str(t.as_str())
-                    .unwrap_or_else(|e| panic!("agent sent a bad frame ({e}): {t}"));
-                sink.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(msg);
-            }
-        }
-    });
-    let mut fake = FakeNode { rt, tx, got };
-
-    agent.wait_for("hello", || !fake.received().is_empty());
-    match &fake.received()[0] {
-        ClientMsg::Hello { subscribe, .. } => {
-            assert_eq!(subscribe.len(), 1);
-            assert_eq!(subscribe[0].env, "prod");
-            assert_eq!(subscribe[0].position, None, "a fresh agent has no position");
-        }
-        other => panic!("first frame is not hello: {other:?}"),
+    let fake = FakeNode::start();
+    let agent = start_agent(&w, &fake.url(), SIGNAL_USR1, &[]);
+    let conn = fake.wait_hello(&agent, 0);
+    let hello = conn.hello().expect("a hello");
+    assert_eq!(hello.env, "prod");
+    assert_eq!(hello.position, None, "a fresh agent has no position");
+    match &conn.received()[..] {
+        [ClientMsg::Hello { subscribe, .. }] => assert_eq!(subscribe.len(), 1),
+        other => panic!("the first frame is not one hello: {other:?}"),
     }
 
     let e1 = Epoch(0x0190_0000_0000_0001);
     let e2 = Epoch(e1.0 + (1 << 16));
-    fake.send(&ServerMsg::Welcome {
-        node: "fake".into(),
-        heartbeat_ms: 60_000,
-    });
-    fake.send(&snapshot(pos(e1, 1), &[("A", "1")]));
-    fake.send(&synced(pos(e1, 1)));
+    conn.send(&welcome(60_000));
+    conn.send(&snapshot(pos(e1, 1), &[("A", "1")]));
+    conn.send(&synced(pos(e1, 1)));
     agent.wait_for("v1 rendered, child started, v1 acked", || {
-        w.read("out.env").contains("A=1") && w.starts().len() == 1 && fake.acked(pos(e1, 1))
+        w.read("out.env").contains("A=1") && w.starts().len() == 1 && conn.acked(pos(e1, 1))
     });
 
     // A gap: v3 after v1. The agent asks for what follows v1 and does not apply v3.
-    fake.send(&change(pos(e1, 3), &[("A", "3")]));
+    conn.send(&change(pos(e1, 3), &[("A", "3")]));
     agent.wait_for("a resync from v1", || {
-        fake.received().iter().any(|m| {
+        conn.received().iter().any(|m| {
             matches!(m, ClientMsg::Resync { env, position } if env == "prod" && *position == Some(pos(e1, 1)))
         })
     });
     assert!(w.read("out.env").contains("A=1"), "{}", w.read("out.env"));
     assert!(!w.read("out.env").contains("A=3"));
-    assert!(!fake.acked(pos(e1, 3)));
+    assert!(!conn.acked(pos(e1, 3)));
     assert!(w.signals().is_empty(), "{:?}", w.record());
 
     // The answer: the missed change sets, in order, then synced. Each version is awaited
     // before the next is sent, so the child's signals cannot coalesce and can be counted.
-    fake.send(&change(pos(e1, 2), &[("B", "2")]));
+    conn.send(&change(pos(e1, 2), &[("B", "2")]));
     agent.wait_for("v2 applied", || {
-        w.read("out.env").contains("B=2") && fake.acked(pos(e1, 2)) && w.signals().len() == 1
+        w.read("out.env").contains("B=2") && conn.acked(pos(e1, 2)) && w.signals().len() == 1
     });
-    fake.send(&change(pos(e1, 3), &[("A", "3")]));
-    fake.send(&synced(pos(e1, 3)));
+    conn.send(&change(pos(e1, 3), &[("A", "3")]));
+    conn.send(&synced(pos(e1, 3)));
     agent.wait_for("v3 applied", || {
-        w.read("out.env").contains("A=3") && fake.acked(pos(e1, 3)) && w.signals().len() == 2
+        w.read("out.env").contains("A=3") && conn.acked(pos(e1, 3)) && w.signals().len() == 2
     });
 
     // Duplicates are dropped: v4, then v4 again with other values, then v5.
-    fake.send(&change(pos(e1, 4), &[("A", "4")]));
+    conn.send(&change(pos(e1, 4), &[("A", "4")]));
     agent.wait_for("v4 applied", || {
-        w.read("out.env").contains("A=4") && fake.acked(pos(e1, 4)) && w.signals().len() == 3
+        w.read("out.env").contains("A=4") && conn.acked(pos(e1, 4)) && w.signals().len() == 3
     });
-    fake.send(&change(pos(e1, 4), &[("A", "dup"), ("DUP", "dup")]));
-    fake.send(&change(pos(e1, 5), &[("C", "5")]));
+    conn.send(&change(pos(e1, 4), &[("A", "dup"), ("DUP", "dup")]));
+    conn.send(&change(pos(e1, 5), &[("C", "5")]));
     agent.wait_for("v5 applied", || {
-        w.read("out.env").contains("C=5") && fake.acked(pos(e1, 5)) && w.signals().len() >= 4
+        w.read("out.env").contains("C=5") && conn.acked(pos(e1, 5)) && w.signals().len() >= 4
     });
     let out = w.read("out.env");
     assert!(!out.contains("dup"), "a duplicate was applied:\n{out}");
     assert!(out.contains("A=4"), "{out}");
 
     // An older snapshot is never applied; a later change still is (and shows the order).
-    fake.send(&snapshot(pos(e1, 2), &[("A", "old")]));
-    fake.send(&change(pos(e1, 6), &[("D", "6")]));
+    conn.send(&snapshot(pos(e1, 2), &[("A", "old")]));
+    conn.send(&change(pos(e1, 6), &[("D", "6")]));
     agent.wait_for("v6 applied", || {
-        w.read("out.env").contains("D=6") && fake.acked(pos(e1, 6)) && w.signals().len() >= 5
+        w.read("out.env").contains("D=6") && conn.acked(pos(e1, 6)) && w.signals().len() >= 5
     });
     let out = w.read("out.env");
     assert!(
@@ -678,20 +562,22 @@ fn crafted_node_gap_resync_duplicates_and_snapshots() {
     );
 
     // A snapshot of a newer epoch is a new history: applied, even at a lower version.
-    fake.send(&snapshot(pos(e2, 1), &[("A", "new")]));
-    fake.send(&synced(pos(e2, 1)));
+    conn.send(&snapshot(pos(e2, 1), &[("A", "new")]));
+    conn.send(&synced(pos(e2, 1)));
     agent.wait_for("the new epoch's snapshot applied", || {
         let out = w.read("out.env");
-        out.contains("A=new") && !out.contains("C=5") && fake.acked(pos(e2, 1))
+        out.contains("A=new") && !out.contains("C=5") && conn.acked(pos(e2, 1))
     });
     agent.wait_for("signalled for it", || w.signals().len() == 6);
 
-    let received = fake.received();
+    let received = conn.received();
     let hellos = received
         .iter()
         .filter(|m| matches!(m, ClientMsg::Hello { .. }))
         .count();
     assert_eq!(hellos, 1, "one connection throughout: {received:?}");
+    assert_eq!(fake.attempts(), 1, "one connection throughout");
+    assert_eq!(conn.bad_frames(), Vec::<String>::new());
     let acks: BTreeSet<(u64, u64, bool)> = received
         .iter()
         .filter_map(|m| match m {

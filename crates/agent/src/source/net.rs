@@ -379,6 +379,12 @@ impl Follower {
                                 }
                             }
                         }
+                        ServerMsg::Error { code, message } if code == "forbidden" && !welcomed => {
+                            // The token may not read the environment of the hello; the node
+                            // closes next (1008). A refused token: reported and waited on as one.
+                            let reason = format!("{message} (forbidden, in answer to the hello)");
+                            return Err((false, SessionError::Refused { status: 403, reason }));
+                        }
                         ServerMsg::Error { code, message } => {
                             tracing::warn!(code = %code, message = %message, "node reported an error");
                             if code == "unavailable" {
