@@ -16,12 +16,12 @@ mod action;
 pub mod args;
 pub mod atomic;
 pub mod config;
-pub mod debounce;
-pub mod output;
+mod debounce;
+mod output;
 mod run;
 pub mod source;
-pub mod state;
-pub mod supervisor;
-pub mod target;
+mod state;
+mod supervisor;
+mod target;
 
 pub use run::{AgentError, run};

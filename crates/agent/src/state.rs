@@ -41,6 +41,7 @@ impl Layers {
     }
 
     /// True once every source has delivered at least once.
+    #[cfg(test)]
     pub fn complete(&self) -> bool {
         self.layers.iter().all(Option::is_some)
     }

@@ -14,17 +14,17 @@
 
 pub mod args;
 pub mod auth;
-pub mod bus;
+mod bus;
 pub mod config;
 pub mod front;
-pub mod http;
+mod http;
 pub mod hub;
-pub mod metrics;
-pub mod outlet;
-pub mod plain;
-pub mod rollout;
+mod metrics;
+mod outlet;
+mod plain;
+mod rollout;
 pub mod store;
-pub mod ws;
+mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;

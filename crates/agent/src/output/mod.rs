@@ -12,7 +12,7 @@ use crate::atomic;
 pub use crate::atomic::Owner;
 pub use env::{EnvSpec, EnvVars};
 pub use place::{default_dir, ensure_private_dir, resolve_path};
-pub use render::{Format, Rendered, Skipped, valid_env_name};
+pub use render::{Format, Rendered, valid_env_name};
 
 use crate::action::Action;
 use crate::state::Entries;

@@ -76,13 +76,8 @@ pub fn valid_env_name(name: &str) -> bool {
 /// The longest file name Linux file systems take, in bytes (`NAME_MAX`).
 pub const NAME_MAX: usize = 255;
 
-/// A safe file name inside a `dir` output: not empty, at most [`NAME_MAX`] bytes, no `/`, no
-/// NUL, no leading dot (which also rules out `.` and `..`).
-pub fn valid_file_name(name: &str) -> bool {
-    file_name_problem(name).is_none()
-}
-
-/// Why `name` cannot be a file of a `dir` output, or None if it can.
+/// Why `name` cannot be a file of a `dir` output (empty, over [`NAME_MAX`] bytes, a `/`, a
+/// NUL, a leading dot, which also rules out `.` and `..`), or None if it can.
 fn file_name_problem(name: &str) -> Option<&'static str> {
     if name.len() > NAME_MAX {
         Some("name is longer than the 255 bytes a file name can hold")
