@@ -1,14 +1,17 @@
 //! tether's agent: `tether run` (supervise a program), `tether watch` (a sidecar) and
 //! `tether check`. It links none of the node's code.
 //!
-//! Layout:
+//! Layout (the arrows point one way: `config` builds the specs that `output`, `source` and
+//! `supervisor` own; nothing below `config` reads it back):
 //! - `args`, `config`: flags and the TOML file, validated into one [`config::Config`].
+//! - `action`: what a change does (restart, signal, exec, none).
 //! - `state`: the merged view of entries with its diff.
 //! - `source`: `file:`/`dir:` sources, their parsers and the `notify` watcher; `source::net`
-//!   follows an environment on tether nodes.
-//! - `output`: formats, atomic writes, `dir` symlink swap, the child's environment.
+//!   follows an environment on tether nodes (with its saved state and backoff).
+//! - `output`: formats, the `dir` symlink swap, the child's environment, default places;
+//!   [`atomic`]: how bytes reach the disk (outputs and the saved state).
 //! - `debounce`: quiet window, max wait and splay.
-//! - `supervisor`: the child's owner task, the reaper, spawning and stopping.
+//! - `supervisor`: the child's owner task behind a `Spawner`, the reaper, spawning, stopping.
 //! - `target`: watch mode's pidfile/process-name targets and exec hooks.
 //! - `run`: the loop tying sources to outputs and actions ([`run()`]).
 
