@@ -45,8 +45,8 @@ pub const WS_READ_BUFFER: usize = 512;
 /// Most bytes a plain agent socket queues before the agent counts as not reading: two of the
 /// largest frames an agent accepts (`protocol::MAX_AGENT_FRAME`), so that a reader may be in
 /// the middle of one while the next waits. Not tied to `max_frame`, which bounds what agents
-/// send: a change set the HTTP API takes (4 MiB body, values as base64) is several MiB once
-/// JSON-escaped, and the store keeps snapshots under the agent's limit. Change frames are
+/// send: the store keeps change sets and snapshots, as sent, well under the agent's limit
+/// (`store::size`), whatever the HTTP body that brought them. Change frames are
 /// shared by every connection, so this counts more than each connection holds.
 pub const BACKLOG_LIMIT: usize = 2 * tether_core::protocol::MAX_AGENT_FRAME;
 

@@ -68,7 +68,7 @@ fn a_large_body_without_a_valid_token_is_refused_unread() {
         let auth = token
             .map(|t| format!("authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
-        // 3 MiB announced (under the 4 MiB limit), none of it sent.
+        // 3 MiB announced (under the body limit), none of it sent.
         let head = format!(
             "POST /v1/envs/prod/changes HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n",
             3 * 1024 * 1024
