@@ -241,6 +241,9 @@ impl Conn {
     /// A request on this connection passed the token check: it no longer counts as
     /// unauthenticated, nor lives only one request timeout.
     pub fn authenticated(&self) {
+        if !self.is_unauthenticated() {
+            return;
+        }
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         if waiting.remove(self.id).is_some() {
             self.deadlines.send_modify(|d| d.lifetime = None);
