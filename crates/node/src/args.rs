@@ -42,7 +42,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", env = "TETHER_REQUEST_TIMEOUT")]
     pub request_timeout: Option<String>,
     /// Most connections at once on which no request has passed the token check yet; past
-    /// it new connections are closed on accept (default 1024).
+    /// it each new connection closes an old one (default 1024).
     #[arg(long, value_name = "N", env = "TETHER_MAX_UNAUTHENTICATED")]
     pub max_unauthenticated: Option<usize>,
     /// Ask for a token (any role) on /metrics, which then shows only the environments the

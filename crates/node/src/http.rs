@@ -17,9 +17,16 @@ use serde_json::json;
 use super::Node;
 use super::auth::{AuthError, Grant, Role};
 use super::front::{Conn, Door, Limits};
-use super::store::{StoreError, validate_name};
+use super::store::{MAX_CHANGE_SET, StoreError, validate_name};
 use tether_core::protocol::{Position, WireChange, WireEntry};
 use tether_core::secret::Value;
+
+/// Largest request body: the largest change set the store takes ([`MAX_CHANGE_SET`],
+/// counted as the node sends it) as any common JSON encoder writes it, which is at most three
+/// times as many bytes (Python's `json.dumps` writes each 2-byte character as a 6-byte
+/// `\uXXXX`; control characters already count their 6 bytes, base64 is 4 bytes for 3), plus
+/// room for the request's own fields and layout. Only read once the token allows a write.
+pub const MAX_BODY: usize = 3 * MAX_CHANGE_SET + 64 * 1024;
 
 /// The API; `limits` says whether `/metrics` asks for a token, `door` has the counts of
 /// the front door that `/metrics` shows.
@@ -54,7 +61,7 @@ pub fn router(node: Arc<Node>, limits: Limits, door: Arc<Door>) -> Router {
                 format!("{method} is not allowed here (the Allow header lists what is)"),
             )
         })
-        .layer(DefaultBodyLimit::max(4 * 1024 * 1024))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)
 }
 

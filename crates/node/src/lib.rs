@@ -45,8 +45,8 @@ pub const WS_READ_BUFFER: usize = 512;
 /// Most bytes a plain agent socket queues before the agent counts as not reading: two of the
 /// largest frames an agent accepts (`protocol::MAX_AGENT_FRAME`), so that a reader may be in
 /// the middle of one while the next waits. Not tied to `max_frame`, which bounds what agents
-/// send: a change set the HTTP API takes (4 MiB body, values as base64) is several MiB once
-/// JSON-escaped, and the store keeps snapshots under the agent's limit. Change frames are
+/// send: the store keeps change sets and snapshots, as sent, well under the agent's limit
+/// (`store::size`), whatever the HTTP body that brought them. Change frames are
 /// shared by every connection, so this counts more than each connection holds.
 pub const BACKLOG_LIMIT: usize = 2 * tether_core::protocol::MAX_AGENT_FRAME;
 
@@ -235,7 +235,8 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result
 }
 
 /// Accept connections until `shutdown`, then close agent sockets and drain for up to 5s.
-/// Past `limits.max_unauthenticated` unauthenticated connections, new ones are closed at once.
+/// Past `limits.max_unauthenticated` unauthenticated connections, each new one closes an
+/// older one (`front::Door::admit`).
 pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
@@ -252,11 +253,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Some(conn) = door.admit() else {
-                        tracing::debug!(%peer, "connection refused: too many unauthenticated");
-                        drop(stream);
-                        continue;
-                    };
+                    let conn = door.admit(peer.ip());
                     let app = app.clone();
                     let tls = tls.clone();
                     let cancel = node.shutdown.clone();
@@ -320,14 +317,22 @@ async fn connection(
         }
         Some(acceptor) => {
             let svc = tracked(app, front.conn.clone(), None);
-            let s = tokio::time::timeout(front.header_timeout, acceptor.accept(stream)).await??;
+            let handshake = tokio::time::timeout(front.header_timeout, acceptor.accept(stream));
+            let s = tokio::select! {
+                s = handshake => s??,
+                why = front.conn.expired() => {
+                    tracing::debug!(reason = %why, "connection closed during the TLS handshake");
+                    return Ok(());
+                }
+            };
             serve_http(TokioIo::new(s), svc, front).await
         }
     }
 }
 
 /// `app` for one connection: each request carries the connection (and its plain socket)
-/// as extensions, and its body and response move the connection's request deadline.
+/// as extensions, and its body and response move the connection's request deadline (a
+/// response on a connection still unauthenticated closes it).
 fn tracked(
     app: axum::Router,
     conn: Arc<front::Conn>,
@@ -353,15 +358,15 @@ fn tracked(
             parts.extensions.insert(conn.clone());
             hyper::Request::from_parts(parts, conn.body(body))
         })
-        .map_response(move |resp: axum::response::Response| {
-            answered.answered();
+        .map_response(move |mut resp: axum::response::Response| {
+            answered.answered(&mut resp);
             resp
         });
     hyper_util::service::TowerToHyperService::new(app)
 }
 
-/// Serve HTTP on `io` until the client goes, the shutdown, or a request that does not
-/// arrive whole within the request timeout (the connection is then closed).
+/// Serve HTTP on `io` until the client goes, the shutdown, or the front door closes the
+/// connection (a request late, an unauthenticated connection too old or making room).
 async fn serve_http<I, S>(
     io: I,
     svc: S,
@@ -384,8 +389,8 @@ where
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => r.map_err(Into::into),
-        _ = front.conn.expired() => {
-            tracing::debug!("request not received whole within the request timeout: connection closed");
+        why = front.conn.expired() => {
+            tracing::debug!(reason = %why, "connection closed");
             Ok(())
         }
         _ = front.cancel.cancelled() => {

@@ -84,10 +84,10 @@ pub async fn metrics(
         door.unauthenticated() as u64,
     );
     metric(
-        "tether_http_connections_refused_total",
+        "tether_http_connections_evicted_total",
         "counter",
-        "Connections closed on accept: max_unauthenticated were already open.",
-        door.refused.load(Ordering::Relaxed),
+        "Unauthenticated connections closed to make room: max_unauthenticated were open.",
+        door.evicted.load(Ordering::Relaxed),
     );
     if let Ok(envs) = node.store.list().await {
         let _ = writeln!(

@@ -7,11 +7,11 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::{Value as Json, json};
-use tether_core::protocol::{ClientMsg, ServerMsg, Subscription};
 use tether_node::auth::hash_token;
-use tokio_tungstenite::tungstenite;
 
 use crate::support::{DEADLINE, Tether, Work, run_to_end, start_node};
+
+mod door;
 
 const ADMIN: &str = "hostile-admin-token-0123456789";
 const READER: &str = "hostile-reader-token-0123456789";
@@ -79,7 +79,12 @@ fn http(
         .get("allow")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .unwrap_or_default();
     Resp {
         status: resp.status().as_u16(),
         json: serde_json::from_str(&text).unwrap_or(Json::Null),
@@ -159,139 +164,53 @@ fn raw_response(s: &mut TcpStream) -> (u16, Json, String) {
     )
 }
 
-// Issue 11, item 2: headers dribbled in are cut off by the request timeout (and never
-// take longer than the 10 s header timeout).
+// Issue 11, item 2 (review): the 4 MiB body limit sat below the largest change set the
+// store takes (6 MiB as sent), so two values of control characters, a legal change set,
+// got 413 over HTTP. The body limit makes room for any legal change set as common JSON
+// encoders write it: here also one written the way Python's `json.dumps` does, every
+// non-ASCII character as `\uXXXX`, three times its counted size.
 #[test]
-fn slow_headers_are_cut_off() {
-    let w = Work::new();
-    let (_node, port) = dev_node(&w, &["--request-timeout", "1s"]);
-    let mut s = connect(port);
-    let head = "GET /healthz HTTP/1.1\r\nhost: x\r\n".to_string() + &"x-slow: 1\r\n".repeat(500);
-    let sent = drip(&s, head.into_bytes(), Duration::from_millis(20));
-    let got = read_until_closed(&mut s);
-    assert!(!String::from_utf8_lossy(&got).contains("200 OK"));
-    assert!(
-        sent.join().unwrap() < 500 * 11,
-        "closed before the headers ended"
-    );
-}
-
-// Issue 11, item 2: a body dripped a byte at a time is cut off by the request timeout,
-// and nothing of it is committed.
-#[test]
-fn a_dripping_body_is_cut_off_and_commits_nothing() {
-    let w = Work::new();
-    let (_node, port) = dev_node(&w, &["--request-timeout", "1s"]);
-    let body = json!({"changes": [{"name": "A", "value": "x".repeat(2000)}]}).to_string();
-    let mut s = connect(port);
-    let head = format!(
-        "POST /v1/envs/prod/changes HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).expect("send the headers");
-    let sent = drip(&s, body.clone().into_bytes(), Duration::from_millis(10));
-    let got = read_until_closed(&mut s);
-    assert!(!String::from_utf8_lossy(&got).contains("200 OK"));
-    assert!(
-        sent.join().unwrap() < body.len(),
-        "closed before the body ended"
-    );
-    let r = http(port, "GET", "/v1/envs", None, None);
-    assert_eq!(r.json["envs"], json!([]), "{}", r.text);
-}
-
-// Issue 11, item 2: a large body without a valid token (or with a token that may not
-// write there) is refused at once, without the node waiting for it.
-#[test]
-fn a_large_body_without_a_valid_token_is_refused_unread() {
+fn the_largest_change_sets_fit_in_a_request_body() {
     let w = Work::new();
     let (_node, port) = node_with_tokens(&w, "", &[]);
-    for (token, status) in [(None, 401), (Some("not-a-token"), 401), (Some(READER), 403)] {
-        let mut s = connect(port);
-        let auth = token
-            .map(|t| format!("authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        // 3 MiB announced (under the 4 MiB limit), none of it sent.
-        let head = format!(
-            "POST /v1/envs/prod/changes HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            3 * 1024 * 1024
-        );
-        s.write_all(head.as_bytes()).expect("send the headers");
-        let (got, json, text) = raw_response(&mut s);
-        assert_eq!(got, status, "token {token:?}: {text}");
-        assert!(json["error"]["code"].is_string(), "token {token:?}: {text}");
-    }
-}
-
-// Issue 11, item 2: past `max_unauthenticated` connections with no request through the
-// token check, new ones are closed on accept; one that authenticates frees its slot, and
-// an upgraded agent does not count.
-#[test]
-fn unauthenticated_connections_over_the_cap_are_closed() {
-    let w = Work::new();
-    let (_node, port) = node_with_tokens(&w, "max_unauthenticated = 3", &["--heartbeat", "60s"]);
-    let mut held: Vec<TcpStream> = (0..3).map(|_| connect(port)).collect();
-    let mut over = connect(port);
-    assert!(
-        read_until_closed(&mut over).is_empty(),
-        "closed without a word"
+    // Two values of 511 KiB of \x01: 6 bytes each once escaped, 5.99 MiB as counted.
+    let ctl = "\u{1}".repeat(511 * 1024);
+    let body = json!({"changes": [{"name": "A", "value": ctl}, {"name": "B", "value": ctl}]});
+    let body = body.to_string();
+    assert!(body.len() > 5 << 20, "{} bytes", body.len());
+    let changes = |env: &str| format!("/v1/envs/{env}/changes");
+    let r = http(
+        port,
+        "POST",
+        &changes("prod"),
+        Some(ADMIN),
+        Some(("application/json", body)),
     );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = http(port, "GET", "/v1/envs/prod", Some(ADMIN), None);
+    assert_eq!(r.json["entries"][1]["value"].as_str(), Some(ctl.as_str()));
 
-    // The first held connection authenticates: its slot is free for a new connection.
-    let first = &mut held[0];
-    first
-        .write_all(
-            format!("GET /v1/envs HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ADMIN}\r\nconnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .expect("request on a held connection");
-    let (status, _, text) = raw_response(first);
-    assert_eq!(status, 200, "{text}");
-    held.remove(0);
-
-    // An agent takes that slot while it upgrades, and gives it back once upgraded.
-    let stream = connect(port);
-    let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!(
-        "ws://127.0.0.1:{port}/v1/ws"
-    ))
-    .unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {READER}").parse().unwrap());
-    let (mut ws, _) = tungstenite::client(req, stream).expect("agent upgrade");
-
-    let r = http(port, "GET", "/healthz", None, None);
-    assert_eq!(r.status, 200, "a slot is free while the agent is connected");
-
-    // The agent is still there: it says hello and is synced.
-    let hello = ClientMsg::Hello {
-        agent: "hostile".into(),
-        subscribe: vec![Subscription {
-            env: "prod".into(),
-            position: None,
-        }],
-    };
-    ws.send(tungstenite::Message::text(
-        serde_json::to_string(&hello).unwrap(),
-    ))
-    .expect("hello");
-    loop {
-        match ws.read().expect("a frame from the node") {
-            tungstenite::Message::Text(t) => {
-                if let Ok(ServerMsg::Synced { .. }) = serde_json::from_str(t.as_str()) {
-                    break;
-                }
-            }
-            other if other.is_close() => panic!("agent closed: {other:?}"),
-            _ => {}
-        }
-    }
-    let r = http(port, "GET", "/metrics", None, None);
-    assert!(
-        r.text
-            .lines()
-            .any(|l| l.starts_with("tether_http_connections_refused_total ") && !l.ends_with(" 0")),
-        "{}",
-        r.text
+    // Eleven values of 512 KiB of `é` (2 bytes each): 5.5 MiB as counted, 16.5 MiB escaped.
+    let escaped = "\\u00e9".repeat(256 * 1024);
+    let entries: Vec<String> = (0..11)
+        .map(|i| format!(r#"{{"name": "V{i}", "value": "{escaped}"}}"#))
+        .collect();
+    let body = format!(r#"{{"changes": [{}]}}"#, entries.join(", "));
+    assert!(body.len() > 16 << 20, "{} bytes", body.len());
+    let r = http(
+        port,
+        "POST",
+        &changes("ascii"),
+        Some(ADMIN),
+        Some(("application/json", body)),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = http(port, "GET", "/v1/envs/ascii", Some(ADMIN), None);
+    assert_eq!(r.json["entries"].as_array().map(Vec::len), Some(11));
+    let value = "é".repeat(256 * 1024);
+    assert_eq!(
+        r.json["entries"][10]["value"].as_str(),
+        Some(value.as_str())
     );
 }
 

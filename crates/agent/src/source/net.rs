@@ -100,6 +100,8 @@ struct Follower {
     emitted: bool,
     degraded: bool,
     last_ack: Option<(Position, Result<(), String>)>,
+    /// When the current session got its `synced`, if it did.
+    synced_at: Option<tokio::time::Instant>,
     updates: mpsc::UnboundedSender<NetUpdate>,
     acks: mpsc::UnboundedReceiver<(Position, Result<(), String>)>,
     agent_name: String,
@@ -139,6 +141,7 @@ pub fn start(spec: NetSpec) -> Result<NetSource, String> {
         emitted: false,
         degraded: false,
         last_ack: None,
+        synced_at: None,
         updates: utx,
         acks: arx,
     };
@@ -172,35 +175,29 @@ impl Follower {
             let url = self.urls[order[attempt % order.len()]].clone();
             attempt += 1;
             let round_done = attempt % self.urls.len() == 0;
-            let (outcome, error) = match self.session(&url).await {
-                Ok(()) => (Outcome::Synced, None),
-                Err((true, e)) => (Outcome::Synced, Some(e)),
-                Err((
-                    false,
-                    e @ SessionError::Refused {
-                        status: 401 | 403, ..
-                    },
-                )) => (Outcome::Refused, Some(e)),
-                Err((false, e)) => (Outcome::Failed, Some(e)),
+            self.synced_at = None;
+            let e = match self.session(&url).await {
+                Ok(never) => match never {},
+                Err(e) => e,
             };
+            let outcome = Outcome::of(&e, self.synced_at, tokio::time::Instant::now());
             let delay = backoff.after(outcome, round_done);
-            match (&error, outcome) {
-                (Some(e), Outcome::Refused) => tracing::error!(
+            match outcome {
+                Outcome::Refused => tracing::error!(
                     node = %url,
                     error = %e,
                     token = %self.spec.token_source,
                     retry_in = ?delay,
                     "the node refused this agent's token ({}): fix it and restart the agent; \
-                     until then it retries every few minutes",
+                     while no node takes it, it retries every few minutes",
                     self.spec.token_source
                 ),
-                (Some(e @ SessionError::Refused { .. }), _) => {
+                _ if matches!(e, SessionError::Refused { .. }) => {
                     tracing::error!(node = %url, error = %e, retry_in = ?delay, "node connection failed")
                 }
-                (Some(e), _) => {
+                _ => {
                     tracing::warn!(node = %url, error = %e, retry_in = ?delay, "node connection failed")
                 }
-                (None, _) => {}
             }
             // Every node failed once: run on the saved state if allowed.
             if !self.emitted
@@ -216,20 +213,17 @@ impl Follower {
         }
     }
 
-    /// One connection, until it fails. The bool says whether it got as far as a healthy
-    /// sync (`synced` for the followed environment): only that starts the waits over.
-    async fn session(&mut self, url: &str) -> Result<(), (bool, SessionError)> {
+    /// One connection, until it fails. Sets `synced_at` when it gets as far as a `synced`
+    /// for the followed environment (see `backoff` for what that does to the waits).
+    async fn session(&mut self, url: &str) -> Result<std::convert::Infallible, SessionError> {
         let mut request = url
             .into_client_request()
-            .map_err(|e| (false, SessionError::Connect(e.to_string())))?;
+            .map_err(|e| SessionError::Connect(e.to_string()))?;
         if let Some(token) = &self.spec.token {
             let value = format!("Bearer {}", token.expose_str().unwrap_or_default());
-            let header = value.parse().map_err(|_| {
-                (
-                    false,
-                    SessionError::Connect("token is not a valid header value".into()),
-                )
-            })?;
+            let header = value
+                .parse()
+                .map_err(|_| SessionError::Connect("token is not a valid header value".into()))?;
             request.headers_mut().insert("authorization", header);
         }
         let mut config = WebSocketConfig::default();
@@ -245,7 +239,7 @@ impl Follower {
             connector,
         );
         let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(10), connect).await {
-            Err(_) => return Err((false, SessionError::Connect("timed out after 10s".into()))),
+            Err(_) => return Err(SessionError::Connect("timed out after 10s".into())),
             Ok(Err(tungstenite::Error::Http(resp))) => {
                 let status = resp.status().as_u16();
                 let body = resp
@@ -261,9 +255,9 @@ impl Follower {
                             .map(str::to_owned)
                     })
                     .unwrap_or_else(|| body.chars().take(200).collect());
-                return Err((false, SessionError::Refused { status, reason }));
+                return Err(SessionError::Refused { status, reason });
             }
-            Ok(Err(e)) => return Err((false, SessionError::Connect(e.to_string()))),
+            Ok(Err(e)) => return Err(SessionError::Connect(e.to_string())),
             Ok(Ok(x)) => x,
         };
         let hello = ClientMsg::Hello {
@@ -275,12 +269,8 @@ impl Follower {
         };
         let mut silence = DEFAULT_HEARTBEAT.mul_f32(2.5);
         let start = tokio::time::Instant::now();
-        send(&mut ws, &hello, start + silence)
-            .await
-            .map_err(|e| (false, e))?;
+        send(&mut ws, &hello, start + silence).await?;
         let mut welcomed = false;
-        // Set by the first `synced`: this node serves us, the waits between attempts start over.
-        let mut synced = false;
         let mut resync_pending = false;
         // Silence is measured from the node's last frame, whatever else happens meanwhile.
         let mut last_frame = start;
@@ -289,13 +279,13 @@ impl Follower {
                 frame = tokio::time::timeout_at(last_frame + silence, ws.next()) => {
                     last_frame = tokio::time::Instant::now();
                     let text = match frame {
-                        Err(_) => return Err((synced, SessionError::Silent(silence))),
-                        Ok(None) => return Err((synced, SessionError::Lost("end of stream".into()))),
-                        Ok(Some(Err(e))) => return Err((synced, SessionError::Lost(e.to_string()))),
+                        Err(_) => return Err(SessionError::Silent(silence)),
+                        Ok(None) => return Err(SessionError::Lost("end of stream".into())),
+                        Ok(Some(Err(e))) => return Err(SessionError::Lost(e.to_string())),
                         Ok(Some(Ok(Message::Text(t)))) => t,
                         Ok(Some(Ok(Message::Close(c)))) => {
                             let reason = c.map(|c| format!("{} {}", u16::from(c.code), c.reason)).unwrap_or_default();
-                            return Err((synced, SessionError::Closed(reason)));
+                            return Err(SessionError::Closed(reason));
                         }
                         Ok(Some(Ok(_))) => continue,
                     };
@@ -313,7 +303,7 @@ impl Follower {
                             silence = Duration::from_millis(heartbeat_ms.max(10)).mul_f32(2.5);
                             tracing::info!(node = %node, url = %url, "connected to node");
                             if let Some((pos, result)) = self.last_ack.clone() {
-                                send(&mut ws, &ack_msg(&self.spec.env, pos, result), last_frame + silence).await.map_err(|e| (synced, e))?;
+                                send(&mut ws, &ack_msg(&self.spec.env, pos, result), last_frame + silence).await?;
                             }
                         }
                         ServerMsg::Snapshot { env, position, entries } if env == self.spec.env => {
@@ -345,13 +335,13 @@ impl Follower {
                                     tracing::info!(have = ?self.position.map(|p| p.to_string()), got = %position, "gap in change sets; resyncing");
                                     resync_pending = true;
                                     let m = ClientMsg::Resync { env: self.spec.env.clone(), position: self.position };
-                                    send(&mut ws, &m, last_frame + silence).await.map_err(|e| (synced, e))?;
+                                    send(&mut ws, &m, last_frame + silence).await?;
                                 }
                             }
                         }
                         ServerMsg::Synced { env, position } if env == self.spec.env => {
                             resync_pending = false;
-                            synced = true;
+                            self.synced_at.get_or_insert_with(tokio::time::Instant::now);
                             // The node sent all it has. A node behind us (its store lost its
                             // data, or was restored) has nothing newer: our state stands.
                             let current = self.position.is_some()
@@ -375,7 +365,7 @@ impl Follower {
                                     tracing::info!(node = %theirs, "heartbeat shows a newer version; resyncing");
                                     resync_pending = true;
                                     let m = ClientMsg::Resync { env: self.spec.env.clone(), position: self.position };
-                                    send(&mut ws, &m, last_frame + silence).await.map_err(|e| (synced, e))?;
+                                    send(&mut ws, &m, last_frame + silence).await?;
                                 }
                             }
                         }
@@ -383,7 +373,7 @@ impl Follower {
                             // The token may not read the environment of the hello; the node
                             // closes next (1008). A refused token: reported and waited on as one.
                             let reason = format!("{message} (forbidden, in answer to the hello)");
-                            return Err((false, SessionError::Refused { status: 403, reason }));
+                            return Err(SessionError::Refused { status: 403, reason });
                         }
                         ServerMsg::Error { code, message } => {
                             tracing::warn!(code = %code, message = %message, "node reported an error");
@@ -399,7 +389,7 @@ impl Follower {
                 Some((pos, result)) = self.acks.recv() => {
                     self.last_ack = Some((pos, result.clone()));
                     if welcomed {
-                        send(&mut ws, &ack_msg(&self.spec.env, pos, result), last_frame + silence).await.map_err(|e| (synced, e))?;
+                        send(&mut ws, &ack_msg(&self.spec.env, pos, result), last_frame + silence).await?;
                     }
                 }
             }
