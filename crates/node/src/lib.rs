@@ -16,7 +16,7 @@ pub mod args;
 pub mod auth;
 mod bus;
 pub mod config;
-pub mod front;
+mod front;
 mod http;
 pub mod hub;
 mod metrics;
