@@ -11,6 +11,10 @@
 //! - `supervisor`: the child's owner task, the reaper, spawning and stopping.
 //! - `target`: watch mode's pidfile/process-name targets and exec hooks.
 //! - `run`: the loop tying sources to outputs and actions ([`run()`]).
+//! - `tasks`: the tracker every spawned task belongs to, stopped within a deadline.
+
+// `unsafe` only where a syscall wrapper needs it, allowed block by block with its SAFETY.
+#![deny(unsafe_code)]
 
 pub mod args;
 pub mod config;
@@ -21,5 +25,6 @@ pub mod source;
 pub mod state;
 pub mod supervisor;
 pub mod target;
+pub mod tasks;
 
 pub use run::{AgentError, run};
