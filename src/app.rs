@@ -48,6 +48,7 @@ pub fn run(cli: Cli) -> i32 {
 fn fix_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; no other thread runs yet.
+    #[allow(unsafe_code)]
     unsafe {
         nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 128 * 1024);
     }

@@ -4,6 +4,9 @@
 //! - `app`: each verb as `main` calls it, mapped to an exit code.
 //! - `logging`: tracing to stderr, text or JSON.
 
+// `unsafe` only for the one allocator setting in `app`, allowed there with its SAFETY.
+#![deny(unsafe_code)]
+
 mod app;
 mod cli;
 mod logging;

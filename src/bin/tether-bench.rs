@@ -1,6 +1,8 @@
 //! `tether-bench`: the benchmarks (`file`, `agents`) and the processes they start. Built
 //! with the `bench` feature; never shipped.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {

@@ -14,6 +14,10 @@
 //! - `supervisor`: the child's owner task behind a `Spawner`, the reaper, spawning, stopping.
 //! - `target`: watch mode's pidfile/process-name targets and exec hooks.
 //! - `run`: the loop tying sources to outputs and actions ([`run()`]).
+//! - `tasks`: the tracker every spawned task belongs to, stopped within a deadline.
+
+// `unsafe` only where a syscall wrapper needs it, allowed block by block with its SAFETY.
+#![deny(unsafe_code)]
 
 mod action;
 pub mod args;
@@ -26,5 +30,6 @@ pub mod source;
 mod state;
 mod supervisor;
 mod target;
+mod tasks;
 
 pub use run::{AgentError, run};

@@ -3,6 +3,7 @@
 //! found by pidfile or name, or to hooks.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -16,6 +17,7 @@ use crate::source::{self, SourceError, SourceSpec, watch::SourceWatcher};
 use crate::state::{Entries, Layers, changed_keys};
 use crate::supervisor::{self, ChildSpec, Control, Exit, Reaper, Supervisor};
 use crate::target;
+use crate::tasks::Tasks;
 use tether_core::protocol::Position;
 use tether_core::signal::Signal;
 
@@ -57,12 +59,24 @@ struct Agent {
     net_pending: Option<Position>,
     /// An output failed to update: try again then (doubling up to a minute).
     retry: Option<(Instant, std::time::Duration)>,
+    tasks: Tasks,
 }
 
+/// How long the agent waits for its tasks once it is done.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
+
 /// Run the agent until the child exits (run) or TERM/INT (watch). Returns the exit code.
+/// Every task it started has stopped (or the deadline passed) when it returns.
 pub async fn run(cfg: Config) -> Result<i32, AgentError> {
+    let tasks = Tasks::new();
+    let result = run_with(cfg, &tasks).await;
+    tasks.shutdown(SHUTDOWN_DEADLINE).await;
+    result
+}
+
+async fn run_with(cfg: Config, tasks: &Tasks) -> Result<i32, AgentError> {
     // Handlers first: nothing sent to tether from here on is lost or fatal.
-    let mut signal_rx = install_signals(&cfg)?;
+    let mut signal_rx = install_signals(&cfg, tasks)?;
     let reaper = Reaper::start().map_err(AgentError::Signals)?;
     if cfg.mode == Mode::Run && std::process::id() != 1 {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -80,7 +94,7 @@ pub async fn run(cfg: Config) -> Result<i32, AgentError> {
 
     // The network source is the last layer; the first render waits for its first state.
     let mut net = match &cfg.net {
-        Some(spec) => Some(source::net::start(spec.clone()).map_err(AgentError::Net)?),
+        Some(spec) => Some(source::net::start(spec.clone(), tasks).map_err(AgentError::Net)?),
         None => None,
     };
     let mut net_pending = None;
@@ -122,7 +136,7 @@ pub async fn run(cfg: Config) -> Result<i32, AgentError> {
         "first render complete"
     );
 
-    let hooks = spawn_hook_runner(reaper.clone(), cfg.exec_timeout);
+    let hooks = spawn_hook_runner(reaper.clone(), cfg.exec_timeout, tasks);
     let mut agent = Agent {
         debouncer: Debouncer::new(cfg.debounce, cfg.max_wait, cfg.splay),
         cfg,
@@ -137,6 +151,7 @@ pub async fn run(cfg: Config) -> Result<i32, AgentError> {
         net,
         net_pending,
         retry: None,
+        tasks: tasks.clone(),
     };
     agent.ack(Ok(()));
     let code = agent.serve(signal_rx).await;
@@ -168,7 +183,10 @@ fn render_env(cfg: &Config, entries: &Entries) -> EnvVars {
 }
 
 /// Every signal tether handles, delivered as one stream.
-fn install_signals(cfg: &Config) -> Result<mpsc::UnboundedReceiver<Signal>, AgentError> {
+fn install_signals(
+    cfg: &Config,
+    tasks: &Tasks,
+) -> Result<mpsc::UnboundedReceiver<Signal>, AgentError> {
     let mut set: BTreeSet<i32> = [Signal::TERM, Signal::INT]
         .iter()
         .map(|s| s.number())
@@ -187,24 +205,30 @@ fn install_signals(cfg: &Config) -> Result<mpsc::UnboundedReceiver<Signal>, Agen
         let Ok(sig) = nix::sys::signal::Signal::try_from(n) else {
             continue;
         };
-        tokio::spawn(async move {
-            while stream.recv().await.is_some() {
-                if tx.send(Signal(sig)).is_err() {
-                    break;
+        tasks.spawn(
+            tracing::info_span!("signal", signal = %Signal(sig)),
+            async move {
+                while stream.recv().await.is_some() {
+                    if tx.send(Signal(sig)).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            },
+        );
     }
     Ok(rx)
 }
 
 /// Hooks run one at a time, in order.
+/// At the shutdown a hook still running is left to itself, as it was before tasks were
+/// stopped: its process group goes on without tether.
 fn spawn_hook_runner(
     reaper: Reaper,
     limit: std::time::Duration,
+    tasks: &Tasks,
 ) -> mpsc::UnboundedSender<(Vec<String>, Vec<String>)> {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<String>, Vec<String>)>();
-    tokio::spawn(async move {
+    tasks.spawn(tracing::info_span!("hooks"), async move {
         while let Some(first) = rx.recv().await {
             // Runs that queued up while a hook ran are merged: one run per hook, with every
             // changed name, so a slow hook never falls further and further behind.
@@ -242,8 +266,13 @@ impl Agent {
                     restart_on_exit: self.cfg.restart_on_exit,
                     reload_grace: self.cfg.reload_grace,
                 };
-                let (sup, done) =
-                    Supervisor::start(spec, self.env.clone(), opts, self.reaper.clone())?;
+                let (sup, done) = Supervisor::start(
+                    spec,
+                    self.env.clone(),
+                    opts,
+                    self.reaper.clone(),
+                    &self.tasks,
+                )?;
                 (Sink::Child(sup), Some(done))
             }
             Mode::Watch => (Sink::External, None),

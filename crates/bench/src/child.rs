@@ -31,6 +31,7 @@ pub async fn run(args: BenchChildArgs) -> std::io::Result<i32> {
     let pid = std::process::id();
     if args.ignore_term {
         // SAFETY: setting a signal to SIG_IGN installs no handler code.
+        #[allow(unsafe_code)]
         unsafe {
             nix::sys::signal::signal(
                 nix::sys::signal::Signal::SIGTERM,

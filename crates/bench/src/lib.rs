@@ -9,6 +9,9 @@
 //! - [`child`]: the supervised child that records the signals and environment it gets.
 //! - `procfs`, `bins`: /proc readers; where the binaries under test are.
 
+// `unsafe` only for syscalls nix does not wrap, allowed block by block with its SAFETY.
+#![deny(unsafe_code)]
+
 pub mod agents;
 pub mod args;
 mod bins;

@@ -151,6 +151,7 @@ pub fn tick() -> Duration {
 }
 
 /// CPU time of every thread of `pid`, from its process CPU-time clock.
+#[allow(unsafe_code)]
 fn process_clock(pid: u32) -> Option<Duration> {
     use nix::libc;
     let mut clock: libc::clockid_t = 0;

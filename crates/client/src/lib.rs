@@ -1,6 +1,8 @@
 //! The admin verbs: `tether put`, `get`, `rm`, `status`, talking to a node's HTTP API.
 //! The first node of `--server` that answers is used. `args` holds their flags.
 
+#![forbid(unsafe_code)]
+
 pub mod args;
 
 use std::io::Read;

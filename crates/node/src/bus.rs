@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::Node;
 use super::store::redis::{CHANNEL, Notice};
@@ -51,13 +52,18 @@ pub fn start(
 ) -> Bus {
     let (tx, rx) = mpsc::unbounded_channel();
     let subscribed = Arc::new(AtomicBool::new(false));
-    tokio::spawn(subscriber(
-        client,
-        tx.clone(),
-        subscribed.clone(),
-        shutdown.clone(),
-    ));
-    tokio::spawn(feeder(node, rx, interval, shutdown));
+    let span = tracing::info_span!("bus", node = %node.id);
+    node.tasks.spawn(
+        crate::panics::vital(
+            "redis subscriber",
+            subscriber(client, tx.clone(), subscribed.clone(), shutdown.clone()),
+        )
+        .instrument(span.clone()),
+    );
+    let tasks = node.tasks.clone();
+    tasks.spawn(
+        crate::panics::vital("bus feeder", feeder(node, rx, interval, shutdown)).instrument(span),
+    );
     Bus { tx, subscribed }
 }
 

@@ -32,7 +32,7 @@ pub const MAX_BODY: usize = 3 * MAX_CHANGE_SET + 64 * 1024;
 /// the front door that `/metrics` shows.
 pub fn router(node: Arc<Node>, limits: Limits, door: Arc<Door>) -> Router {
     let require_token = limits.metrics_require_token;
-    Router::new()
+    let api = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route(
@@ -61,8 +61,18 @@ pub fn router(node: Arc<Node>, limits: Limits, door: Arc<Door>) -> Router {
                 format!("{method} is not allowed here (the Allow header lists what is)"),
             )
         })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    #[cfg(test)]
+    let api = api.route("/test/panic", get(panic_for_test));
+    // Outermost: every route and both fallbacks.
+    api.layer(axum::middleware::from_fn(super::panics::catch_request))
         .with_state(node)
+}
+
+/// A route of the tests' builds only (the shipped binary has none that panics on request).
+#[cfg(test)]
+async fn panic_for_test() -> Response {
+    panic!("a test asked this route to panic")
 }
 
 /// A JSON error: `{"error": {"code": "...", "message": "..."}}`.
@@ -79,6 +89,15 @@ impl ApiError {
             code,
             message: message.into(),
         }
+    }
+
+    /// A handler panicked (a bug): the request is answered, the node carries on.
+    pub(crate) fn internal() -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the node failed to handle this request; the failure is logged",
+        )
     }
 
     fn forbidden(msg: String) -> ApiError {
@@ -444,9 +463,14 @@ async fn upgrade(
     };
     let shutdown = node.shutdown.clone();
     let plain = extensions.get::<super::PlainConn>().map(|p| p.0.clone());
+    // axum spawns the connection's task; the token makes it one of the node's tasks.
+    let task = node.tasks.token();
     ws.max_message_size(node.max_frame)
         .max_frame_size(node.max_frame)
         .read_buffer_size(super::WS_READ_BUFFER)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| super::ws::serve(socket, plain, node, g, shutdown))
+        .on_upgrade(move |socket| async move {
+            super::ws::serve(socket, plain, node, g, shutdown).await;
+            drop(task);
+        })
 }

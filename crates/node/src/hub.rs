@@ -204,9 +204,10 @@ impl Hub {
                 let outlets = Arc::new(Outlets::default());
                 let (tx, rx) = mpsc::channel();
                 let (o, c) = (outlets.clone(), counters.clone());
+                let span = tracing::info_span!("fanout", shard = i);
                 let tx = std::thread::Builder::new()
                     .name(format!("tether-fanout-{i}"))
-                    .spawn(move || fan_out(rx, o, c))
+                    .spawn(move || span.in_scope(|| fan_out(rx, o, c)))
                     .map_err(|e| tracing::warn!(error = %e, "cannot start a fan-out thread"))
                     .ok()
                     .map(|_| tx);
@@ -386,18 +387,45 @@ fn lock(outlets: &Outlets) -> std::sync::MutexGuard<'_, OutletMap> {
     outlets.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A fan-out thread: offers each change set, in the order published, to its outlets.
+/// A fan-out thread: offers each change set, in the order published, to its outlets, until
+/// the hub is dropped. A std thread, not a task: it blocks on its channel and in `send(2)`,
+/// so no task tracker can own it; it holds nothing that needs closing.
+///
+/// A panic while offering a change set (a bug) ends that change set's fan-out, not the
+/// thread: it is logged, and the thread goes on with the next one. Connections it did not
+/// reach are behind by one version; the next change set or heartbeat shows them the gap
+/// and they catch up from the store. The catch is once per change set: nothing is added
+/// per connection.
 fn fan_out(rx: mpsc::Receiver<Arc<Published>>, outlets: Arc<Outlets>, counters: Arc<Counters>) {
     let mut batch = Vec::new();
     while let Ok(p) = rx.recv() {
-        let sent = offer_all(&outlets, &p, &mut batch);
-        counters.frames_sent.fetch_add(sent, Ordering::Relaxed);
+        let offered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            offer_all(&outlets, &p, &mut batch)
+        }));
+        match offered {
+            Ok(sent) => {
+                counters.frames_sent.fetch_add(sent, Ordering::Relaxed);
+            }
+            Err(payload) => {
+                batch.clear();
+                tracing::error!(
+                    env = %p.set.env,
+                    position = %p.set.position,
+                    panic = super::panics::describe(&*payload),
+                    "fan-out of a change set panicked; the connections it missed catch up"
+                );
+            }
+        }
     }
 }
 
 /// Offer `p` to the outlets following its environment; the map is locked only to copy
 /// them out, so connections come and go while frames are written.
 fn offer_all(outlets: &Outlets, p: &Arc<Published>, batch: &mut Vec<(Arc<Outlet>, usize)>) -> u64 {
+    #[cfg(test)]
+    if p.set.env == tests::PANIC_ENV {
+        panic!("a test asked the fan-out to panic");
+    }
     if let Some(m) = lock(outlets).get(&p.set.env) {
         batch.extend(m.values().cloned());
     }
@@ -437,6 +465,46 @@ mod tests {
                 secret,
                 delete: false,
             }],
+        }
+    }
+
+    /// Change sets of this environment make the fan-out panic.
+    pub(super) const PANIC_ENV: &str = "panic-for-test";
+
+    /// A panic while offering one change set ends that change set's fan-out only: the
+    /// thread goes on with the next ones (before, it died, and the publisher offered every
+    /// later change set itself, panics included).
+    #[tokio::test]
+    async fn a_panic_in_the_fan_out_ends_that_change_set_only() {
+        let hub = Hub::new(16);
+        let at = |version| Position {
+            epoch: Epoch(1),
+            version,
+        };
+        let outlet = Arc::new(Outlet::new(
+            7,
+            true,
+            None,
+            vec![("prod".into(), Some(at(1)))],
+            16,
+            1 << 20,
+        ));
+        hub.attach(&outlet);
+        outlet.resume();
+        for version in [2, 3] {
+            hub.publish(ChangeSet {
+                env: PANIC_ENV.into(),
+                ..set(version, "A", "x", false)
+            });
+            hub.publish(set(version, "A", "v", false));
+            tokio::time::timeout(std::time::Duration::from_secs(10), outlet.notified())
+                .await
+                .expect("the change set after the panic arrives within the deadline");
+            let frames = outlet.take_work().frames;
+            assert_eq!(frames.len(), 1);
+            assert!(
+                matches!(serde_json::from_str(frames[0].as_str()).unwrap(), ServerMsg::Change { position, .. } if position == at(version))
+            );
         }
     }
 

@@ -11,6 +11,13 @@
 //! - `auth`: bearer tokens, roles and environment scopes.
 //! - `store`: the store contract, embedded SQLite or Redis; `bus`: Redis Pub/Sub with repair.
 //! - `rollout`: acknowledged positions per agent, aggregated into rollout status.
+//! - `panics`: a panic ends one request or connection, not the node; the panic hook.
+//!
+//! Every task the node spawns belongs to [`Node::tasks`] and watches [`Node::shutdown`]:
+//! [`serve`] cancels them and waits for them (5 s at most) before it returns.
+
+// The one `unsafe` is the prefetch below, allowed there alone.
+#![deny(unsafe_code)]
 
 pub mod args;
 pub mod auth;
@@ -21,6 +28,7 @@ mod http;
 pub mod hub;
 mod metrics;
 mod outlet;
+mod panics;
 mod plain;
 mod rollout;
 pub mod store;
@@ -37,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::ServeConfig;
+pub use panics::install_hook as install_panic_hook;
 use store::{ChangeSet, Store};
 
 /// Read buffer of an agent's WebSocket: small, since agents send little.
@@ -65,7 +74,10 @@ fn prefetch(start: *const u8, len: usize) {
         for line in (first..start as usize + len).step_by(LINE) {
             // SAFETY: SSE is part of every x86_64 CPU, and a prefetch is a hint that takes
             // an address, any address: it never faults and nothing is read through it.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(line as *const i8) };
+            #[allow(unsafe_code)]
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(line as *const i8)
+            };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -86,6 +98,8 @@ pub struct Node {
     pub heartbeat: Duration,
     pub max_frame: usize,
     pub shutdown: CancellationToken,
+    /// Every task of the node (connections, bus, registry), waited for on shutdown.
+    pub tasks: TaskTracker,
     /// Cluster mode: the Redis bus this node's commits and notices go through.
     pub bus: std::sync::OnceLock<bus::Bus>,
 }
@@ -101,6 +115,7 @@ impl Node {
             heartbeat: cfg.heartbeat,
             max_frame: cfg.max_frame,
             shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             bus: std::sync::OnceLock::new(),
         }
     }
@@ -170,6 +185,7 @@ pub enum ServeError {
 
 /// Open the store and listen, per the config; then serve until `shutdown`.
 pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    panics::install_hook();
     let redis_client = match &cfg.redis {
         Some(url) => Some(
             ::redis::Client::open(url.0.as_str())
@@ -246,7 +262,6 @@ pub async fn serve(
 ) {
     let door = Arc::new(front::Door::new(limits));
     let app = http::router(node.clone(), limits, door.clone());
-    let tracker = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -258,7 +273,7 @@ pub async fn serve(
                     let tls = tls.clone();
                     let cancel = node.shutdown.clone();
                     let header_timeout = door.header_timeout();
-                    tracker.spawn(async move {
+                    node.tasks.spawn(async move {
                         let front = Front { conn, header_timeout, cancel };
                         if let Err(e) = connection(stream, app, tls, BACKLOG_LIMIT, front).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -275,12 +290,12 @@ pub async fn serve(
     }
     tracing::info!("shutting down");
     node.shutdown.cancel();
-    tracker.close();
-    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+    node.tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), node.tasks.wait())
         .await
         .is_err()
     {
-        tracing::warn!("connections still open after 5s; leaving");
+        tracing::warn!("connections or tasks still running after 5s; leaving");
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::Node;
 use super::hub::AgentInfo;
@@ -39,7 +40,9 @@ pub struct Registry {
 
 /// Keep this node's registry in Redis until `shutdown`, then remove it.
 pub fn start(node: Arc<Node>, store: Arc<RedisStore>, shutdown: CancellationToken) {
-    tokio::spawn(async move {
+    let span = tracing::info_span!("registry", node = %node.id);
+    let tasks = node.tasks.clone();
+    let work = async move {
         let mut written: Option<(u64, Instant)> = None;
         // Reused: with thousands of agents the registry is hundreds of KiB of JSON.
         let mut json = Vec::new();
@@ -60,7 +63,8 @@ pub fn start(node: Arc<Node>, store: Arc<RedisStore>, shutdown: CancellationToke
             }
         }
         let _ = store.drop_agents(&node.id).await;
-    });
+    };
+    tasks.spawn(crate::panics::vital("agent registry", work).instrument(span));
 }
 
 /// The agents connected to this node only.

@@ -6,13 +6,14 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, close_code};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 // tokio's, so that tests can stop the clock.
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,10 @@ use super::plain::PlainSocket;
 use super::rollout::{self, AckVerdict};
 use super::store::{CatchUp, StoreError};
 use tether_core::protocol::{ClientMsg, EnvPosition, Position, ServerMsg, Subscription};
+
+/// A frame that makes the connection panic, in the tests' builds only.
+#[cfg(test)]
+pub(crate) const PANIC_FRAME: &str = "panic, as a test asks";
 
 /// How long an agent has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,7 +82,14 @@ pub async fn serve<S, E>(
         id: 0,
         alive_at: Instant::now(),
     };
-    let end = conn.run(shutdown).await;
+    // A panic (a bug) ends this connection only: it is logged and the agent gets 1011.
+    let end = match AssertUnwindSafe(conn.run(shutdown)).catch_unwind().await {
+        Ok(end) => end,
+        Err(payload) => {
+            conn.panicked(&*payload);
+            End::Close(close_code::ERROR, "internal error".into())
+        }
+    };
     let agent = conn.id;
     // Before the close frame: nothing may be written after it.
     conn.leave();
@@ -111,6 +123,19 @@ pub async fn serve<S, E>(
 }
 
 impl<S> Conn<S> {
+    /// Log a panic of this connection's task: the agent and what it follows, no value.
+    fn panicked(&self, payload: &(dyn std::any::Any + Send)) {
+        let envs = self.outlet.as_ref().map(|o| o.envs()).unwrap_or_default();
+        tracing::error!(
+            node = %self.node.id,
+            agent = self.id,
+            env = envs.first().map_or("", String::as_str),
+            envs = envs.len(),
+            panic = super::panics::describe(payload),
+            "agent connection panicked; closing it with 1011"
+        );
+    }
+
     /// Stop the fan-out writing to this connection and take it out of the hub and the
     /// registry. Safe to call twice.
     fn leave(&mut self) {
@@ -391,6 +416,10 @@ where
     }
 
     async fn handle(&mut self, text: &str) -> Result<(), End> {
+        #[cfg(test)]
+        if text == PANIC_FRAME {
+            panic!("a test asked this connection to panic");
+        }
         let msg = match parse(text)? {
             Parsed::Msg(m) => m,
             Parsed::Unknown(kind) => {

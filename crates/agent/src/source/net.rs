@@ -108,7 +108,7 @@ struct Follower {
 }
 
 /// Start following. Fails only on settings that can never work (bad CA file).
-pub fn start(spec: NetSpec) -> Result<NetSource, String> {
+pub fn start(spec: NetSpec, tasks: &crate::tasks::Tasks) -> Result<NetSource, String> {
     let urls = spec
         .servers
         .iter()
@@ -146,7 +146,8 @@ pub fn start(spec: NetSpec) -> Result<NetSource, String> {
         acks: arx,
     };
     f.load_saved();
-    tokio::spawn(async move { f.run().await });
+    let span = tracing::info_span!("follow", agent = %f.agent_name, env = %f.spec.env);
+    tasks.spawn(span, async move { f.run().await });
     Ok(NetSource {
         updates: urx,
         acks: atx,

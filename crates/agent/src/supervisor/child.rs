@@ -66,6 +66,7 @@ impl ChildSpec {
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
         // syscalls (prctl, getppid, kill, setpgid, sigprocmask, tcgetpgrp/tcsetpgrp); it
         // allocates nothing.
+        #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(NixSignal::SIGKILL)?;

@@ -25,6 +25,7 @@ pub use spawner::{Spawned, Spawner};
 
 use crate::config::RestartPolicy;
 use crate::output::EnvVars;
+use crate::tasks::Tasks;
 use tether_core::signal::Signal;
 
 #[derive(Clone, Copy, Debug)]
@@ -84,8 +85,9 @@ impl Supervisor {
         env: EnvVars,
         opts: Options,
         reaper: Reaper,
+        tasks: &Tasks,
     ) -> Result<(Supervisor, oneshot::Receiver<Exit>), SpawnError> {
-        Supervisor::start_with(OsSpawner::new(spec, reaper), env, opts)
+        Supervisor::start_with(OsSpawner::new(spec, reaper), env, opts, tasks)
     }
 
     /// [`Supervisor::start`] with any [`Spawner`].
@@ -93,6 +95,7 @@ impl Supervisor {
         spawner: impl Spawner,
         env: EnvVars,
         opts: Options,
+        tasks: &Tasks,
     ) -> Result<(Supervisor, oneshot::Receiver<Exit>), SpawnError> {
         let running = spawn(&spawner, &env)?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -103,7 +106,10 @@ impl Supervisor {
             opts,
             rx,
         };
-        tokio::spawn(async move {
+        // Not cancelled by the shutdown: it ends when the child is gone for good, which is
+        // what ends the agent in `run` mode.
+        let span = tracing::info_span!("child", pid = running.pid.as_raw());
+        tasks.spawn_to_end(span, async move {
             let exit = actor.run(running).await;
             let _ = done_tx.send(exit);
         });

@@ -26,7 +26,8 @@ fn opts(restart_on_exit: RestartPolicy) -> Options {
 }
 
 fn start(spawner: &TestSpawner, opts: Options) -> (Supervisor, oneshot::Receiver<Exit>) {
-    Supervisor::start_with(spawner.clone(), EnvVars::new(), opts).expect("scripted spawn")
+    Supervisor::start_with(spawner.clone(), EnvVars::new(), opts, &Tasks::new())
+        .expect("scripted spawn")
 }
 
 fn ev(at: Duration, pid: i32, what: What) -> Event {

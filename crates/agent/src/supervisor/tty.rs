@@ -15,7 +15,10 @@ use nix::unistd::{Pid, getpgrp, tcgetpgrp, tcsetpgrp};
 /// Standard input, where an interactive program finds its terminal.
 fn stdin() -> BorrowedFd<'static> {
     // SAFETY: fd 0 is only borrowed for one call; if it is closed, calls fail with EBADF.
-    unsafe { BorrowedFd::borrow_raw(0) }
+    #[allow(unsafe_code)]
+    unsafe {
+        BorrowedFd::borrow_raw(0)
+    }
 }
 
 /// Whether standard input is a terminal at all.

@@ -60,6 +60,7 @@ async fn synced_agent() -> Agent {
         heartbeat: Duration::from_secs(1),
         max_frame: 64 * 1024,
         shutdown: CancellationToken::new(),
+        tasks: tokio_util::task::TaskTracker::new(),
         bus: std::sync::OnceLock::new(),
     });
     let (to_node, rx) = mpsc::unbounded_channel();
