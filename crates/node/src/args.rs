@@ -33,7 +33,7 @@ pub struct ServeArgs {
     /// Cluster mode: share this Redis (`redis://[:password@]host:port/db`, `rediss://` for TLS)
     /// as the store and the bus with the other nodes.
     #[arg(long, value_name = "URL", env = "TETHER_REDIS", hide_env_values = true)]
-    pub redis: Option<crate::config::RedisUrl>,
+    pub redis: Option<crate::redis_url::RedisUrl>,
     /// How often a cluster node compares its positions with Redis (default 10s).
     #[arg(long, value_name = "DURATION", env = "TETHER_REPAIR_INTERVAL")]
     pub repair_interval: Option<String>,

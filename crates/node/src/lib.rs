@@ -19,6 +19,7 @@
 // The one `unsafe` is the prefetch below, allowed there alone.
 #![deny(unsafe_code)]
 
+mod api_error;
 pub mod args;
 pub mod auth;
 mod bus;
@@ -30,6 +31,7 @@ mod metrics;
 mod outlet;
 mod panics;
 mod plain;
+mod redis_url;
 mod rollout;
 pub mod store;
 mod ws;

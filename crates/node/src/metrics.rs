@@ -10,8 +10,8 @@ use axum::http::{Extensions, HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 
 use super::Node;
+use super::api_error::{ApiError, grant};
 use super::front::Door;
-use super::http::{ApiError, grant};
 
 /// Prometheus text. With `require_token`, a token of any role is needed, and only the
 /// environments it covers are shown.

@@ -63,7 +63,7 @@ pub async fn catch_request(request: Request, next: Next) -> Response {
                 panic = describe(&*payload),
                 "request handler panicked; answered 500"
             );
-            super::http::ApiError::internal().into_response()
+            super::api_error::ApiError::internal().into_response()
         }
     }
 }
