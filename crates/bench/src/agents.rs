@@ -1,4 +1,4 @@
-//! `tether bench agents`: a load generator against a real node. Opens N light protocol
+//! `tether-bench agents`: a load generator against a real node. Opens N light protocol
 //! clients (no child processes) and reports node memory per idle connection, the time for
 //! one change to reach all of them, and put → child-signal latency through one node for a
 //! real agent, and, for scale, the machine's floor for the fan-out: the same clients fed the
@@ -239,7 +239,7 @@ pub fn run(args: AgentsBenchArgs) -> anyhow::Result<i32> {
     let node_pid = started.first().map(|n| n.child.id());
     let node_pids: Vec<u32> = started.iter().map(|n| n.child.id()).collect();
     println!(
-        "tether bench agents: {} client(s) over {} node(s) {:?}",
+        "tether-bench agents: {} client(s) over {} node(s) {:?}",
         args.count,
         addrs.len(),
         addrs

@@ -1,4 +1,4 @@
-//! The machine's floor for the fan-out figure. A bare node (`tether bench-bare-node`, a
+//! The machine's floor for the fan-out figure. A bare node (`tether-bench bare-node`, a
 //! process of its own as a node is) upgrades the same light clients and then, per round,
 //! writes one change frame to each of them by a bare loop of `send(2)`, over as many threads
 //! as a node's fan-out has: no HTTP request, no store, no judging, no locks. What is left
@@ -39,7 +39,7 @@ pub struct BareNodeArgs {
     pub threads: usize,
 }
 
-/// `tether bench-bare-node`: print `addr ADDR`, then accept and upgrade clients for as long
+/// `tether-bench bare-node`: print `addr ADDR`, then accept and upgrade clients for as long
 /// as it runs. Commands on stdin, each answered on stdout: `send VERSION` writes that change
 /// to every client held (`sent N`, N the clients that did not take it whole), `drop` closes
 /// them all (`dropped`). Ends at the end of stdin.
