@@ -290,12 +290,32 @@ fn dir_output_is_published_by_a_symlink_swap() {
     t.wait_for("second publish", || {
         w.read("out/C") == "three" && fs::symlink_metadata(out.join("B")).is_err()
     });
-    let second = data_target(&out);
+    let second = wait_published_layout(&t, &out, &["A", "C"]);
     assert_ne!(second, first);
     assert!(!out.join(&first).exists(), "old data dir removed");
-    assert_eq!(names_in(&out), [second.as_str(), "..data", "A", "C"]);
     assert_eq!(w.read("out/A"), "uno");
     assert_eq!(names_in(&out.join(&second)), ["A", "C"]);
+}
+
+/// Waits until `dir` has the layout of an idle published dir: exactly one data dir (the
+/// target of `..data`), `..data`, and the symlinks `names`; returns the data dir's name. A
+/// publish swaps `..data` (so readers see the new content) before it removes the old data dir
+/// and vanished names, so right after a new value shows up that cleanup may still be running.
+fn wait_published_layout(t: &Tether, dir: &Path, names: &[&str]) -> String {
+    let start = Instant::now();
+    loop {
+        let (listed, data) = (names_in(dir), data_target(dir));
+        let mut expected = vec![data.clone(), "..data".to_string()];
+        expected.extend(names.iter().map(|n| n.to_string()));
+        if data.starts_with("..") && listed == expected {
+            return data;
+        }
+        if start.elapsed() > DEADLINE {
+            t.dump();
+            panic!("timed out after {DEADLINE:?} waiting for {expected:?}, have {listed:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Value `n` of the key read through the per-key symlink: its ends must agree.
@@ -329,12 +349,9 @@ fn dir_output_reader_never_sees_partial_content() {
     let (reads, missing) = handle.join().expect("reader saw partial content");
     eprintln!("{reads} reads, {missing} found no file");
     assert!(reads > 0);
-    // Exactly one data dir is left.
-    let data_dirs: Vec<String> = names_in(&out)
-        .into_iter()
-        .filter(|n| n.starts_with("..") && n != "..data")
-        .collect();
-    assert_eq!(data_dirs, [data_target(&out)]);
+    // Once the last publish has finished its cleanup, exactly one data dir is left (and no
+    // temporary symlink).
+    wait_published_layout(&t, &out, &["K"]);
 }
 
 // ---------------------------------------------------------------------------------------
