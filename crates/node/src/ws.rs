@@ -215,6 +215,13 @@ where
         (self.node.heartbeat * 2).max(Duration::from_secs(5))
     }
 
+    /// How long an agent may answer nothing, judged at each heartbeat, whose ping a live
+    /// agent answers within one: silent for 1.5 heartbeats (at least 5 s) is dropped at the
+    /// next, 2 to 2.5 heartbeats after its last sign.
+    fn silence_limit(&self) -> Duration {
+        (self.node.heartbeat * 3 / 2).max(Duration::from_secs(5))
+    }
+
     /// The agent's last sign of life, counting bytes it took from the plain socket's backlog
     /// (a ping waits behind a large frame that a slow agent is still reading).
     fn last_sign(&self) -> Instant {
@@ -344,28 +351,14 @@ where
         // Registered once: re-creating it in every turn of the loop would take the token's
         // lock for every frame of every connection.
         let mut cancelled = std::pin::pin!(shutdown.cancelled());
-        // Every heartbeat carries a ping; an agent that answers nothing (no pong, no frame)
-        // for two heartbeats is gone, however its socket looks: half-open (a vanished host,
-        // a proxy that stopped forwarding) or a stopped process whose kernel still acks.
-        // The timer is set again only when it fires, not for each frame.
-        let mut silence =
-            std::pin::pin!(tokio::time::sleep_until(self.last_sign() + self.patience()));
+        // Every heartbeat carries a ping; an agent that answered nothing (no pong, no frame)
+        // since `patience` is gone, however its socket looks: half-open (a vanished host, a
+        // proxy that stopped forwarding) or a stopped process whose kernel still acks. It is
+        // judged at each heartbeat (no timer of its own: connections are many and idle).
         let plain = self.plain.clone();
         loop {
             tokio::select! {
                 _ = &mut cancelled => return Ok(()),
-                _ = &mut silence => {
-                    let sign = self.last_sign();
-                    if sign.elapsed() >= self.patience() {
-                        tracing::warn!(
-                            agent = self.id,
-                            silent_for = ?sign.elapsed(),
-                            "agent answered nothing, not even a ping; dropping its connection"
-                        );
-                        return Err(End::Gone);
-                    }
-                    silence.as_mut().reset(sign + self.patience());
-                }
                 _ = outlet.notified() => self.service(&outlet).await?,
                 e = backlog(plain.as_deref()) => {
                     if plain.as_ref().is_some_and(|p| p.overflowed()) {
@@ -376,6 +369,15 @@ where
                     return Err(End::Gone);
                 }
                 _ = heartbeat.tick() => {
+                    let silent_for = self.last_sign().elapsed();
+                    if silent_for >= self.silence_limit() {
+                        tracing::warn!(
+                            agent = self.id,
+                            ?silent_for,
+                            "agent answered nothing, not even a ping; dropping its connection"
+                        );
+                        return Err(End::Gone);
+                    }
                     if plain.as_ref().and_then(|p| p.stalled_for()).is_some_and(|t| t > self.patience()) {
                         tracing::warn!(agent = self.id, "agent stopped reading; dropping its connection");
                         return Err(End::Gone);
