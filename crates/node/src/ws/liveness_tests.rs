@@ -1,5 +1,5 @@
 //! Liveness of one agent connection, with the clock stopped: every heartbeat carries a
-//! ping, and an agent that answers nothing for two heartbeats (at least 5 s) is dropped.
+//! ping, and an agent that answers nothing for 2 to 2.5 heartbeats (at least 5 s) is dropped.
 
 use super::*;
 use crate::store::{Store, sqlite::SqliteStore};
@@ -133,7 +133,7 @@ impl Agent {
     }
 }
 
-/// A stopped or half-open agent answers nothing: dropped after two heartbeats (here the
+/// A stopped or half-open agent answers nothing: dropped after 2 to 2.5 heartbeats (here the
 /// 5 s floor), not left connected, and current in status, for the 15 minutes TCP takes.
 #[tokio::test]
 async fn an_agent_that_answers_nothing_is_dropped() {
