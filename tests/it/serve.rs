@@ -20,7 +20,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::fake_node::{FakeNode, change, pos, snapshot, synced, welcome};
 use crate::support::{
-    DEADLINE, Tether, Work, free_port, run_to_end, run_to_end_env, start_node, start_node_at,
+    DEADLINE, Resp, Tether, Work, free_port, http_request, run_to_end, run_to_end_env, start_node,
+    start_node_at,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -80,45 +81,9 @@ impl Node {
     }
 }
 
-struct Resp {
-    status: u16,
-    text: String,
-    json: Json,
-    www_authenticate: Option<String>,
-}
-
 /// One HTTP request; any status is returned (never an error for 4xx/5xx).
 fn http(method: &str, url: &str, token: Option<&str>, body: Option<Json>) -> Resp {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let mut req = ureq::http::Request::builder().method(method).uri(url);
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let result = match body {
-        Some(b) => agent.run(
-            req.header("content-type", "application/json")
-                .body(b.to_string())
-                .unwrap(),
-        ),
-        None => agent.run(req.body(()).unwrap()),
-    };
-    let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let www_authenticate = resp
-        .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    Resp {
-        status: resp.status().as_u16(),
-        json: serde_json::from_str(&text).unwrap_or(Json::Null),
-        text,
-        www_authenticate,
-    }
+    http_request(method, url, token, body.as_ref())
 }
 
 /// Commit `pairs` to `env` as one change set over HTTP; returns the new version.

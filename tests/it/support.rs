@@ -355,3 +355,57 @@ pub fn free_port() -> u16 {
         .expect("bind a free port")
         .port()
 }
+
+/// One HTTP answer: the status, the body as text and as JSON (`Null` when it is not JSON),
+/// and the `WWW-Authenticate` header.
+pub struct Resp {
+    pub status: u16,
+    pub text: String,
+    pub json: serde_json::Value,
+    pub www_authenticate: Option<String>,
+}
+
+/// One HTTP request (JSON body if any, bearer token if any); any status is returned, never
+/// an error for 4xx/5xx. Bodies up to 64 MiB are read.
+pub fn http_request(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> Resp {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let result = match body {
+        Some(b) => agent.run(
+            req.header("content-type", "application/json")
+                .body(b.to_string())
+                .expect("a request"),
+        ),
+        None => agent.run(req.body(()).expect("a request")),
+    };
+    let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let www_authenticate = resp
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .unwrap_or_default();
+    Resp {
+        status: resp.status().as_u16(),
+        json: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        text,
+        www_authenticate,
+    }
+}

@@ -6,7 +6,6 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value as Json, json};
@@ -41,27 +40,8 @@ fn token_config(w: &Work) -> String {
 }
 
 fn http(method: &str, url: &str, token: Option<&str>, body: Option<Json>) -> (u16, Json) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let mut req = ureq::http::Request::builder().method(method).uri(url);
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let result = match body {
-        Some(b) => agent.run(
-            req.header("content-type", "application/json")
-                .body(b.to_string())
-                .unwrap(),
-        ),
-        None => agent.run(req.body(()).unwrap()),
-    };
-    let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    let json = serde_json::from_str(&text).unwrap_or(Json::Null);
-    (resp.status().as_u16(), json)
+    let r = crate::support::http_request(method, url, token, body.as_ref());
+    (r.status, r.json)
 }
 
 /// Set `name` in `env` through `base`, as one change set.

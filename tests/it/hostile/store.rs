@@ -18,26 +18,8 @@ use crate::support::{BIN, DEADLINE, Tether, Work, listening_port, run_to_end, st
 
 /// One HTTP call; any status is returned.
 fn http(method: &str, url: &str, body: Option<Json>) -> (u16, Json) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let req = ureq::http::Request::builder().method(method).uri(url);
-    let result = match body {
-        Some(b) => agent.run(
-            req.header("content-type", "application/json")
-                .body(b.to_string())
-                .unwrap(),
-        ),
-        None => agent.run(req.body(()).unwrap()),
-    };
-    let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    (
-        resp.status().as_u16(),
-        serde_json::from_str(&text).unwrap_or(Json::Null),
-    )
+    let r = crate::support::http_request(method, url, None, body.as_ref());
+    (r.status, r.json)
 }
 
 fn put(port: u16, name: &str, value: &str) -> Position {

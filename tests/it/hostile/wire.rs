@@ -31,29 +31,8 @@ fn runtime() -> Runtime {
 
 /// One HTTP request; any status is returned. The status and the body as JSON (or text).
 fn http(method: &str, url: &str, body: Option<&Json>) -> (u16, Json, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let req = ureq::http::Request::builder().method(method).uri(url);
-    let result = match body {
-        Some(b) => agent.run(
-            req.header("content-type", "application/json")
-                .body(b.to_string())
-                .unwrap(),
-        ),
-        None => agent.run(req.body(()).unwrap()),
-    };
-    let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let text = resp
-        .body_mut()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_string()
-        .unwrap_or_default();
-    let json = serde_json::from_str(&text).unwrap_or(Json::Null);
-    (resp.status().as_u16(), json, text)
+    let r = crate::support::http_request(method, url, None, body);
+    (r.status, r.json, r.text)
 }
 
 /// How many agents the node lists as connected to `prod`.

@@ -105,14 +105,6 @@ fn actions_parse() {
 }
 
 #[test]
-fn durations() {
-    assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-    assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-    assert!(parse_duration("fast").is_err());
-}
-
-#[test]
 fn effective_config_round_trips_through_the_parser() {
     let c = validate(
         &raw("source = [\"json:/a.conf\", \"dir:/s\"]\n[[output]]\npath = \"/run/a.env\"\nmode = \"0640\"\non_change = \"signal:USR2\""),
