@@ -3,40 +3,9 @@
 
 use super::*;
 use crate::store::{Store, sqlite::SqliteStore};
-use std::pin::Pin;
-use std::task::Context;
 use tokio::sync::mpsc;
 
-/// A socket made of two channels: what the test sends, and what the handler sent.
-struct Socket {
-    rx: mpsc::UnboundedReceiver<Message>,
-    tx: mpsc::UnboundedSender<Message>,
-}
-
-impl Stream for Socket {
-    type Item = Result<Message, std::io::Error>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx).map(|m| m.map(Ok))
-    }
-}
-
-impl Sink<Message> for Socket {
-    type Error = std::io::Error;
-    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
-        self.tx
-            .send(item)
-            .map_err(|_| std::io::ErrorKind::BrokenPipe.into())
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-}
+use super::tests::FakeSocket as Socket;
 
 struct Agent {
     node: Arc<Node>,

@@ -9,10 +9,11 @@ use tether_core::protocol::{WireChange, WireEntry};
 use tether_core::secret::Value;
 use tokio::sync::mpsc;
 
-/// A socket made of two channels: what the test sends, and what the handler sent.
-struct FakeSocket {
-    rx: mpsc::UnboundedReceiver<Message>,
-    tx: mpsc::UnboundedSender<Message>,
+/// A socket made of two channels: what the test sends, and what the handler sent (also
+/// the liveness tests' socket).
+pub(super) struct FakeSocket {
+    pub(super) rx: mpsc::UnboundedReceiver<Message>,
+    pub(super) tx: mpsc::UnboundedSender<Message>,
 }
 
 impl Stream for FakeSocket {
