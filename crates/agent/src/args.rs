@@ -98,6 +98,10 @@ pub struct AgentArgs {
     /// not have installed its handler yet (default 1s; 0 to signal at once).
     #[arg(long, value_name = "DURATION", env = "TETHER_RELOAD_GRACE")]
     pub reload_grace: Option<String>,
+    /// What SIGHUP to tether does: forward (to the child; the default in run) or reload
+    /// (tether re-reads its own configuration; always so in watch).
+    #[arg(long, value_name = "WHAT", env = "TETHER_SIGHUP")]
+    pub sighup: Option<String>,
     /// Timeout of an exec hook (default 30s).
     #[arg(long, value_name = "DURATION", env = "TETHER_EXEC_TIMEOUT")]
     pub exec_timeout: Option<String>,

@@ -40,8 +40,52 @@ pub enum Mode {
     Watch,
 }
 
+/// What SIGHUP sent to tether itself does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sighup {
+    /// Forward it to the child's process group (run's default).
+    Forward,
+    /// Re-read tether's own configuration (watch always; run with `sighup = "reload"`).
+    Reload,
+}
+
+impl std::fmt::Display for Sighup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sighup::Forward => "forward",
+            Sighup::Reload => "reload",
+        })
+    }
+}
+
+/// What a configuration was built from (flags and `TETHER_*` variables as read at start),
+/// so that a reload builds it again the same way with the file as it is now.
+#[derive(Clone, Debug)]
+pub enum Origin {
+    Run(RunArgs),
+    Watch(WatchArgs),
+}
+
+impl Origin {
+    /// Build the configuration again: the file as it is now, under the same flags.
+    pub fn build(&self) -> Result<Config, ConfigError> {
+        match self {
+            Origin::Run(a) => for_run(a),
+            Origin::Watch(a) => for_watch(a),
+        }
+    }
+
+    /// The config file (`--config`), if there is one.
+    pub fn config_file(&self) -> Option<&std::path::Path> {
+        match self {
+            Origin::Run(a) => a.agent.config.as_deref(),
+            Origin::Watch(a) => a.agent.config.as_deref(),
+        }
+    }
+}
+
 /// Where watch mode sends its signals.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WatchTarget {
     pub pidfile: Option<PathBuf>,
     pub process: Option<String>,
@@ -67,9 +111,12 @@ pub struct Config {
     pub forward_signals: Vec<Signal>,
     pub exec_timeout: Duration,
     pub reload_grace: Duration,
+    pub sighup: Sighup,
     pub target: WatchTarget,
     pub log_level: Option<String>,
     pub log_format: LogFormat,
+    /// What it was built from (`None` for `tether check`): a reload builds it again.
+    pub origin: Option<Origin>,
 }
 
 /// Build the config of `tether run` from its flags and optional file.
@@ -82,6 +129,7 @@ pub fn for_run(args: &RunArgs) -> Result<Config, ConfigError> {
     if !args.command.is_empty() {
         cfg.command = args.command.clone();
     }
+    cfg.origin = Some(Origin::Run(args.clone()));
     if cfg.command.is_empty() {
         return Err(ConfigError::one(
             "command",
@@ -100,7 +148,9 @@ pub fn for_watch(args: &WatchArgs) -> Result<Config, ConfigError> {
     if args.signal_process.is_some() {
         raw.signal_process = args.signal_process.clone();
     }
-    validate(&raw, Mode::Watch)
+    let mut cfg = validate(&raw, Mode::Watch)?;
+    cfg.origin = Some(Origin::Watch(args.clone()));
+    Ok(cfg)
 }
 
 /// Validate a raw config for a mode, collecting every problem.
@@ -239,6 +289,21 @@ pub fn validate(raw: &RawConfig, mode: Mode) -> Result<Config, ConfigError> {
             RestartPolicy::Never
         }
     };
+    let sighup = match (raw.sighup.as_deref(), mode) {
+        (None, Mode::Run) | (Some("forward"), Mode::Run) => Sighup::Forward,
+        (None | Some("reload"), _) => Sighup::Reload,
+        (Some("forward"), Mode::Watch) => {
+            p.push(
+                "sighup",
+                "watch mode has no child to forward it to; SIGHUP reloads tether's config",
+            );
+            Sighup::Reload
+        }
+        (Some(other), _) => {
+            p.push("sighup", format!("{other:?} is not one of forward, reload"));
+            Sighup::Reload
+        }
+    };
     let log_format = match raw.log_format.as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
@@ -322,9 +387,11 @@ pub fn validate(raw: &RawConfig, mode: Mode) -> Result<Config, ConfigError> {
         forward_signals,
         exec_timeout,
         reload_grace,
+        sighup,
         target,
         log_level: raw.log_level.clone(),
         log_format,
+        origin: None,
     })
 }
 
@@ -356,6 +423,9 @@ impl Config {
                 V::Array(net.servers.iter().cloned().map(s).collect()),
             );
             t.insert("environment".into(), s(net.env.clone()));
+            if let Some(tf) = &net.token_file {
+                t.insert("token_file".into(), s(tf.display().to_string()));
+            }
             if let Some(ca) = &net.ca_file {
                 t.insert("ca_file".into(), s(ca.display().to_string()));
             }
@@ -391,6 +461,7 @@ impl Config {
         );
         t.insert("exec_timeout".into(), d(self.exec_timeout));
         t.insert("reload_grace".into(), d(self.reload_grace));
+        t.insert("sighup".into(), s(self.sighup.to_string()));
         if let Some(pf) = &self.target.pidfile {
             t.insert("signal_pidfile".into(), s(pf.display().to_string()));
         }

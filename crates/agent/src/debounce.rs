@@ -17,6 +17,7 @@ pub struct Debouncer {
 #[derive(Debug)]
 struct Burst {
     first: Instant,
+    last: Instant,
     offset: Duration,
     deadline: Instant,
 }
@@ -36,6 +37,7 @@ impl Debouncer {
         let splay = self.splay;
         let burst = self.burst.get_or_insert_with(|| Burst {
             first: now,
+            last: now,
             offset: if splay.is_zero() {
                 Duration::ZERO
             } else {
@@ -43,8 +45,28 @@ impl Debouncer {
             },
             deadline: now,
         });
+        burst.last = now;
         let settle = (now + self.quiet).min(burst.first + self.max_wait);
         burst.deadline = settle + burst.offset;
+    }
+
+    /// New settings (a reload). A pending burst is kept and its deadline recomputed as of
+    /// its last change under the new settings, its splay offset kept within the new bound.
+    pub fn retune(&mut self, quiet: Duration, max_wait: Duration, splay: Duration) {
+        self.quiet = quiet;
+        self.max_wait = max_wait.max(quiet);
+        self.splay = splay;
+        if let Some(b) = self.burst.as_mut() {
+            if b.offset >= splay {
+                b.offset = if splay.is_zero() {
+                    Duration::ZERO
+                } else {
+                    rand::thread_rng().gen_range(Duration::ZERO..splay)
+                };
+            }
+            let settle = (b.last + self.quiet).min(b.first + self.max_wait);
+            b.deadline = settle + b.offset;
+        }
     }
 
     /// When to act, if a burst is pending.
@@ -82,6 +104,28 @@ mod tests {
         assert_eq!(d.deadline(), Some(t0 + 250 * MS));
         d.reset();
         assert_eq!(d.deadline(), None);
+    }
+
+    #[tokio::test]
+    async fn retuning_keeps_a_pending_burst() {
+        pause();
+        let mut d = Debouncer::new(100 * MS, 1000 * MS, Duration::ZERO);
+        let t0 = Instant::now();
+        d.kick(t0);
+        advance(50 * MS).await;
+        d.retune(300 * MS, 2000 * MS, Duration::ZERO);
+        assert_eq!(
+            d.deadline(),
+            Some(t0 + 300 * MS),
+            "longer window from the last change"
+        );
+        d.retune(10 * MS, 20 * MS, Duration::ZERO);
+        assert_eq!(d.deadline(), Some(t0 + 10 * MS), "due now");
+        let mut idle = Debouncer::new(100 * MS, 1000 * MS, Duration::ZERO);
+        idle.retune(5 * MS, 10 * MS, Duration::ZERO);
+        assert_eq!(idle.deadline(), None, "no burst, none made up");
+        idle.kick(t0);
+        assert_eq!(idle.deadline(), Some(t0 + 5 * MS));
     }
 
     #[tokio::test]

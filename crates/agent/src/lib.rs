@@ -13,7 +13,9 @@
 //! - `debounce`: quiet window, max wait and splay.
 //! - `supervisor`: the child's owner task behind a `Spawner`, the reaper, spawning, stopping.
 //! - `target`: watch mode's pidfile/process-name targets and exec hooks.
-//! - `run`: the loop tying sources to outputs and actions ([`run()`]).
+//! - `run`: the loop tying sources to outputs and actions ([`run()`]); `signals`: tether's
+//!   own signal handlers; `reload`: tether's configuration read again (SIGHUP, or an edit
+//!   of its file) and applied in place.
 //! - `tasks`: the tracker every spawned task belongs to, stopped within a deadline.
 
 // `unsafe` only where a syscall wrapper needs it, allowed block by block with its SAFETY.
@@ -25,7 +27,9 @@ pub mod atomic;
 pub mod config;
 mod debounce;
 mod output;
+mod reload;
 mod run;
+mod signals;
 pub mod source;
 mod state;
 mod supervisor;

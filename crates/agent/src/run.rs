@@ -5,15 +5,16 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
-use crate::config::{Action, Config, Mode};
+use crate::config::{Action, Config, Mode, Sighup};
 use crate::debounce::Debouncer;
 use crate::output::{EnvVars, Output};
+use crate::reload::{ConfigWatch, LogControl};
+use crate::signals::Signals;
 use crate::source::net::{NetSource, NetUpdate};
-use crate::source::{self, SourceError, SourceSpec, watch::SourceWatcher};
+use crate::source::{self, SourceError, watch::SourceWatcher};
 use crate::state::{Entries, Layers, changed_keys};
 use crate::supervisor::{self, ChildSpec, Control, Exit, Reaper, Supervisor};
 use crate::target;
@@ -38,28 +39,39 @@ pub enum AgentError {
 }
 
 /// Where actions go.
-enum Sink {
+pub(crate) enum Sink {
     Child(Supervisor),
     External,
 }
 
-struct Agent {
-    cfg: Config,
-    layers: Layers,
-    outputs: Vec<Output>,
-    applied: Entries,
-    env: EnvVars,
-    debouncer: Debouncer,
-    reaper: Reaper,
-    hooks: mpsc::UnboundedSender<(Vec<String>, Vec<String>)>,
-    watcher: SourceWatcher,
-    source_rx: mpsc::UnboundedReceiver<usize>,
+/// An exec hook to run: its command, the names that changed, its timeout.
+pub(crate) type Hook = (Vec<String>, Vec<String>, Duration);
+
+/// The running agent. `reload` (tether's own configuration read again) changes its parts
+/// in place, so its fields are the crate's.
+pub(crate) struct Agent {
+    pub(crate) cfg: Config,
+    pub(crate) layers: Layers,
+    pub(crate) outputs: Vec<Output>,
+    pub(crate) applied: Entries,
+    pub(crate) env: EnvVars,
+    pub(crate) debouncer: Debouncer,
+    pub(crate) reaper: Reaper,
+    pub(crate) hooks: mpsc::UnboundedSender<Hook>,
+    pub(crate) watcher: SourceWatcher,
+    pub(crate) source_rx: mpsc::UnboundedReceiver<usize>,
     /// The network source (the last layer) and the position still to acknowledge.
-    net: Option<NetSource>,
-    net_pending: Option<Position>,
+    pub(crate) net: Option<NetSource>,
+    pub(crate) net_pending: Option<Position>,
     /// An output failed to update: try again then (doubling up to a minute).
-    retry: Option<(Instant, std::time::Duration)>,
-    tasks: Tasks,
+    pub(crate) retry: Option<(Instant, std::time::Duration)>,
+    pub(crate) tasks: Tasks,
+    pub(crate) signals: Signals,
+    pub(crate) log: LogControl,
+    pub(crate) config_watch: ConfigWatch,
+    /// A reload changed an output or the environment's rules: the next apply renders
+    /// everything even though no value changed.
+    pub(crate) stale: bool,
 }
 
 /// How long the agent waits for its tasks once it is done.
@@ -68,15 +80,19 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
 /// Run the agent until the child exits (run) or TERM/INT (watch). Returns the exit code.
 /// Every task it started has stopped (or the deadline passed) when it returns.
 pub async fn run(cfg: Config) -> Result<i32, AgentError> {
+    let log = LogControl::none();
     let tasks = Tasks::new();
-    let result = run_with(cfg, &tasks).await;
+    let result = run_with(cfg, log, &tasks).await;
     tasks.shutdown(SHUTDOWN_DEADLINE).await;
     result
 }
 
-async fn run_with(cfg: Config, tasks: &Tasks) -> Result<i32, AgentError> {
+async fn run_with(cfg: Config, log: LogControl, tasks: &Tasks) -> Result<i32, AgentError> {
     // Handlers first: nothing sent to tether from here on is lost or fatal.
-    let mut signal_rx = install_signals(&cfg, tasks)?;
+    let (signals, mut signal_rx) = Signals::install(&cfg, tasks).map_err(AgentError::Signals)?;
+    // Its own config file is watched from the start: an edit made while it waits for a
+    // node is reloaded once it runs.
+    let config_watch = ConfigWatch::new(cfg.origin.as_ref());
     let reaper = Reaper::start().map_err(AgentError::Signals)?;
     if cfg.mode == Mode::Run && std::process::id() != 1 {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -98,6 +114,7 @@ async fn run_with(cfg: Config, tasks: &Tasks) -> Result<i32, AgentError> {
         None => None,
     };
     let mut net_pending = None;
+    let mut reload_asked = false;
     if let Some(n) = net.as_mut() {
         tracing::info!("waiting for the first state from a node");
         let first = loop {
@@ -106,10 +123,15 @@ async fn run_with(cfg: Config, tasks: &Tasks) -> Result<i32, AgentError> {
                     break u.ok_or_else(|| AgentError::Net("the network source stopped".into()))?;
                 }
                 Some(sig) = signal_rx.recv() => {
-                    // No child yet: only TERM and INT mean anything.
+                    // No child yet: only TERM and INT mean anything, and a reload, which
+                    // waits until the agent runs.
                     if sig == Signal::TERM || sig == Signal::INT {
                         tracing::info!(signal = %sig, "stopped before the first state arrived");
                         return Ok(128 + sig.number());
+                    }
+                    if sig == Signal::HUP && cfg.sighup == Sighup::Reload {
+                        tracing::info!("reload asked before the first state arrived; it runs once the agent does");
+                        reload_asked = true;
                     }
                 }
             }
@@ -136,7 +158,7 @@ async fn run_with(cfg: Config, tasks: &Tasks) -> Result<i32, AgentError> {
         "first render complete"
     );
 
-    let hooks = spawn_hook_runner(reaper.clone(), cfg.exec_timeout, tasks);
+    let hooks = spawn_hook_runner(reaper.clone(), tasks);
     let mut agent = Agent {
         debouncer: Debouncer::new(cfg.debounce, cfg.max_wait, cfg.splay),
         cfg,
@@ -152,9 +174,13 @@ async fn run_with(cfg: Config, tasks: &Tasks) -> Result<i32, AgentError> {
         net_pending,
         retry: None,
         tasks: tasks.clone(),
+        signals,
+        log,
+        config_watch,
+        stale: false,
     };
     agent.ack(Ok(()));
-    let code = agent.serve(signal_rx).await;
+    let code = agent.serve(signal_rx, reload_asked).await;
     if !agent.cfg.keep_outputs {
         for o in &agent.outputs {
             o.remove();
@@ -163,7 +189,17 @@ async fn run_with(cfg: Config, tasks: &Tasks) -> Result<i32, AgentError> {
     code
 }
 
-fn log_net_update(u: &NetUpdate) {
+/// The supervisor's part of the configuration.
+pub(crate) fn supervisor_options(cfg: &Config) -> supervisor::Options {
+    supervisor::Options {
+        stop_signal: cfg.stop_signal,
+        stop_timeout: cfg.stop_timeout,
+        restart_on_exit: cfg.restart_on_exit,
+        reload_grace: cfg.reload_grace,
+    }
+}
+
+pub(crate) fn log_net_update(u: &NetUpdate) {
     if u.degraded {
         tracing::warn!(position = %u.position, entries = u.entries.len(), "DEGRADED: running on saved state");
     } else {
@@ -171,7 +207,8 @@ fn log_net_update(u: &NetUpdate) {
     }
 }
 
-fn render_env(cfg: &Config, entries: &Entries) -> EnvVars {
+/// The child's injected variables (none when injection is off).
+pub(crate) fn render_env(cfg: &Config, entries: &Entries) -> EnvVars {
     let Some(spec) = &cfg.env else {
         return EnvVars::new();
     };
@@ -182,62 +219,24 @@ fn render_env(cfg: &Config, entries: &Entries) -> EnvVars {
     vars
 }
 
-/// Every signal tether handles, delivered as one stream.
-fn install_signals(
-    cfg: &Config,
-    tasks: &Tasks,
-) -> Result<mpsc::UnboundedReceiver<Signal>, AgentError> {
-    let mut set: BTreeSet<i32> = [Signal::TERM, Signal::INT]
-        .iter()
-        .map(|s| s.number())
-        .collect();
-    if cfg.mode == Mode::Run {
-        set.extend(cfg.forward_signals.iter().map(|s| s.number()));
-        // `fg` must give the terminal back to a stopped child and continue it.
-        if crate::supervisor::tty::is_terminal() {
-            set.insert(Signal::CONT.number());
-        }
-    }
-    let (tx, rx) = mpsc::unbounded_channel();
-    for n in set {
-        let mut stream = signal(SignalKind::from_raw(n)).map_err(AgentError::Signals)?;
-        let tx = tx.clone();
-        let Ok(sig) = nix::sys::signal::Signal::try_from(n) else {
-            continue;
-        };
-        tasks.spawn(
-            tracing::info_span!("signal", signal = %Signal(sig)),
-            async move {
-                while stream.recv().await.is_some() {
-                    if tx.send(Signal(sig)).is_err() {
-                        break;
-                    }
-                }
-            },
-        );
-    }
-    Ok(rx)
-}
-
 /// Hooks run one at a time, in order.
 /// At the shutdown a hook still running is left to itself, as it was before tasks were
 /// stopped: its process group goes on without tether.
-fn spawn_hook_runner(
-    reaper: Reaper,
-    limit: std::time::Duration,
-    tasks: &Tasks,
-) -> mpsc::UnboundedSender<(Vec<String>, Vec<String>)> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<String>, Vec<String>)>();
+fn spawn_hook_runner(reaper: Reaper, tasks: &Tasks) -> mpsc::UnboundedSender<Hook> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Hook>();
     tasks.spawn(tracing::info_span!("hooks"), async move {
         while let Some(first) = rx.recv().await {
             // Runs that queued up while a hook ran are merged: one run per hook, with every
             // changed name, so a slow hook never falls further and further behind.
+            // The latest timeout holds (a reload may have changed it).
             let mut runs: Vec<(Vec<String>, BTreeSet<String>)> = Vec::new();
             let mut queue = vec![first];
             while let Ok(more) = rx.try_recv() {
                 queue.push(more);
             }
-            for (argv, changed) in queue {
+            let mut limit = Duration::ZERO;
+            for (argv, changed, timeout) in queue {
+                limit = timeout;
                 match runs.iter_mut().find(|(a, _)| *a == argv) {
                     Some((_, names)) => names.extend(changed),
                     None => runs.push((argv, changed.into_iter().collect())),
@@ -256,20 +255,15 @@ impl Agent {
     async fn serve(
         &mut self,
         mut signals: mpsc::UnboundedReceiver<Signal>,
+        reload_asked: bool,
     ) -> Result<i32, AgentError> {
         let (sink, mut done) = match self.cfg.mode {
             Mode::Run => {
                 let spec = ChildSpec::new(self.cfg.command.clone());
-                let opts = supervisor::Options {
-                    stop_signal: self.cfg.stop_signal,
-                    stop_timeout: self.cfg.stop_timeout,
-                    restart_on_exit: self.cfg.restart_on_exit,
-                    reload_grace: self.cfg.reload_grace,
-                };
                 let (sup, done) = Supervisor::start(
                     spec,
                     self.env.clone(),
-                    opts,
+                    supervisor_options(&self.cfg),
                     self.reaper.clone(),
                     &self.tasks,
                 )?;
@@ -277,6 +271,9 @@ impl Agent {
             }
             Mode::Watch => (Sink::External, None),
         };
+        if reload_asked {
+            self.reload(&sink, "SIGHUP");
+        }
         loop {
             let deadline = self.debouncer.deadline();
             tokio::select! {
@@ -285,9 +282,12 @@ impl Agent {
                     while let Ok(i) = self.source_rx.try_recv() {
                         dirty.insert(i);
                     }
-                    if self.reload(dirty) {
+                    if self.reload_sources(dirty) {
                         self.kick(&sink);
                     }
+                }
+                () = self.config_watch.changed() => {
+                    self.reload(&sink, "config file changed");
                 }
                 Some(update) = async { self.net.as_mut().expect("guarded").updates.recv().await }, if self.net.is_some() => {
                     log_net_update(&update);
@@ -312,19 +312,24 @@ impl Agent {
                 Some(sig) = signals.recv() => {
                     let terminating = sig == Signal::TERM || sig == Signal::INT;
                     match &sink {
+                        _ if sig == Signal::HUP && self.cfg.sighup == Sighup::Reload => {
+                            self.reload(&sink, "SIGHUP");
+                        }
                         Sink::Child(sup) if terminating => {
                             let fwd = if self.cfg.forward_signals.contains(&sig) { sig } else { self.cfg.stop_signal };
                             tracing::info!(signal = %sig, "stopping: signal forwarded to the child");
                             sup.send(Control::Terminate(fwd));
                         }
-                        Sink::Child(sup) => {
+                        Sink::Child(sup) if self.cfg.forward_signals.contains(&sig) || sig == Signal::CONT => {
                             tracing::debug!(signal = %sig, "forwarding signal");
                             sup.send(Control::Signal(sig));
                         }
-                        Sink::External => {
+                        Sink::External if terminating => {
                             tracing::info!(signal = %sig, "stopping");
                             return Ok(0);
                         }
+                        // Its handler stays from an earlier configuration; no longer wanted.
+                        _ => tracing::debug!(signal = %sig, "signal ignored (no longer forwarded)"),
                     }
                 }
                 exit = async { done.as_mut().expect("guarded").await }, if done.is_some() => {
@@ -338,11 +343,13 @@ impl Agent {
 
     /// Re-read the dirty sources. Returns whether the merged view now differs from what
     /// was last applied.
-    fn reload(&mut self, dirty: BTreeSet<usize>) -> bool {
+    fn reload_sources(&mut self, dirty: BTreeSet<usize>) -> bool {
         for i in dirty {
             // A symlinked source may point somewhere else now.
             self.watcher.follow(i);
-            let spec: &SourceSpec = &self.cfg.sources[i];
+            let Some(spec) = self.cfg.sources.get(i) else {
+                continue;
+            };
             match source::load(spec) {
                 Ok(entries) => {
                     if self.layers.set(i, entries) {
@@ -362,7 +369,7 @@ impl Agent {
 
     /// A change arrived: start or extend the debounce window, or act now when there is none
     /// (a zero-length sleep would still wait for the timer's next millisecond tick).
-    fn kick(&mut self, sink: &Sink) {
+    pub(crate) fn kick(&mut self, sink: &Sink) {
         let now = Instant::now();
         self.debouncer.kick(now);
         if self.debouncer.deadline().is_some_and(|d| d <= now) {
@@ -372,23 +379,27 @@ impl Agent {
     }
 
     /// Acknowledge the network source's latest position, once.
-    fn ack(&mut self, result: Result<(), String>) {
+    pub(crate) fn ack(&mut self, result: Result<(), String>) {
         if let (Some(net), Some(p)) = (&self.net, self.net_pending.take()) {
             net.ack(p, result);
         }
     }
 
-    /// Render outputs and act on what changed.
-    fn apply(&mut self, sink: &Sink) {
+    /// Render outputs and act on what changed (after a reload, render even when no value
+    /// changed: an output or the environment's rules may have).
+    pub(crate) fn apply(&mut self, sink: &Sink) {
         let retry = self.retry.take();
         let merged = self.layers.merged();
         let changed = changed_keys(&self.applied, &merged);
-        if changed.is_empty() {
+        if changed.is_empty() && !self.stale {
             self.ack(Ok(()));
             return;
         }
+        let values_changed = !changed.is_empty();
         let mut failures: Vec<String> = Vec::new();
-        tracing::info!(keys = %tether_core::logname::names(&changed), "configuration changed");
+        if values_changed {
+            tracing::info!(keys = %tether_core::logname::names(&changed), "configuration changed");
+        }
         let mut restart = false;
         let mut signals: Vec<Signal> = Vec::new();
         let mut hooks: Vec<Vec<String>> = Vec::new();
@@ -396,7 +407,11 @@ impl Agent {
             match o.apply(&merged) {
                 Ok(false) => {}
                 Ok(true) => match &o.spec.on_change {
-                    Action::Restart => restart = true,
+                    Action::Restart if values_changed => restart = true,
+                    Action::Restart => tracing::info!(
+                        output = %o.spec.path.display(),
+                        "output rewritten after a reload; the child is not restarted for it (only a value or environment change restarts it)"
+                    ),
                     Action::Signal(s) if !signals.contains(s) => signals.push(*s),
                     Action::Signal(_) | Action::None => {}
                     Action::Exec(argv) if !hooks.contains(argv) => hooks.push(argv.clone()),
@@ -408,16 +423,15 @@ impl Agent {
                 }
             }
         }
-        if self.cfg.env.is_some() {
-            let env = render_env(&self.cfg, &merged);
-            if env != self.env {
-                // The child can only see a new environment by starting again.
-                restart = true;
-                self.env = env;
-            }
+        let env = render_env(&self.cfg, &merged);
+        if env != self.env {
+            // The child can only see a new environment by starting again.
+            restart = true;
+            self.env = env;
         }
         if failures.is_empty() {
             self.applied = merged;
+            self.stale = false;
         } else {
             // Keep the difference so the next attempt rewrites what failed (outputs that
             // succeeded hold their new content and are not written or acted on again).
@@ -445,7 +459,9 @@ impl Agent {
             }
         }
         for argv in hooks {
-            let _ = self.hooks.send((argv, changed.clone()));
+            let _ = self
+                .hooks
+                .send((argv, changed.clone(), self.cfg.exec_timeout));
         }
         self.ack(if failures.is_empty() {
             Ok(())

@@ -40,6 +40,11 @@ impl Layers {
         true
     }
 
+    /// One source's last good entries, if it delivered any.
+    pub fn get(&self, index: usize) -> Option<&Entries> {
+        self.layers.get(index)?.as_ref()
+    }
+
     /// True once every source has delivered at least once.
     #[cfg(test)]
     pub fn complete(&self) -> bool {

@@ -176,6 +176,7 @@ pub(super) fn parse_net(raw: &RawConfig, p: &mut Problems) -> Option<NetSpec> {
         servers,
         env,
         token,
+        token_file: raw.token_file.clone(),
         token_source,
         ca_file: raw.ca_file.clone(),
         state_dir: raw.state_dir.clone(),

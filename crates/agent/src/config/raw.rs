@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub forward_signals: Option<Vec<String>>,
     pub exec_timeout: Option<String>,
     pub reload_grace: Option<String>,
+    /// `forward` (run's default) or `reload` (watch always).
+    pub sighup: Option<String>,
     pub signal_pidfile: Option<PathBuf>,
     pub signal_process: Option<String>,
     pub log_level: Option<String>,
@@ -154,6 +156,7 @@ impl RawConfig {
         }
         set(&mut self.exec_timeout, &a.exec_timeout);
         set(&mut self.reload_grace, &a.reload_grace);
+        set(&mut self.sighup, &a.sighup);
         set(&mut self.log_level, &a.log.log_level);
         set(&mut self.log_format, &a.log.log_format);
         self

@@ -18,7 +18,7 @@ use crate::action::Action;
 use crate::state::Entries;
 
 /// One output as validated.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutputSpec {
     pub path: PathBuf,
     pub format: Format,

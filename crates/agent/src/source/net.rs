@@ -25,6 +25,7 @@ use tether_core::protocol::{
 
 mod backoff;
 mod saved;
+mod token;
 
 use backoff::{Backoff, Outcome};
 
@@ -38,7 +39,10 @@ pub struct NetSpec {
     /// Base URLs as given (http(s):// or ws(s)://).
     pub servers: Vec<String>,
     pub env: String,
+    /// The token as read at start (from `token_file` or `TETHER_TOKEN`).
     pub token: Option<tether_core::secret::Value>,
+    /// Re-read at each connection attempt, so a rotated token is followed.
+    pub token_file: Option<PathBuf>,
     /// Where the token came from, for messages (never the token itself).
     pub token_source: String,
     pub ca_file: Option<PathBuf>,
@@ -60,10 +64,12 @@ pub struct NetUpdate {
     pub degraded: bool,
 }
 
-/// The agent's side of the network source.
+/// The agent's side of the network source. Dropping it stops the follower (and its
+/// connection): a reload that changes the source starts a new one.
 pub struct NetSource {
     pub updates: mpsc::UnboundedReceiver<NetUpdate>,
     acks: mpsc::UnboundedSender<(Position, Result<(), String>)>,
+    _stop: tokio_util::sync::DropGuard,
 }
 
 impl NetSource {
@@ -87,6 +93,9 @@ enum SessionError {
     Silent(Duration),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The token file cannot give a token now (the message names the file).
+    #[error("no token: {0}")]
+    Token(String),
 }
 
 struct Follower {
@@ -105,6 +114,7 @@ struct Follower {
     updates: mpsc::UnboundedSender<NetUpdate>,
     acks: mpsc::UnboundedReceiver<(Position, Result<(), String>)>,
     agent_name: String,
+    token: token::Token,
 }
 
 /// Start following. Fails only on settings that can never work (bad CA file).
@@ -131,6 +141,7 @@ pub fn start(spec: NetSpec, tasks: &crate::tasks::Tasks) -> Result<NetSource, St
         .and_then(|h| h.into_string().ok())
         .unwrap_or_default();
     let mut f = Follower {
+        token: token::Token::new(&spec),
         agent_name: format!("{host}/{}", std::process::id()),
         spec,
         urls,
@@ -147,10 +158,18 @@ pub fn start(spec: NetSpec, tasks: &crate::tasks::Tasks) -> Result<NetSource, St
     };
     f.load_saved();
     let span = tracing::info_span!("follow", agent = %f.agent_name, env = %f.spec.env);
-    tasks.spawn(span, async move { f.run().await });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopped = stop.clone();
+    tasks.spawn(span, async move {
+        tokio::select! {
+            _ = stopped.cancelled() => tracing::debug!("follower stopped"),
+            _ = f.run() => {}
+        }
+    });
     Ok(NetSource {
         updates: urx,
         acks: atx,
+        _stop: stop.drop_guard(),
     })
 }
 
@@ -184,6 +203,16 @@ impl Follower {
             let outcome = Outcome::of(&e, self.synced_at, tokio::time::Instant::now());
             let delay = backoff.after(outcome, round_done);
             match outcome {
+                Outcome::Refused if self.spec.token_file.is_some() => tracing::error!(
+                    node = %url,
+                    error = %e,
+                    token = %self.spec.token_source,
+                    retry_in = ?delay,
+                    "the node refused this agent's token ({}): put a valid one there; it is \
+                     read again at once when the file changes, and at each retry (every few \
+                     minutes while no node takes it)",
+                    self.spec.token_source
+                ),
                 Outcome::Refused => tracing::error!(
                     node = %url,
                     error = %e,
@@ -193,6 +222,9 @@ impl Follower {
                      while no node takes it, it retries every few minutes",
                     self.spec.token_source
                 ),
+                _ if matches!(e, SessionError::Token(_)) => {
+                    tracing::error!(error = %e, retry_in = ?delay, "cannot connect to a node")
+                }
                 _ if matches!(e, SessionError::Refused { .. }) => {
                     tracing::error!(node = %url, error = %e, retry_in = ?delay, "node connection failed")
                 }
@@ -210,7 +242,12 @@ impl Follower {
                 tracing::warn!(env = %self.spec.env, "DEGRADED: no node reachable; starting from the saved state");
                 self.emit();
             }
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.token.changed() => {
+                    tracing::info!(token = %self.spec.token_source, "the token file changed; connecting at once");
+                }
+            }
         }
     }
 
@@ -220,7 +257,8 @@ impl Follower {
         let mut request = url
             .into_client_request()
             .map_err(|e| SessionError::Connect(e.to_string()))?;
-        if let Some(token) = &self.spec.token {
+        let token = self.token.for_connection().map_err(SessionError::Token)?;
+        if let Some(token) = &token {
             let value = format!("Bearer {}", token.expose_str().unwrap_or_default());
             let header = value
                 .parse()
@@ -386,6 +424,9 @@ impl Follower {
                         }
                         ServerMsg::Snapshot { .. } | ServerMsg::Change { .. } | ServerMsg::Synced { .. } => {}
                     }
+                }
+                _ = self.token.changed() => {
+                    tracing::info!(token = %self.spec.token_source, "the token file changed; the new token is used for the next connection (this one stays up)");
                 }
                 Some((pos, result)) = self.acks.recv() => {
                     self.last_ack = Some((pos, result.clone()));

@@ -28,7 +28,7 @@ use crate::output::EnvVars;
 use crate::tasks::Tasks;
 use tether_core::signal::Signal;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
@@ -49,6 +49,8 @@ pub enum Control {
     /// Forward a terminating signal; the child is not restarted after it exits, and is
     /// killed if it outlives the stop timeout.
     Terminate(Signal),
+    /// New options (tether's configuration was reloaded); the running child is untouched.
+    Configure(Options),
 }
 
 impl std::fmt::Debug for Control {
@@ -59,6 +61,7 @@ impl std::fmt::Debug for Control {
             // The environment holds values: names only.
             Control::Restart(env) => write!(f, "Restart({} variables)", env.len()),
             Control::Terminate(s) => write!(f, "Terminate({s})"),
+            Control::Configure(o) => write!(f, "Configure({o:?})"),
         }
     }
 }
@@ -249,6 +252,7 @@ impl<S: Spawner> Actor<S> {
                         }
                     }
                     Some(Control::Restart(_)) => {}
+                    Some(Control::Configure(opts)) => self.opts = opts,
                     None => {
                         let exit = self.stop(&mut child).await;
                         return exit;
@@ -277,6 +281,7 @@ impl<S: Spawner> Actor<S> {
             match c {
                 Control::Restart(env) => self.env = env,
                 Control::Terminate(_) => terminate = true,
+                Control::Configure(opts) => self.opts = opts,
                 Control::Signal(sig) | Control::Reload(sig) => {
                     tracing::debug!(signal = %sig, "signal dropped: child was being replaced")
                 }
@@ -294,6 +299,7 @@ impl<S: Spawner> Actor<S> {
                     _ = sleep_until(wake) => break,
                     cmd = self.rx.recv() => match cmd {
                         Some(Control::Restart(env)) => self.env = env,
+                        Some(Control::Configure(opts)) => self.opts = opts,
                         Some(Control::Signal(_) | Control::Reload(_)) => {}
                         Some(Control::Terminate(_)) | None => return None,
                     }

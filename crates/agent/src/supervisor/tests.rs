@@ -383,3 +383,37 @@ async fn a_reload_held_for_a_child_that_is_replaced_is_dropped() {
     sleep_until(spawner.at(secs(5))).await;
     assert_eq!(signals(&spawner.events()), [(ms(500), 1000, Signal::TERM)]);
 }
+
+// ---- new options (tether's configuration reloaded) ----
+
+/// New options reach the running child's owner without touching the child: the next stop
+/// uses the new stop signal and timeout.
+#[tokio::test(start_paused = true)]
+async fn new_options_apply_to_the_next_stop_and_leave_the_child_running() {
+    let usr2 = Signal(nix::sys::signal::Signal::SIGUSR2);
+    let spawner = TestSpawner::new(Behaviour::runs().survives(Signal::TERM).survives(usr2));
+    let (sup, _done) = start(&spawner, opts(RestartPolicy::Never));
+    sleep_until(spawner.at(secs(1))).await;
+    sup.send(Control::Configure(Options {
+        stop_signal: usr2,
+        stop_timeout: secs(2),
+        ..opts(RestartPolicy::Never)
+    }));
+    sleep_until(spawner.at(secs(3))).await;
+    assert_eq!(spawner.events(), [ev(ms(0), 1000, What::Spawned)]);
+    sup.send(Control::Restart(EnvVars::new()));
+    spawner
+        .wait_until("respawned", |e| spawns(e).len() == 2)
+        .await;
+    assert_eq!(
+        spawner.events(),
+        [
+            ev(ms(0), 1000, What::Spawned),
+            ev(secs(3), 1000, What::Signal(usr2)),
+            ev(secs(5), 1000, What::Signal(Signal::KILL)),
+            ev(secs(5), 1000, What::Exited(Exit::Signaled(9))),
+            ev(secs(5), 1000, What::GroupGone),
+            ev(secs(5), 1001, What::Spawned),
+        ]
+    );
+}
