@@ -56,9 +56,10 @@ impl Token {
 
     /// The token for a connection attempt, read now. An error names the file, not the token.
     pub(super) fn for_connection(&mut self) -> Result<Option<Value>, String> {
-        let token = self.read()?;
-        self.noticed = token.clone();
-        Ok(token)
+        let token = self.read();
+        // After a failed read, any token that appears is news.
+        self.noticed = token.as_ref().ok().cloned().flatten();
+        token
     }
 
     fn read(&self) -> Result<Option<Value>, String> {
@@ -157,8 +158,8 @@ mod tests {
         assert_eq!(t.for_connection().unwrap(), Some(Value::from("new-token")));
     }
 
-    #[test]
-    fn a_missing_or_empty_file_is_an_error_naming_the_file_never_the_token() {
+    #[tokio::test]
+    async fn a_missing_or_empty_file_is_an_error_naming_the_file_never_the_token() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("token");
         std::fs::write(&path, "s3cr3t-token").unwrap();
@@ -173,6 +174,12 @@ mod tests {
         let gone = t.for_connection().unwrap_err();
         assert!(gone.contains(&path.display().to_string()), "{gone}");
         assert!(!format!("{empty}{gone}").contains("s3cr3t"));
+
+        // The same token coming back after the failed read is noticed.
+        rotate(&path, "s3cr3t-token");
+        tokio::time::timeout(Duration::from_secs(5), t.changed())
+            .await
+            .expect("the token's return is noticed");
     }
 
     #[test]

@@ -1,0 +1,465 @@
+//! tether reloading its own configuration: on SIGHUP (watch always; run when `sighup =
+//! "reload"`, else HUP goes to the child), on an edit of its config file, a refused
+//! invalid config, the network source following a new environment, and a rotated token
+//! file followed at the next connection.
+//!
+//! To show that a SIGHUP alone reloads, a test rewrites the config in place and keeps it
+//! open: the file watch waits for the writer to close it, so until then only the signal
+//! can make tether read the new content.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal::SIGHUP;
+
+use crate::support::{Tether, Work, run_to_end_env, start_node, start_node_at, strip_ansi};
+
+fn logs(t: &Tether) -> String {
+    strip_ansi(&t.stderr())
+}
+
+fn count(t: &Tether, needle: &str) -> usize {
+    logs(t).lines().filter(|l| l.contains(needle)).count()
+}
+
+/// Lines that report an applied reload (not "nothing changed").
+fn applied(t: &Tether) -> usize {
+    logs(t)
+        .lines()
+        .filter(|l| l.contains("configuration reloaded") && !l.contains("nothing"))
+        .count()
+}
+
+fn running(t: &mut Tether) -> bool {
+    t.child
+        .as_mut()
+        .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+}
+
+/// Rewrite `path` in place and keep it open (see the module doc). Closing it (drop) lets
+/// the file watch see the edit.
+fn edit_held(path: &Path, content: &str) -> fs::File {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .expect("open config");
+    f.write_all(content.as_bytes()).expect("write config");
+    f.flush().expect("flush config");
+    f
+}
+
+/// A watch config: `app.env` into `out` in `format`; a change appends `run:NAMES` to `hooks`.
+fn watch_cfg(w: &Work, out: &str, format: &str, hooks: &str) -> String {
+    format!(
+        "source = [\"file:{src}\"]\ndebounce = \"0\"\nmax_wait = \"0\"\n\
+         [[output]]\npath = \"{out}\"\nformat = \"{format}\"\n\
+         on_change = \"exec:sh -c 'echo run:$TETHER_CHANGED >> {hooks}'\"\n",
+        src = w.path("app.env").display(),
+        out = w.path(out).display(),
+        hooks = w.path(hooks).display(),
+    )
+}
+
+fn start_watch(w: &Work) -> Tether {
+    let cfg = w.path("tether.toml").display().to_string();
+    Tether::start(w.dir.path(), ["watch", "--config", &cfg], &[])
+}
+
+fn json_value(w: &Work, file: &str, key: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(&w.read(file)).ok()?;
+    v[key].as_str().map(str::to_owned)
+}
+
+#[test]
+fn watch_reloads_its_config_on_sighup_and_keeps_running() {
+    let w = Work::new();
+    w.write("app.env", "A=1\n");
+    w.write(
+        "tether.toml",
+        &watch_cfg(&w, "out.env", "dotenv", "hooks-1"),
+    );
+    let mut t = start_watch(&w);
+    t.wait_for("first render", || w.read("out.env").contains("A=1"));
+    let pid = t.pid();
+
+    // Nothing changed: said so, and the output stays.
+    t.signal(SIGHUP);
+    t.wait_for("an empty reload", || count(&t, "nothing changed") == 1);
+    assert!(running(&mut t), "SIGHUP no longer kills watch");
+    assert!(w.read("out.env").contains("A=1"), "the output stays");
+
+    // A new path, format and action, read on SIGHUP alone.
+    let held = edit_held(
+        &w.path("tether.toml"),
+        &watch_cfg(&w, "out.json", "json", "hooks-2"),
+    );
+    t.signal(SIGHUP);
+    t.wait_for("the new output written, the old one removed", || {
+        json_value(&w, "out.json", "A").as_deref() == Some("1") && !w.path("out.env").exists()
+    });
+    assert!(logs(&t).contains("SIGHUP"), "the trigger is logged");
+    // The rewritten output's action ran (no value changed: no names).
+    t.wait_for("the new action at the reload", || {
+        w.read("hooks-2").lines().collect::<Vec<_>>() == ["run:"]
+    });
+
+    w.write("app.env", "A=2\n");
+    t.wait_for(
+        "a change goes to the new output and runs the new action",
+        || {
+            json_value(&w, "out.json", "A").as_deref() == Some("2")
+                && w.read("hooks-2").lines().collect::<Vec<_>>() == ["run:", "run:A"]
+        },
+    );
+    assert_eq!(w.read("hooks-1"), "", "the old action never ran");
+    assert_eq!(t.pid(), pid);
+    assert!(running(&mut t));
+    drop(held);
+}
+
+#[test]
+fn an_invalid_config_is_refused_with_every_problem_and_the_running_one_stays() {
+    let w = Work::new();
+    w.write("app.env", "A=s3cr3t-value-1\n");
+    w.write("tether.toml", &watch_cfg(&w, "out.env", "dotenv", "hooks"));
+    let mut t = start_watch(&w);
+    t.wait_for("first render", || {
+        w.read("out.env").contains("s3cr3t-value-1")
+    });
+
+    let bad = format!(
+        "source = [\"ftp:/x\"]\ndebounce = \"soon\"\n[[output]]\npath = \"{}\"\nformat = \"yaml\"\n",
+        w.path("bad.out").display()
+    );
+    let held = edit_held(&w.path("tether.toml"), &bad);
+    t.signal(SIGHUP);
+    t.wait_for("the reload refused", || {
+        logs(&t).contains("configuration not reloaded")
+    });
+    let problems: Vec<String> = logs(&t)
+        .lines()
+        .filter(|l| l.contains("invalid configuration"))
+        .map(str::to_owned)
+        .collect();
+    for key in ["source[0]", "debounce", "output[0].format"] {
+        assert!(
+            problems.iter().any(|l| l.contains(key)),
+            "{key} reported in {problems:#?}"
+        );
+    }
+    assert!(running(&mut t));
+
+    // The running configuration goes on: same output, same action.
+    w.write("app.env", "A=s3cr3t-value-2\n");
+    t.wait_for("a change still applied the old way", || {
+        w.read("out.env").contains("s3cr3t-value-2") && w.read("hooks").contains("run:A")
+    });
+
+    // Fixed (seen by the file watch): applied.
+    drop(held);
+    w.write("tether.toml", &watch_cfg(&w, "out.json", "json", "hooks"));
+    t.wait_for("the fixed config applied", || {
+        json_value(&w, "out.json", "A").as_deref() == Some("s3cr3t-value-2")
+    });
+    assert!(!logs(&t).contains("s3cr3t"), "no value in the logs");
+}
+
+#[test]
+fn an_edit_of_the_config_file_is_reloaded_once_per_burst_without_a_signal() {
+    let w = Work::new();
+    w.write("app.env", "A=1\n");
+    w.write("tether.toml", &watch_cfg(&w, "out.env", "dotenv", "hooks"));
+    let t = start_watch(&w);
+    t.wait_for("first render", || w.read("out.env").contains("A=1"));
+
+    // Half-written versions (each invalid), then the final one, as a burst.
+    let start = Instant::now();
+    for i in 0..9 {
+        w.write("tether.toml", &format!("debounce = \"{i}x\"\n"));
+    }
+    w.write("tether.toml", &watch_cfg(&w, "out.env", "json", "hooks"));
+    let burst = start.elapsed();
+    t.wait_for("the final version applied", || {
+        json_value(&w, "out.env", "A").as_deref() == Some("1")
+    });
+    // A SIGHUP after it marks the end: everything the burst caused has been logged.
+    t.signal(SIGHUP);
+    t.wait_for("the marker reload", || count(&t, "nothing changed") == 1);
+    assert_eq!(applied(&t), 1, "one applied reload");
+    if burst < Duration::from_millis(150) {
+        assert_eq!(
+            count(&t, "reloading the configuration"),
+            2,
+            "the burst gave one reload (and the SIGHUP one)"
+        );
+        assert_eq!(count(&t, "configuration not reloaded"), 0);
+    }
+}
+
+/// A run config: `app.env` into `out.env` (a change sends USR1) and the child's
+/// environment (`APP_*` only, under `prefix`).
+fn run_cfg(w: &Work, extra: &str, prefix: &str) -> String {
+    format!(
+        "source = [\"file:{src}\"]\ndebounce = \"0\"\nmax_wait = \"0\"\nreload_grace = \"0\"\n{extra}\n\
+         [env]\ninclude = [\"APP_*\"]\nprefix = \"{prefix}\"\n\
+         [[output]]\npath = \"{out}\"\non_change = \"signal:USR1\"\n",
+        src = w.path("app.env").display(),
+        out = w.path("out.env").display(),
+    )
+}
+
+fn start_run(w: &Work) -> Tether {
+    let cfg = w.path("tether.toml").display().to_string();
+    let mut args = vec!["run".to_string(), "--config".into(), cfg, "--".into()];
+    args.extend(w.child_args(&[]));
+    Tether::start(w.dir.path(), &args, &[])
+}
+
+#[test]
+fn run_forwards_sighup_to_the_child_by_default() {
+    let w = Work::new();
+    w.write("app.env", "APP_A=1\n");
+    w.write("tether.toml", &run_cfg(&w, "", ""));
+    let mut t = start_run(&w);
+    t.wait_for("child started", || w.starts().len() == 1);
+    t.signal(SIGHUP);
+    t.wait_for("HUP at the child", || {
+        w.signals().contains(&"SIGHUP".into())
+    });
+    assert!(running(&mut t));
+    assert_eq!(w.starts().len(), 1);
+    assert_eq!(count(&t, "reloading the configuration"), 0);
+}
+
+#[test]
+fn run_with_sighup_reload_keeps_the_child_unless_its_environment_changes() {
+    let w = Work::new();
+    w.write("app.env", "APP_A=1\nB=2\n");
+    w.write("tether.toml", &run_cfg(&w, "sighup = \"reload\"", ""));
+    let mut t = start_run(&w);
+    t.wait_for("child started with APP_A", || {
+        w.starts().len() == 1 && w.child_env().contains(&"APP_A=1".into())
+    });
+    let child = w.starts()[0];
+
+    // Timings and the output's format change: applied, the child stays (the rewritten
+    // file's action, USR1, tells it), and HUP is tether's, not the child's.
+    let held = edit_held(
+        &w.path("tether.toml"),
+        &run_cfg(
+            &w,
+            "sighup = \"reload\"\nstop_timeout = \"3s\"\nrestart_on_exit = \"on-failure\"",
+            "",
+        )
+        .replace(
+            "on_change = \"signal:USR1\"",
+            "format = \"json\"\non_change = \"signal:USR1\"",
+        ),
+    );
+    t.signal(SIGHUP);
+    t.wait_for("reloaded, the output now JSON, the child told", || {
+        applied(&t) == 1
+            && json_value(&w, "out.env", "B").as_deref() == Some("2")
+            && w.signals().contains(&"SIGUSR1".into())
+    });
+    drop(held);
+    t.wait_for("the close seen by the file watch", || {
+        count(&t, "nothing changed") == 1
+    });
+    assert_eq!(w.starts(), [child], "not restarted");
+    assert!(!w.signals().contains(&"SIGHUP".into()), "{:?}", w.record());
+
+    // The environment's rules change: one restart, with the new names.
+    w.write("tether.toml", &run_cfg(&w, "sighup = \"reload\"", "X_"));
+    t.wait_for("restarted once with the new environment", || {
+        w.starts().len() == 2 && w.child_env().contains(&"X_APP_A=1".into())
+    });
+    t.signal(SIGHUP);
+    t.wait_for("another reload", || count(&t, "nothing changed") == 2);
+    assert_eq!(w.starts().len(), 2);
+    assert!(!w.signals().contains(&"SIGHUP".into()), "{:?}", w.record());
+    assert!(running(&mut t));
+}
+
+fn put(w: &Work, url: &str, env: &str, pair: &str, token: Option<&str>) {
+    let envs: Vec<(&str, &str)> = token.map(|t| ("TETHER_TOKEN", t)).into_iter().collect();
+    let (code, out, err) = run_to_end_env(
+        w.dir.path(),
+        &["put", "--server", url, "--env", env, pair],
+        &envs,
+    );
+    assert_eq!(code, 0, "put {pair} to {env}:\n{out}{err}");
+}
+
+fn net_cfg(w: &Work, url: &str, env: &str, extra: &str) -> String {
+    format!(
+        "server = [\"{url}\"]\nenvironment = \"{env}\"\nstate_dir = \"{state}\"\non_change = \"none\"\n{extra}\n\
+         [[output]]\npath = \"{out}\"\n",
+        state = w.path("state").display(),
+        out = w.path("out.env").display(),
+    )
+}
+
+#[test]
+fn a_reload_restarts_the_network_source_only_when_what_it_follows_changes() {
+    let w = Work::new();
+    let data = w.path("data").display().to_string();
+    let (_node, port) = start_node(w.dir.path(), &["--data", &data]);
+    let url = format!("http://127.0.0.1:{port}");
+    put(&w, &url, "prod", "A=1", None);
+    put(&w, &url, "staging", "A=2", None);
+    w.write("tether.toml", &net_cfg(&w, &url, "prod", ""));
+    let t = start_watch(&w);
+    t.wait_for("prod rendered", || w.read("out.env").contains("A=1"));
+
+    // Unrelated to the source: the connection stays up.
+    w.write(
+        "tether.toml",
+        &net_cfg(&w, &url, "prod", "debounce = \"50ms\""),
+    );
+    t.wait_for("reloaded", || applied(&t) == 1);
+    assert!(!logs(&t).contains("network source restarted"));
+    assert_eq!(count(&t, "connected to node"), 1);
+
+    w.write(
+        "tether.toml",
+        &net_cfg(&w, &url, "staging", "debounce = \"50ms\""),
+    );
+    t.wait_for("staging rendered", || w.read("out.env").contains("A=2"));
+    put(&w, &url, "staging", "A=3", None);
+    t.wait_for("staging followed", || w.read("out.env").contains("A=3"));
+    assert!(logs(&t).contains("network source restarted"));
+    assert_eq!(count(&t, "connected to node"), 2);
+}
+
+const ADMIN: &str = "admin-token-reload-0123456789";
+const T1: &str = "agent-token-one-0123456789";
+const T2: &str = "agent-token-two-0123456789";
+const T3: &str = "agent-token-three-0123456789";
+
+/// A node config with the admin token and these agent tokens (read on prod).
+fn node_cfg(w: &Work, name: &str, agents: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let hash = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
+    let mut toml = format!(
+        "[[token]]\nname = \"admin\"\nhash = \"sha256:{}\"\nrole = \"admin\"\n\n",
+        hash(ADMIN)
+    );
+    for (i, t) in agents.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[token]]\nname = \"agent{i}\"\nhash = \"sha256:{}\"\nrole = \"read\"\nenvs = [\"prod\"]\n\n",
+            hash(t)
+        ));
+    }
+    w.write(name, &toml);
+    w.path(name).display().to_string()
+}
+
+/// Publish `token` (or no file) in `secrets/` as Kubernetes does: a new timestamped
+/// directory, then `..data` swapped to it; `secrets/token` links through `..data`.
+fn publish(w: &Work, generation: u32, token: Option<&str>) {
+    let dir = w.path("secrets");
+    let gen_dir = dir.join(format!("..gen_{generation}"));
+    fs::create_dir_all(&gen_dir).expect("generation dir");
+    if let Some(t) = token {
+        fs::write(gen_dir.join("token"), format!("{t}\n")).expect("token");
+    }
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..gen_{generation}"), &tmp).expect("link");
+    fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
+    if fs::symlink_metadata(dir.join("token")).is_err() {
+        std::os::unix::fs::symlink("..data/token", dir.join("token")).expect("token link");
+    }
+}
+
+fn restart_node(node: &mut Tether, w: &Work, port: u16, cfg: &str) -> Tether {
+    node.signal(nix::sys::signal::Signal::SIGTERM);
+    node.wait();
+    let data = w.path("data").display().to_string();
+    start_node_at(
+        w.dir.path(),
+        &format!("127.0.0.1:{port}"),
+        &["--data", &data, "--config", cfg],
+    )
+    .0
+}
+
+#[test]
+fn a_rotated_token_file_is_used_for_the_next_connection() {
+    let w = Work::new();
+    let data = w.path("data").display().to_string();
+    let both = node_cfg(&w, "node-12.toml", &[T1, T2]);
+    let (mut node, port) = start_node(w.dir.path(), &["--data", &data, "--config", &both]);
+    let url = format!("http://127.0.0.1:{port}");
+    put(&w, &url, "prod", "A=1", Some(ADMIN));
+    publish(&w, 1, Some(T1));
+    let token_file = w.path("secrets/token").display().to_string();
+    let state = w.path("state").display().to_string();
+    let out = w.path("out.env").display().to_string();
+    let mut t = Tether::start(
+        w.dir.path(),
+        [
+            "watch",
+            "--server",
+            &url,
+            "--env",
+            "prod",
+            "--token-file",
+            &token_file,
+            "--state-dir",
+            &state,
+            "--output",
+            &out,
+            "--on-change",
+            "none",
+        ],
+        &[],
+    );
+    t.wait_for("A=1 rendered", || w.read("out.env").contains("A=1"));
+
+    // Rotated while connected: noted, and the connection stays up.
+    publish(&w, 2, Some(T2));
+    t.wait_for("the rotation noticed", || {
+        logs(&t).contains("the new token is used for the next connection")
+    });
+    assert_eq!(count(&t, "connected to node"), 1);
+
+    // The node drops the old token: the next connection uses the new one.
+    node = restart_node(&mut node, &w, port, &node_cfg(&w, "node-2.toml", &[T2]));
+    put(&w, &url, "prod", "A=2", Some(ADMIN));
+    t.wait_for("A=2 through a connection with T2", || {
+        w.read("out.env").contains("A=2")
+    });
+
+    // The node takes only T3 now: refused until the file holds it, then connected.
+    node = restart_node(&mut node, &w, port, &node_cfg(&w, "node-3.toml", &[T3]));
+    t.wait_for("T2 refused", || {
+        logs(&t).contains("refused this agent's token")
+    });
+    publish(&w, 3, Some(T3));
+    put(&w, &url, "prod", "A=3", Some(ADMIN));
+    t.wait_for("A=3 through a connection with T3", || {
+        w.read("out.env").contains("A=3")
+    });
+
+    // No token file at reconnect: a clear error, retried; then a token again.
+    publish(&w, 4, None);
+    node = restart_node(&mut node, &w, port, &node_cfg(&w, "node-3.toml", &[T3]));
+    t.wait_for("the missing token reported", || {
+        logs(&t).contains("cannot read token_file")
+    });
+    assert!(running(&mut t), "never gives up");
+    publish(&w, 5, Some(T3));
+    put(&w, &url, "prod", "A=4", Some(ADMIN));
+    t.wait_for("A=4 after the token came back", || {
+        w.read("out.env").contains("A=4")
+    });
+    let logs = logs(&t);
+    for secret in [ADMIN, T1, T2, T3] {
+        assert!(!logs.contains(secret), "a token in the logs");
+    }
+    drop(node);
+}
