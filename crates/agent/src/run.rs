@@ -19,6 +19,7 @@ use crate::supervisor::{self, ChildSpec, Control, Exit, Reaper, Supervisor};
 use crate::target;
 use crate::tasks::Tasks;
 use tether_core::protocol::Position;
+use tether_core::settings::LogControl;
 use tether_core::signal::Signal;
 
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +67,10 @@ struct Agent {
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Run the agent until the child exits (run) or TERM/INT (watch). Returns the exit code.
-/// Every task it started has stopped (or the deadline passed) when it returns.
-pub async fn run(cfg: Config) -> Result<i32, AgentError> {
+/// Every task it started has stopped (or the deadline passed) when it returns. `log` changes
+/// the log filter when a reload asks for another level.
+pub async fn run(cfg: Config, log: LogControl) -> Result<i32, AgentError> {
+    let _log = log;
     let tasks = Tasks::new();
     let result = run_with(cfg, &tasks).await;
     tasks.shutdown(SHUTDOWN_DEADLINE).await;
