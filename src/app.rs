@@ -15,6 +15,8 @@ pub const EXIT_STORE_DAMAGED: i32 = 65;
 
 /// Run a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
+    // Before any thread or child: systemd's variables are read once, and kept from children.
+    tether_core::notify::init();
     let result = match cli.command {
         Command::Run(args) => config::for_run(&args),
         Command::Watch(args) => config::for_watch(&args),
@@ -34,9 +36,20 @@ pub fn run(cli: Cli) -> i32 {
         Ok(cfg) => cfg,
         Err(e) => return usage(e),
     };
-    crate::logging::init(cfg.log_level.as_deref(), cfg.log_format);
+    let log = crate::logging::init(cfg.log_level.as_deref(), cfg.log_format);
+    raise_fd_limit();
     fix_mmap_threshold();
-    finish(block_on(async { Ok(tether_agent::run(cfg).await?) }))
+    finish(block_on(async { Ok(tether_agent::run(cfg, log).await?) }))
+}
+
+/// A node needs one descriptor per agent: use all the hard limit allows (children get the
+/// soft limit back).
+fn raise_fd_limit() {
+    match tether_core::fdlimit::raise() {
+        Ok(Some(r)) => tracing::debug!(from = r.from, to = r.to, "raised the open-file limit"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 /// An agent runs for months while the same few large buffers (a snapshot frame, a rendered
@@ -93,9 +106,10 @@ fn serve(args: &tether_node::args::ServeArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return usage(e),
     };
-    crate::logging::init(cfg.log_level.as_deref(), cfg.log_format);
+    let log = crate::logging::init(cfg.log_level.as_deref(), cfg.log_format);
+    raise_fd_limit();
     // Nodes use every core: fan-out to thousands of sockets is parallel work.
-    let result = block_on_multi(tether_node::run(cfg, shutdown_signal()));
+    let result = block_on_multi(tether_node::run(cfg, log, shutdown_signal()));
     if let Ok(Err(e @ tether_node::ServeError::StoreDamaged(_))) = &result {
         eprintln!("tether: {e}");
         return EXIT_STORE_DAMAGED;

@@ -463,3 +463,33 @@ fn a_rotated_token_file_is_used_for_the_next_connection() {
     }
     drop(node);
 }
+
+#[test]
+fn the_log_level_follows_a_reload() {
+    let w = Work::new();
+    w.write("app.env", "A=1\n");
+    let base = watch_cfg(&w, "out.env", "dotenv", "hooks");
+    w.write("tether.toml", &format!("log_level = \"info\"\n{base}"));
+    let t = start_watch(&w);
+    t.wait_for("first render", || w.read("out.env").contains("A=1"));
+    w.write("app.env", "A=2\n");
+    t.wait_for("A=2", || w.read("out.env").contains("A=2"));
+    assert!(!logs(&t).contains("source changed"), "no debug lines yet");
+
+    // A level that does not parse is refused like any other problem.
+    w.write(
+        "tether.toml",
+        &format!("log_level = \"tether_agent=loud\"\n{base}"),
+    );
+    t.wait_for("refused", || {
+        logs(&t)
+            .lines()
+            .any(|l| l.contains("invalid configuration") && l.contains("log_level"))
+    });
+    w.write("tether.toml", &format!("log_level = \"debug\"\n{base}"));
+    t.wait_for("reloaded", || applied(&t) == 1);
+    w.write("app.env", "A=3\n");
+    t.wait_for("A=3 and a debug line", || {
+        w.read("out.env").contains("A=3") && logs(&t).contains("source changed")
+    });
+}

@@ -27,25 +27,6 @@ use crate::state::{Entries, Layers};
 use crate::supervisor::Control;
 use plan::{NetChange, Plan};
 
-/// Changes the log filter of the running process.
-// Stands in for `tether_core::settings::LogControl` until that lands.
-#[derive(Clone)]
-pub struct LogControl;
-
-impl LogControl {
-    pub fn none() -> Self {
-        LogControl
-    }
-
-    pub fn set(&self, _level: Option<&str>) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-fn notify_reloading() {}
-
-fn notify_ready() {}
-
 /// A burst of edits of the config file gives one reload, once it has been quiet this long...
 const QUIET: Duration = Duration::from_millis(200);
 /// ...or this long after its first edit.
@@ -134,18 +115,24 @@ fn problem(key: &str, message: impl Into<String>) -> Problem {
 impl Agent {
     /// Read the configuration again and apply it, or refuse it whole (see the module doc).
     pub(crate) fn reload(&mut self, sink: &Sink, trigger: &str) {
-        notify_reloading();
+        tether_core::notify::reloading();
         tracing::info!(trigger, "reloading the configuration");
-        if let Err(problems) = self.try_reload(sink) {
-            for p in &problems {
-                tracing::error!(key = %p.key, problem = %p.message, "invalid configuration");
+        match self.try_reload(sink) {
+            Ok(()) => tether_core::notify::ready("configuration reloaded"),
+            Err(problems) => {
+                for p in &problems {
+                    tracing::error!(key = %p.key, problem = %p.message, "invalid configuration");
+                }
+                tracing::error!(
+                    problems = problems.len(),
+                    "configuration not reloaded: the running configuration stays"
+                );
+                tether_core::notify::ready(&format!(
+                    "configuration not reloaded ({} problem(s), see the log); running on the previous one",
+                    problems.len()
+                ));
             }
-            tracing::error!(
-                problems = problems.len(),
-                "configuration not reloaded: the running configuration stays"
-            );
         }
-        notify_ready();
     }
 
     fn try_reload(&mut self, sink: &Sink) -> Result<(), Vec<Problem>> {

@@ -11,7 +11,7 @@ use tokio::time::{Instant, sleep_until};
 use crate::config::{Action, Config, Mode, Sighup};
 use crate::debounce::Debouncer;
 use crate::output::{EnvVars, Output};
-use crate::reload::{ConfigWatch, LogControl};
+use crate::reload::ConfigWatch;
 use crate::signals::Signals;
 use crate::source::net::{NetSource, NetUpdate};
 use crate::source::{self, SourceError, watch::SourceWatcher};
@@ -20,6 +20,7 @@ use crate::supervisor::{self, ChildSpec, Control, Exit, Reaper, Supervisor};
 use crate::target;
 use crate::tasks::Tasks;
 use tether_core::protocol::Position;
+use tether_core::settings::LogControl;
 use tether_core::signal::Signal;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,9 +79,9 @@ pub(crate) struct Agent {
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Run the agent until the child exits (run) or TERM/INT (watch). Returns the exit code.
-/// Every task it started has stopped (or the deadline passed) when it returns.
-pub async fn run(cfg: Config) -> Result<i32, AgentError> {
-    let log = LogControl::none();
+/// Every task it started has stopped (or the deadline passed) when it returns. `log` changes
+/// the log filter when a reload asks for another level.
+pub async fn run(cfg: Config, log: LogControl) -> Result<i32, AgentError> {
     let tasks = Tasks::new();
     let result = run_with(cfg, log, &tasks).await;
     tasks.shutdown(SHUTDOWN_DEADLINE).await;

@@ -1,6 +1,7 @@
-//! What the agent and the node share, with no I/O of its own: the wire types and the rules of
-//! positions, the limits on names and sizes, the secret value type, signals, and the small
-//! settings helpers both sides parse their configuration with.
+//! What the agent and the node share: the wire types and the rules of positions, the limits
+//! on names and sizes, the secret value type, signals, the small settings helpers both sides
+//! parse their configuration with, and the few process-level services both need (systemd
+//! notifications, the open-file limit).
 //!
 //! Layout:
 //! - [`protocol`]: the messages between agents and nodes, positions `(epoch, version)` and
@@ -12,13 +13,17 @@
 //! - [`logname`]: names as log lines show them (escaped, cut).
 //! - [`glob`]: `*`, `?` and `[...]` patterns on names.
 //! - [`endpoint`]: node URLs (`http(s)`/`ws(s)`) and the TLS client config with a CA file.
+//! - [`notify`]: systemd's service notifications (`READY=1`, `STATUS=`, the watchdog).
+//! - [`fdlimit`]: the open-file limit, raised at start.
 
 #![forbid(unsafe_code)]
 
 pub mod endpoint;
+pub mod fdlimit;
 pub mod glob;
 pub mod limits;
 pub mod logname;
+pub mod notify;
 pub mod protocol;
 pub mod secret;
 pub mod settings;

@@ -84,6 +84,44 @@ pub struct LogArgs {
     pub log_format: Option<String>,
 }
 
+/// The running process's log filter, which a reload changes. The binary's logging owns the
+/// filter and hands the verb a control; `LogControl::none()` where nothing can change it.
+#[derive(Clone)]
+pub struct LogControl(Option<std::sync::Arc<SetLevel>>);
+
+type SetLevel = dyn Fn(Option<&str>) -> Result<(), String> + Send + Sync;
+
+impl LogControl {
+    /// A control that calls `set` with the new level (`None`: the default, `TETHER_LOG` or
+    /// `info`); `set` refuses a filter that does not parse.
+    pub fn new(set: impl Fn(Option<&str>) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        LogControl(Some(std::sync::Arc::new(set)))
+    }
+
+    /// A control that changes nothing (tests, embedders).
+    pub fn none() -> Self {
+        LogControl(None)
+    }
+
+    /// Use `level` from now on.
+    pub fn set(&self, level: Option<&str>) -> Result<(), String> {
+        match &self.0 {
+            Some(set) => set(level),
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for LogControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "LogControl"
+        } else {
+            "LogControl(none)"
+        })
+    }
+}
+
 /// This host's name, or `unknown` when it has none that is UTF-8.
 pub fn hostname() -> String {
     nix::unistd::gethostname()

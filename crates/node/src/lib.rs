@@ -185,8 +185,14 @@ pub enum ServeError {
     Config(String),
 }
 
-/// Open the store and listen, per the config; then serve until `shutdown`.
-pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+/// Open the store and listen, per the config; then serve until `shutdown`. `log` changes the
+/// log filter when a reload asks for another level.
+pub async fn run(
+    cfg: ServeConfig,
+    log: tether_core::settings::LogControl,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let _log = log;
     panics::install_hook();
     let redis_client = match &cfg.redis {
         Some(url) => Some(
