@@ -114,3 +114,27 @@ fn effective_config_round_trips_through_the_parser() {
     let again = validate(&raw(&c.to_toml()), Mode::Run).unwrap();
     assert_eq!(again.to_toml(), c.to_toml());
 }
+
+#[test]
+fn sighup_forwards_in_run_and_reloads_in_watch() {
+    let run = raw("source = [\"file:/a.env\"]\n");
+    assert_eq!(validate(&run, Mode::Run).unwrap().sighup, Sighup::Forward);
+    let watch = raw(
+        "source = [\"file:/a.env\"]\nsignal_process = \"app\"\n[[output]]\npath = \"/run/a\"\n",
+    );
+    assert_eq!(
+        validate(&watch, Mode::Watch).unwrap().sighup,
+        Sighup::Reload
+    );
+    let reload = raw("source = [\"file:/a.env\"]\nsighup = \"reload\"\n");
+    assert_eq!(validate(&reload, Mode::Run).unwrap().sighup, Sighup::Reload);
+
+    let forward_in_watch = raw(
+        "source = [\"file:/a.env\"]\nsighup = \"forward\"\non_change = \"none\"\n[[output]]\npath = \"/run/a\"\n",
+    );
+    let err = validate(&forward_in_watch, Mode::Watch).unwrap_err();
+    assert_eq!(err.0[0].key, "sighup");
+    let bad = raw("source = [\"file:/a.env\"]\nsighup = \"ignore\"\n");
+    let err = validate(&bad, Mode::Run).unwrap_err();
+    assert!(err.0[0].message.contains("forward, reload"), "{err}");
+}

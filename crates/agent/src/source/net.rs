@@ -17,21 +17,22 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::state::{Entries, Entry};
+use crate::state::Entries;
 use tether_core::protocol::{
-    ClientMsg, Position, ServerMsg, Subscription, Verdict, WireChange, WireEntry, accept_snapshot,
-    judge_change,
+    ClientMsg, Position, ServerMsg, Subscription, Verdict, accept_snapshot, judge_change,
 };
 
 mod backoff;
 mod saved;
 mod token;
+mod wire;
 
 use backoff::{Backoff, Outcome};
 
 pub use saved::default_state_dir;
 use saved::state_file_name;
 pub use tether_core::endpoint::{http_url, tls_config, ws_url};
+use wire::{apply_changes, to_entries};
 
 /// The network source: nodes and the environment to follow.
 #[derive(Clone, Debug)]
@@ -474,78 +475,5 @@ where
         Err(_) => Err(SessionError::Lost(
             "the node took no data in time; presumed dead".into(),
         )),
-    }
-}
-
-fn to_entries(list: Vec<WireEntry>) -> Entries {
-    let mut out = Entries::new();
-    for e in list {
-        match e.value {
-            Some(value) => {
-                out.insert(
-                    e.name,
-                    Entry {
-                        value,
-                        secret: e.secret,
-                    },
-                );
-            }
-            None => {
-                tracing::warn!(key = %tether_core::logname::name(&e.name), "secret withheld by the node (token may not read secrets); skipped")
-            }
-        }
-    }
-    out
-}
-
-fn apply_changes(entries: &mut Entries, changes: Vec<WireChange>) {
-    for c in changes {
-        match (c.delete, c.value) {
-            (true, _) => {
-                entries.remove(&c.name);
-            }
-            (false, Some(value)) => {
-                entries.insert(
-                    c.name,
-                    Entry {
-                        value,
-                        secret: c.secret,
-                    },
-                );
-            }
-            (false, None) => {
-                tracing::warn!(key = %tether_core::logname::name(&c.name), "secret withheld by the node (token may not read secrets); skipped");
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tether_core::secret::Value;
-
-    #[test]
-    fn changes_set_and_delete() {
-        let mut e = crate::state::entries(&[("A", "1"), ("B", "1")]);
-        apply_changes(
-            &mut e,
-            vec![
-                WireChange {
-                    name: "A".into(),
-                    value: Some(Value::from("2")),
-                    secret: false,
-                    delete: false,
-                },
-                WireChange {
-                    name: "B".into(),
-                    value: None,
-                    secret: false,
-                    delete: true,
-                },
-            ],
-        );
-        assert_eq!(e.len(), 1);
-        assert_eq!(e["A"].value.expose(), b"2");
     }
 }
