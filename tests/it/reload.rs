@@ -238,23 +238,21 @@ fn run_forwards_sighup_to_the_child_by_default() {
 fn run_with_sighup_reload_keeps_the_child_unless_its_environment_changes() {
     let w = Work::new();
     w.write("app.env", "APP_A=1\nB=2\n");
-    w.write("tether.toml", &run_cfg(&w, "sighup = \"reload\"", ""));
+    let v1 = "sighup = \"reload\"\nforward_signals = [\"TERM\", \"INT\"]";
+    w.write("tether.toml", &run_cfg(&w, v1, ""));
     let mut t = start_run(&w);
     t.wait_for("child started with APP_A", || {
         w.starts().len() == 1 && w.child_env().contains(&"APP_A=1".into())
     });
     let child = w.starts()[0];
 
-    // Timings and the output's format change: applied, the child stays (the rewritten
-    // file's action, USR1, tells it), and HUP is tether's, not the child's.
+    // Timings, forwarded signals and the output's format change: applied, the child stays
+    // (the rewritten file's action, USR1, tells it), and HUP is tether's, not the child's.
+    let v2 = "sighup = \"reload\"\nforward_signals = [\"TERM\", \"INT\", \"USR2\"]\n\
+              stop_timeout = \"3s\"\nrestart_on_exit = \"on-failure\"";
     let held = edit_held(
         &w.path("tether.toml"),
-        &run_cfg(
-            &w,
-            "sighup = \"reload\"\nstop_timeout = \"3s\"\nrestart_on_exit = \"on-failure\"",
-            "",
-        )
-        .replace(
+        &run_cfg(&w, v2, "").replace(
             "on_change = \"signal:USR1\"",
             "format = \"json\"\non_change = \"signal:USR1\"",
         ),
@@ -271,6 +269,12 @@ fn run_with_sighup_reload_keeps_the_child_unless_its_environment_changes() {
     });
     assert_eq!(w.starts(), [child], "not restarted");
     assert!(!w.signals().contains(&"SIGHUP".into()), "{:?}", w.record());
+    // USR2, not handled before (it would have killed tether), is forwarded now.
+    t.signal(nix::sys::signal::Signal::SIGUSR2);
+    t.wait_for("USR2 at the child", || {
+        w.signals().contains(&"SIGUSR2".into())
+    });
+    assert!(running(&mut t));
 
     // The environment's rules change: one restart, with the new names.
     w.write("tether.toml", &run_cfg(&w, "sighup = \"reload\"", "X_"));
@@ -358,21 +362,69 @@ fn node_cfg(w: &Work, name: &str, agents: &[&str]) -> String {
     w.path(name).display().to_string()
 }
 
-/// Publish `token` (or no file) in `secrets/` as Kubernetes does: a new timestamped
-/// directory, then `..data` swapped to it; `secrets/token` links through `..data`.
-fn publish(w: &Work, generation: u32, token: Option<&str>) {
-    let dir = w.path("secrets");
+/// Publish `file` with `content` (or no file) in `dir` as Kubernetes mounts a Secret or a
+/// ConfigMap: a new generation directory, then `..data` swapped to it; `dir/file` links
+/// through `..data`.
+fn publish_in(w: &Work, dir: &str, generation: u32, file: &str, content: Option<&str>) {
+    let dir = w.path(dir);
     let gen_dir = dir.join(format!("..gen_{generation}"));
     fs::create_dir_all(&gen_dir).expect("generation dir");
-    if let Some(t) = token {
-        fs::write(gen_dir.join("token"), format!("{t}\n")).expect("token");
+    if let Some(c) = content {
+        fs::write(gen_dir.join(file), c).expect("write file");
     }
     let tmp = dir.join("..data_tmp");
     std::os::unix::fs::symlink(format!("..gen_{generation}"), &tmp).expect("link");
     fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
-    if fs::symlink_metadata(dir.join("token")).is_err() {
-        std::os::unix::fs::symlink("..data/token", dir.join("token")).expect("token link");
+    if fs::symlink_metadata(dir.join(file)).is_err() {
+        std::os::unix::fs::symlink(format!("..data/{file}"), dir.join(file)).expect("file link");
     }
+}
+
+fn publish(w: &Work, generation: u32, token: Option<&str>) {
+    publish_in(
+        w,
+        "secrets",
+        generation,
+        "token",
+        token.map(|t| format!("{t}\n")).as_deref(),
+    );
+}
+
+#[test]
+fn a_config_mounted_from_a_configmap_is_followed_through_its_swap() {
+    let w = Work::new();
+    w.write("app.env", "A=1\n");
+    publish_in(
+        &w,
+        "cm",
+        1,
+        "tether.toml",
+        Some(&watch_cfg(&w, "out.env", "dotenv", "hooks")),
+    );
+    let cfg = w.path("cm/tether.toml").display().to_string();
+    let t = Tether::start(w.dir.path(), ["watch", "--config", &cfg], &[]);
+    t.wait_for("first render", || w.read("out.env").contains("A=1"));
+    publish_in(
+        &w,
+        "cm",
+        2,
+        "tether.toml",
+        Some(&watch_cfg(&w, "out.json", "json", "hooks")),
+    );
+    t.wait_for("the new generation applied", || {
+        json_value(&w, "out.json", "A").as_deref() == Some("1") && !w.path("out.env").exists()
+    });
+    publish_in(
+        &w,
+        "cm",
+        3,
+        "tether.toml",
+        Some(&watch_cfg(&w, "out.env", "dotenv", "hooks")),
+    );
+    t.wait_for("and the next", || {
+        w.read("out.env").contains("A=1") && !w.path("out.json").exists()
+    });
+    assert_eq!(applied(&t), 2);
 }
 
 fn restart_node(node: &mut Tether, w: &Work, port: u16, cfg: &str) -> Tether {
