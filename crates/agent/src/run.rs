@@ -200,7 +200,7 @@ pub(crate) fn supervisor_options(cfg: &Config) -> supervisor::Options {
     }
 }
 
-pub(crate) fn log_net_update(u: &NetUpdate) {
+fn log_net_update(u: &NetUpdate) {
     if u.degraded {
         tracing::warn!(position = %u.position, entries = u.entries.len(), "DEGRADED: running on saved state");
     } else {
