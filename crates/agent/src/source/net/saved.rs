@@ -20,7 +20,9 @@ pub(super) struct Saved {
 
 /// The saved state's file: per environment, and per set of nodes and token, so two agents
 /// on one host that follow the same name in different clusters, or with tokens that see
-/// different secrets, never load each other's state.
+/// different secrets, never load each other's state. A token read from a file counts by
+/// the file's path, not its content: a rotated token (a Kubernetes Secret swapped in place)
+/// keeps its agent's saved state across a restart.
 pub(super) fn state_file_name(spec: &NetSpec) -> String {
     use sha2::{Digest, Sha256};
     let mut servers: Vec<&str> = spec.servers.iter().map(String::as_str).collect();
@@ -30,8 +32,13 @@ pub(super) fn state_file_name(spec: &NetSpec) -> String {
         h.update(s.as_bytes());
         h.update([0]);
     }
-    if let Some(t) = &spec.token {
-        h.update(t.expose());
+    match (&spec.token_file, &spec.token) {
+        (Some(file), _) => {
+            h.update(b"file:");
+            h.update(file.as_os_str().as_encoded_bytes());
+        }
+        (None, Some(t)) => h.update(t.expose()),
+        (None, None) => {}
     }
     let digest = hex::encode(h.finalize());
     format!("{}-{}.json", spec.env, &digest[..12])

@@ -138,6 +138,18 @@ mod tests {
         std::fs::rename(&tmp, path).unwrap();
     }
 
+    #[test]
+    fn a_rotated_token_file_keeps_the_saved_state_name() {
+        use super::super::saved::state_file_name;
+        let file = |p: &str, t: &str| state_file_name(&spec(Some(p.into()), Some(t)));
+        assert_eq!(file("/run/t", "old"), file("/run/t", "new"));
+        assert_ne!(file("/run/t", "old"), file("/run/other", "old"));
+        // A token from the environment has no file: its content tells agents apart.
+        let env = |t: &str| state_file_name(&spec(None, Some(t)));
+        assert_ne!(env("one"), env("two"));
+        assert_ne!(env("old"), file("/run/t", "old"));
+    }
+
     #[tokio::test]
     async fn the_file_is_read_at_each_attempt_and_a_rotation_is_noticed() {
         let d = tempfile::tempdir().unwrap();
