@@ -15,6 +15,8 @@
 //! - `target`: watch mode's pidfile/process-name targets and exec hooks.
 //! - `run`: the loop tying sources to outputs and actions ([`run()`]).
 //! - `tasks`: the tracker every spawned task belongs to, stopped within a deadline.
+//! - `health`: what the agent tells about itself: `/healthz`, `/readyz`, `/metrics`
+//!   (`--listen-metrics`) and systemd's notifications, from one-line observation calls.
 
 // `unsafe` only where a syscall wrapper needs it, allowed block by block with its SAFETY.
 #![deny(unsafe_code)]
@@ -24,6 +26,7 @@ pub mod args;
 pub mod atomic;
 pub mod config;
 mod debounce;
+pub mod health;
 mod output;
 mod run;
 pub mod source;

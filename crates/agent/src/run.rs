@@ -36,6 +36,8 @@ pub enum AgentError {
     Signals(std::io::Error),
     #[error("network source: {0}")]
     Net(String),
+    #[error(transparent)]
+    Endpoints(#[from] crate::health::ListenError),
 }
 
 /// Where actions go.
@@ -73,6 +75,7 @@ pub async fn run(cfg: Config, log: LogControl) -> Result<i32, AgentError> {
     let _log = log;
     let tasks = Tasks::new();
     let result = run_with(cfg, &tasks).await;
+    crate::health::stopping();
     tasks.shutdown(SHUTDOWN_DEADLINE).await;
     result
 }
@@ -80,6 +83,7 @@ pub async fn run(cfg: Config, log: LogControl) -> Result<i32, AgentError> {
 async fn run_with(cfg: Config, tasks: &Tasks) -> Result<i32, AgentError> {
     // Handlers first: nothing sent to tether from here on is lost or fatal.
     let mut signal_rx = install_signals(&cfg, tasks)?;
+    crate::health::start(&cfg, tasks).await?;
     let reaper = Reaper::start().map_err(AgentError::Signals)?;
     if cfg.mode == Mode::Run && std::process::id() != 1 {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -103,8 +107,10 @@ async fn run_with(cfg: Config, tasks: &Tasks) -> Result<i32, AgentError> {
     let mut net_pending = None;
     if let Some(n) = net.as_mut() {
         tracing::info!("waiting for the first state from a node");
+        let mut pulse = crate::health::Pulse::start();
         let first = loop {
             tokio::select! {
+                _ = pulse.tick() => {}
                 u = n.updates.recv() => {
                     break u.ok_or_else(|| AgentError::Net("the network source stopped".into()))?;
                 }
@@ -125,7 +131,7 @@ async fn run_with(cfg: Config, tasks: &Tasks) -> Result<i32, AgentError> {
     let applied = layers.merged();
     let mut outputs: Vec<Output> = cfg.outputs.iter().cloned().map(Output::new).collect();
     for o in &mut outputs {
-        if let Err(e) = o.apply(&applied) {
+        if let Err(e) = crate::health::render(o, &applied) {
             if let (Some(n), Some(p)) = (&net, net_pending) {
                 n.ack(p, Err(e.to_string()));
             }
@@ -280,9 +286,12 @@ impl Agent {
             }
             Mode::Watch => (Sink::External, None),
         };
+        crate::health::ready();
+        let mut pulse = crate::health::Pulse::start();
         loop {
             let deadline = self.debouncer.deadline();
             tokio::select! {
+                _ = pulse.tick() => {}
                 Some(first) = self.source_rx.recv() => {
                     let mut dirty = BTreeSet::from([first]);
                     while let Ok(i) = self.source_rx.try_recv() {
@@ -314,6 +323,9 @@ impl Agent {
                 }
                 Some(sig) = signals.recv() => {
                     let terminating = sig == Signal::TERM || sig == Signal::INT;
+                    if terminating {
+                        crate::health::stopping();
+                    }
                     match &sink {
                         Sink::Child(sup) if terminating => {
                             let fwd = if self.cfg.forward_signals.contains(&sig) { sig } else { self.cfg.stop_signal };
@@ -377,6 +389,9 @@ impl Agent {
     /// Acknowledge the network source's latest position, once.
     fn ack(&mut self, result: Result<(), String>) {
         if let (Some(net), Some(p)) = (&self.net, self.net_pending.take()) {
+            if result.is_ok() {
+                crate::health::position_applied(p);
+            }
             net.ack(p, result);
         }
     }
@@ -396,7 +411,7 @@ impl Agent {
         let mut signals: Vec<Signal> = Vec::new();
         let mut hooks: Vec<Vec<String>> = Vec::new();
         for o in &mut self.outputs {
-            match o.apply(&merged) {
+            match crate::health::render(o, &merged) {
                 Ok(false) => {}
                 Ok(true) => match &o.spec.on_change {
                     Action::Restart => restart = true,
@@ -421,6 +436,7 @@ impl Agent {
         }
         if failures.is_empty() {
             self.applied = merged;
+            crate::health::change_applied();
         } else {
             // Keep the difference so the next attempt rewrites what failed (outputs that
             // succeeded hold their new content and are not written or acted on again).
