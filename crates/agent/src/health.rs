@@ -252,6 +252,13 @@ pub async fn start(cfg: &Config, tasks: &crate::tasks::Tasks) -> Result<(), List
     Ok(())
 }
 
+/// The config was reloaded: the sources, outputs and environment the status counts.
+/// (`listen_metrics` itself takes a restart to change.)
+pub fn config_changed(cfg: &Config) {
+    STATS.configure(cfg);
+    refresh_status();
+}
+
 /// Render `entries` to output `o` ([`Output::apply`]), counting a write or a failure.
 pub(crate) fn render(
     o: &mut Output,
@@ -266,9 +273,10 @@ pub(crate) fn render(
     r
 }
 
-/// The first render is done and, in run mode, the child started: `READY=1`.
+/// The first render is done and, in run mode, the child started: `READY=1` (again after a
+/// reload, following `notify::reloading`).
 pub fn ready() {
-    *lock(&STATS.last_change) = Some(Instant::now());
+    lock(&STATS.last_change).get_or_insert_with(Instant::now);
     STATS.started.store(true, Relaxed);
     let status = STATS.status_line();
     notify::ready(&status);
