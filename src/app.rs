@@ -17,6 +17,11 @@ pub const EXIT_STORE_DAMAGED: i32 = 65;
 pub fn run(cli: Cli) -> i32 {
     // Before any thread or child: systemd's variables are read once, and kept from children.
     tether_core::notify::init();
+    tether_agent::health::set_build(if cfg!(feature = "node") {
+        "full"
+    } else {
+        "agent"
+    });
     let result = match cli.command {
         Command::Run(args) => config::for_run(&args),
         Command::Watch(args) => config::for_watch(&args),

@@ -1,6 +1,7 @@
 //! Integration tests: the real `tether` binary against real processes and files.
 //! Every wait waits on a condition with a deadline.
 
+mod agent_ops;
 mod bench;
 mod cluster;
 mod examples;

@@ -105,6 +105,10 @@ pub struct AgentArgs {
     /// Timeout of an exec hook (default 30s).
     #[arg(long, value_name = "DURATION", env = "TETHER_EXEC_TIMEOUT")]
     pub exec_timeout: Option<String>,
+    /// Serve /healthz, /readyz and /metrics on ADDR (127.0.0.1:9464) or unix:PATH (off by
+    /// default).
+    #[arg(long, value_name = "ADDR", env = "TETHER_LISTEN_METRICS")]
+    pub listen_metrics: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
 }

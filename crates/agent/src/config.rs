@@ -117,6 +117,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// What it was built from (`None` for `tether check`): a reload builds it again.
     pub origin: Option<Origin>,
+    /// Where the agent's endpoints listen (`--listen-metrics`); off when `None`.
+    pub listen_metrics: Option<crate::health::ListenAddr>,
 }
 
 /// Build the config of `tether run` from its flags and optional file.
@@ -365,6 +367,10 @@ pub fn validate(raw: &RawConfig, mode: Mode) -> Result<Config, ConfigError> {
             }
         }
     }
+    let listen_metrics = raw
+        .listen_metrics
+        .as_deref()
+        .and_then(|s| p.check("listen_metrics", s.parse::<crate::health::ListenAddr>()));
     if max_wait < debounce {
         p.push("max_wait", "must be at least the debounce window");
     }
@@ -392,6 +398,7 @@ pub fn validate(raw: &RawConfig, mode: Mode) -> Result<Config, ConfigError> {
         log_level: raw.log_level.clone(),
         log_format,
         origin: None,
+        listen_metrics,
     })
 }
 
@@ -462,6 +469,9 @@ impl Config {
         t.insert("exec_timeout".into(), d(self.exec_timeout));
         t.insert("reload_grace".into(), d(self.reload_grace));
         t.insert("sighup".into(), s(self.sighup.to_string()));
+        if let Some(addr) = &self.listen_metrics {
+            t.insert("listen_metrics".into(), s(addr.to_string()));
+        }
         if let Some(pf) = &self.target.pidfile {
             t.insert("signal_pidfile".into(), s(pf.display().to_string()));
         }

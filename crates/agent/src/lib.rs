@@ -17,6 +17,8 @@
 //!   own signal handlers; `reload`: tether's configuration read again (SIGHUP, or an edit
 //!   of its file) and applied in place.
 //! - `tasks`: the tracker every spawned task belongs to, stopped within a deadline.
+//! - `health`: what the agent tells about itself: `/healthz`, `/readyz`, `/metrics`
+//!   (`--listen-metrics`) and systemd's notifications, from one-line observation calls.
 
 // `unsafe` only where a syscall wrapper needs it, allowed block by block with its SAFETY.
 #![deny(unsafe_code)]
@@ -26,6 +28,7 @@ pub mod args;
 pub mod atomic;
 pub mod config;
 mod debounce;
+pub mod health;
 mod output;
 mod reload;
 mod run;

@@ -118,7 +118,11 @@ impl Agent {
         tether_core::notify::reloading();
         tracing::info!(trigger, "reloading the configuration");
         match self.try_reload(sink) {
-            Ok(()) => tether_core::notify::ready("configuration reloaded"),
+            Ok(()) => {
+                // The endpoints and systemd's status describe the new configuration.
+                crate::health::config_changed(&self.cfg);
+                crate::health::ready();
+            }
             Err(problems) => {
                 for p in &problems {
                     tracing::error!(key = %p.key, problem = %p.message, "invalid configuration");

@@ -37,6 +37,8 @@ pub enum AgentError {
     Signals(std::io::Error),
     #[error("network source: {0}")]
     Net(String),
+    #[error(transparent)]
+    Endpoints(#[from] crate::health::ListenError),
 }
 
 /// Where actions go.
@@ -84,6 +86,7 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
 pub async fn run(cfg: Config, log: LogControl) -> Result<i32, AgentError> {
     let tasks = Tasks::new();
     let result = run_with(cfg, log, &tasks).await;
+    crate::health::stopping();
     tasks.shutdown(SHUTDOWN_DEADLINE).await;
     result
 }
@@ -91,6 +94,7 @@ pub async fn run(cfg: Config, log: LogControl) -> Result<i32, AgentError> {
 async fn run_with(cfg: Config, log: LogControl, tasks: &Tasks) -> Result<i32, AgentError> {
     // Handlers first: nothing sent to tether from here on is lost or fatal.
     let (signals, mut signal_rx) = Signals::install(&cfg, tasks).map_err(AgentError::Signals)?;
+    crate::health::start(&cfg, tasks).await?;
     // Its own config file is watched from the start: an edit made while it waits for a
     // node is reloaded once it runs.
     let config_watch = ConfigWatch::new(cfg.origin.as_ref());
@@ -118,8 +122,10 @@ async fn run_with(cfg: Config, log: LogControl, tasks: &Tasks) -> Result<i32, Ag
     let mut reload_asked = false;
     if let Some(n) = net.as_mut() {
         tracing::info!("waiting for the first state from a node");
+        let mut pulse = crate::health::Pulse::start();
         let first = loop {
             tokio::select! {
+                _ = pulse.tick() => {}
                 u = n.updates.recv() => {
                     break u.ok_or_else(|| AgentError::Net("the network source stopped".into()))?;
                 }
@@ -145,7 +151,7 @@ async fn run_with(cfg: Config, log: LogControl, tasks: &Tasks) -> Result<i32, Ag
     let applied = layers.merged();
     let mut outputs: Vec<Output> = cfg.outputs.iter().cloned().map(Output::new).collect();
     for o in &mut outputs {
-        if let Err(e) = o.apply(&applied) {
+        if let Err(e) = crate::health::render(o, &applied) {
             if let (Some(n), Some(p)) = (&net, net_pending) {
                 n.ack(p, Err(e.to_string()));
             }
@@ -272,12 +278,15 @@ impl Agent {
             }
             Mode::Watch => (Sink::External, None),
         };
+        crate::health::ready();
+        let mut pulse = crate::health::Pulse::start();
         if reload_asked {
             self.reload(&sink, "SIGHUP");
         }
         loop {
             let deadline = self.debouncer.deadline();
             tokio::select! {
+                _ = pulse.tick() => {}
                 Some(first) = self.source_rx.recv() => {
                     let mut dirty = BTreeSet::from([first]);
                     while let Ok(i) = self.source_rx.try_recv() {
@@ -312,6 +321,9 @@ impl Agent {
                 }
                 Some(sig) = signals.recv() => {
                     let terminating = sig == Signal::TERM || sig == Signal::INT;
+                    if terminating {
+                        crate::health::stopping();
+                    }
                     match &sink {
                         _ if sig == Signal::HUP && self.cfg.sighup == Sighup::Reload => {
                             self.reload(&sink, "SIGHUP");
@@ -382,6 +394,9 @@ impl Agent {
     /// Acknowledge the network source's latest position, once.
     pub(crate) fn ack(&mut self, result: Result<(), String>) {
         if let (Some(net), Some(p)) = (&self.net, self.net_pending.take()) {
+            if result.is_ok() {
+                crate::health::position_applied(p);
+            }
             net.ack(p, result);
         }
     }
@@ -405,7 +420,7 @@ impl Agent {
         let mut signals: Vec<Signal> = Vec::new();
         let mut hooks: Vec<Vec<String>> = Vec::new();
         for o in &mut self.outputs {
-            match o.apply(&merged) {
+            match crate::health::render(o, &merged) {
                 Ok(false) => {}
                 Ok(true) => match &o.spec.on_change {
                     Action::Restart if values_changed => restart = true,
@@ -433,6 +448,7 @@ impl Agent {
         if failures.is_empty() {
             self.applied = merged;
             self.stale = false;
+            crate::health::change_applied();
         } else {
             // Keep the difference so the next attempt rewrites what failed (outputs that
             // succeeded hold their new content and are not written or acted on again).

@@ -37,6 +37,7 @@ pub fn signal_targets(target: &WatchTarget, sig: Signal) -> usize {
         match kill(pid, sig.0) {
             Ok(()) => {
                 tracing::info!(pid = pid.as_raw(), signal = %sig, "signalled");
+                crate::health::signal_sent(sig);
                 n += 1;
             }
             Err(e) => {

@@ -44,6 +44,8 @@ pub struct RawConfig {
     pub ca_file: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub start_without_server: Option<bool>,
+    /// Where /healthz, /readyz and /metrics are served: `127.0.0.1:9464` or `unix:PATH`.
+    pub listen_metrics: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -157,6 +159,7 @@ impl RawConfig {
         set(&mut self.exec_timeout, &a.exec_timeout);
         set(&mut self.reload_grace, &a.reload_grace);
         set(&mut self.sighup, &a.sighup);
+        set(&mut self.listen_metrics, &a.listen_metrics);
         set(&mut self.log_level, &a.log.log_level);
         set(&mut self.log_format, &a.log.log_format);
         self

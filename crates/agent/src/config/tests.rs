@@ -138,3 +138,41 @@ fn sighup_forwards_in_run_and_reloads_in_watch() {
     let err = validate(&bad, Mode::Run).unwrap_err();
     assert!(err.0[0].message.contains("forward, reload"), "{err}");
 }
+
+#[test]
+fn listen_metrics_is_off_by_default_checked_and_overridden_by_the_flag() {
+    use crate::health::ListenAddr;
+    let base = "source = [\"file:/a.env\"]\n[[output]]\npath = \"/run/a.env\"\n";
+    let c = validate(&raw(base), Mode::Watch).unwrap();
+    assert_eq!(c.listen_metrics, None);
+
+    let file = raw(&format!("listen_metrics = \"unix:/run/t.sock\"\n{base}"));
+    let c = validate(&file, Mode::Watch).unwrap();
+    assert_eq!(
+        c.listen_metrics,
+        Some(ListenAddr::Unix("/run/t.sock".into()))
+    );
+    assert!(
+        c.to_toml()
+            .contains("listen_metrics = \"unix:/run/t.sock\"")
+    );
+
+    let args = AgentArgs {
+        listen_metrics: Some("127.0.0.1:9464".into()),
+        ..Default::default()
+    };
+    let c = validate(&file.overlay(&args), Mode::Watch).unwrap();
+    assert_eq!(
+        c.listen_metrics,
+        Some(ListenAddr::Tcp("127.0.0.1:9464".parse().unwrap()))
+    );
+
+    let bad = raw(&format!("listen_metrics = \"localhost\"\n{base}"));
+    let err = validate(&bad, Mode::Watch).unwrap_err();
+    assert!(
+        err.0
+            .iter()
+            .any(|p| p.key == "listen_metrics" && p.message.contains("127.0.0.1:9464")),
+        "{err:?}"
+    );
+}

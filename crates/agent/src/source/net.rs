@@ -201,6 +201,7 @@ impl Follower {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
+            crate::health::net_lost();
             let outcome = Outcome::of(&e, self.synced_at, tokio::time::Instant::now());
             let delay = backoff.after(outcome, round_done);
             match outcome {
@@ -240,6 +241,7 @@ impl Follower {
                 && self.position.is_some()
             {
                 self.degraded = true;
+                crate::health::net_degraded();
                 tracing::warn!(env = %self.spec.env, "DEGRADED: no node reachable; starting from the saved state");
                 self.emit();
             }
@@ -342,6 +344,7 @@ impl Follower {
                             welcomed = true;
                             silence = Duration::from_millis(heartbeat_ms.max(10)).mul_f32(2.5);
                             tracing::info!(node = %node, url = %url, "connected to node");
+                            crate::health::net_connected();
                             if let Some((pos, result)) = self.last_ack.clone() {
                                 send(&mut ws, &ack_msg(&self.spec.env, pos, result), last_frame + silence).await?;
                             }
@@ -382,6 +385,7 @@ impl Follower {
                         ServerMsg::Synced { env, position } if env == self.spec.env => {
                             resync_pending = false;
                             self.synced_at.get_or_insert_with(tokio::time::Instant::now);
+                            crate::health::net_synced();
                             // The node sent all it has. A node behind us (its store lost its
                             // data, or was restored) has nothing newer: our state stands.
                             let current = self.position.is_some()

@@ -86,6 +86,34 @@ impl ChildSpec {
     }
 }
 
+/// What every program tether starts (the child, hooks) is kept from: systemd's notification
+/// variables (only tether speaks for its unit), and the open-file limit tether raised for
+/// itself (it gets the soft limit tether was started with back).
+pub fn isolate(cmd: &mut Command) {
+    for var in tether_core::notify::CHILD_ENV_REMOVE {
+        cmd.env_remove(var);
+    }
+    let Some(soft) = tether_core::fdlimit::original_soft() else {
+        return;
+    };
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((now, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= now {
+        return;
+    }
+    // SAFETY: the closure runs between fork and exec and makes one async-signal-safe
+    // syscall (setrlimit) on values read before the fork; it allocates nothing.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?;
+            Ok(())
+        });
+    }
+}
+
 /// Signal a whole process group; a group that is already gone is not an error.
 pub fn signal_group(pgid: Pid, sig: Option<Signal>) -> Result<(), Errno> {
     killpg(pgid, sig.map(|s| s.0))
@@ -122,7 +150,11 @@ impl Spawner for OsSpawner {
     }
 
     fn signal_group(&self, pgid: Pid, sig: Option<Signal>) -> Result<(), Errno> {
-        signal_group(pgid, sig)
+        let r = signal_group(pgid, sig);
+        if let (Ok(()), Some(s)) = (&r, sig) {
+            crate::health::signal_sent(s);
+        }
+        r
     }
 
     fn group_alive(&self, pgid: Pid) -> bool {

@@ -188,6 +188,7 @@ impl<S: Spawner> Actor<S> {
                 exit = &mut child.exit => {
                     let exit = exit.unwrap_or(Exit::Code(1));
                     tracing::info!(pid = child.pid.as_raw(), %exit, "child exited");
+                    crate::health::child_exited(exit);
                     // Ctrl-C or Ctrl-\ at the terminal reach the child's group, not tether:
                     // a child they ended is the user stopping the program, not a crash.
                     let interrupted = self.spawner.holds_terminal(child.pid)
@@ -203,6 +204,7 @@ impl<S: Spawner> Actor<S> {
                     }
                     let delay = backoff.next(child.started.elapsed());
                     tracing::warn!(%exit, delay = ?delay, "restarting child after it exited");
+                    crate::health::child_restarted(crate::health::Restart::Exit);
                     held.clear();
                     match self.respawn_after(delay).await {
                         Some(next) => child = next,
@@ -240,6 +242,7 @@ impl<S: Spawner> Actor<S> {
                         if self.drain_for_restart() {
                             return exit;
                         }
+                        crate::health::child_restarted(crate::health::Restart::Change);
                         match spawn(&self.spawner, &self.env) {
                             Ok(next) => child = next,
                             Err(e) => {
@@ -328,6 +331,7 @@ impl<S: Spawner> Actor<S> {
                 (&mut child.exit).await.unwrap_or(Exit::Code(1))
             }
         };
+        crate::health::child_exited(exit);
         self.clear_group(pid).await;
         exit
     }

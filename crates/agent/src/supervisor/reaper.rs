@@ -101,6 +101,7 @@ impl Reaper {
         interactive: bool,
     ) -> std::io::Result<(Pid, oneshot::Receiver<Exit>)> {
         let (tx, rx) = oneshot::channel();
+        super::child::isolate(cmd);
         let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
         let child = cmd.spawn()?;
         let pid = child.id() as i32;
