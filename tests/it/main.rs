@@ -10,6 +10,7 @@ mod follower;
 mod hostile;
 mod run;
 mod serve;
+mod serve_ops;
 mod support;
 mod tls;
 mod tty;
