@@ -2,6 +2,8 @@
 //! write, admin), environment patterns and whether it may read secret values. Comparison is
 //! constant-time. With no tokens the node runs in an explicit dev mode (loopback only).
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -44,8 +46,9 @@ pub struct Grant {
     envs: Option<GlobSet>,
     pub secrets: bool,
     /// The hash of the token that gave it (`None` in dev mode): what a reload looks the
-    /// token up by ([`Auth::recheck`]).
-    hash: Option<[u8; 32]>,
+    /// token up by ([`Auth::recheck`]). Shared with the table: every agent connection
+    /// keeps a grant, and this costs each of them a pointer, not the hash.
+    hash: Option<Arc<[u8; 32]>>,
 }
 
 /// The hash is left out: it is not the token, but it is no one's business in a log.
@@ -172,7 +175,7 @@ impl Auth {
                     role: t.role,
                     envs,
                     secrets: t.secrets,
-                    hash: Some(hash),
+                    hash: Some(Arc::new(hash)),
                 },
             });
         }
@@ -223,7 +226,8 @@ impl Auth {
         }
         let found = old
             .hash
-            .and_then(|h| self.tokens.iter().find(|t| t.hash == h));
+            .as_deref()
+            .and_then(|h| self.tokens.iter().find(|t| t.hash == *h));
         let Some(now) = found.map(|t| &t.grant) else {
             let reason = match old.hash {
                 Some(_) => format!("token {:?} was removed from the node's config", old.name),

@@ -52,15 +52,13 @@ pub(crate) fn start(
     };
     let (tx, events) = mpsc::unbounded_channel();
     let files = reloader.files();
-    let watch = match &reloader.args.config {
-        None => None,
-        Some(path) => match watch::FileWatch::start(&files, tx) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(config = %path.display(), error = %e, "cannot follow the config file; reload with SIGHUP");
-                None
-            }
-        },
+    // The config file, and TLS files even when flags name them.
+    let watch = if files.is_empty() {
+        None
+    } else {
+        watch::FileWatch::start(&files, tx)
+            .map_err(|e| tracing::warn!(error = %e, "cannot follow the config and TLS files; reload with SIGHUP"))
+            .ok()
     };
     let tasks = node.tasks.clone();
     tasks.spawn(run(reloader, r.requests, events, watch));
