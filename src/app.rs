@@ -114,12 +114,42 @@ fn serve(args: &tether_node::args::ServeArgs) -> i32 {
     let log = crate::logging::init(cfg.log_level.as_deref(), cfg.log_format);
     raise_fd_limit();
     // Nodes use every core: fan-out to thousands of sockets is parallel work.
-    let result = block_on_multi(tether_node::run(cfg, log, shutdown_signal()));
+    let result = block_on_multi(async {
+        let reload = tether_node::reload::Reload {
+            args: args.clone(),
+            requests: reload_signal(),
+        };
+        tether_node::run(cfg, log, shutdown_signal(), Some(reload)).await
+    });
     if let Ok(Err(e @ tether_node::ServeError::StoreDamaged(_))) = &result {
         eprintln!("tether: {e}");
         return EXIT_STORE_DAMAGED;
     }
     finish(result.map(|r| r.map(|()| 0).map_err(Into::into)))
+}
+
+/// A reload request per SIGHUP (`systemctl reload`), which no longer ends the node.
+/// Requests that come while one waits are merged into it.
+#[cfg(feature = "node")]
+fn reload_signal() -> tokio::sync::mpsc::Receiver<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = tx.try_send(())
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; the node does not reload on it")
+        }
+    }
+    rx
 }
 
 /// Resolves on the first TERM or INT.

@@ -12,6 +12,7 @@ mod hostile;
 mod reload;
 mod run;
 mod serve;
+mod serve_ops;
 mod support;
 mod tls;
 mod tty;

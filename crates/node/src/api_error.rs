@@ -123,7 +123,7 @@ pub(crate) fn grant(
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match node.auth.check(header) {
+    match node.live.auth().check(header) {
         Ok(g) => {
             if let Some(conn) = extensions.get::<Arc<Conn>>() {
                 conn.authenticated();

@@ -2,6 +2,8 @@
 //! write, admin), environment patterns and whether it may read secret values. Comparison is
 //! constant-time. With no tokens the node runs in an explicit dev mode (loopback only).
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -16,7 +18,7 @@ pub enum Role {
 }
 
 /// A token as written in the server config.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     pub name: String,
@@ -37,13 +39,43 @@ fn yes() -> bool {
 }
 
 /// What a request may do.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Grant {
     pub name: String,
     pub role: Role,
     envs: Option<GlobSet>,
     pub secrets: bool,
+    /// The hash of the token that gave it (`None` in dev mode): what a reload looks the
+    /// token up by ([`Auth::recheck`]). Shared with the table: every agent connection
+    /// keeps a grant, and this costs each of them a pointer, not the hash.
+    hash: Option<Arc<[u8; 32]>>,
 }
+
+/// The hash is left out: it is not the token, but it is no one's business in a log.
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("envs", &self.envs.is_some())
+            .field("secrets", &self.secrets)
+            .finish()
+    }
+}
+
+/// Why a connection opened with a token may not go on after a reload of the token table:
+/// the WebSocket close code and reason its agent is given (`docs/protocol.md`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Revoked {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// Close code: the connection's token is no longer in the node's config.
+pub const CLOSE_TOKEN_REVOKED: u16 = 4401;
+/// Close code: the connection's token no longer grants what the connection follows (an
+/// environment, or secret values).
+pub const CLOSE_TOKEN_NARROWED: u16 = 4403;
 
 impl Grant {
     pub fn dev() -> Grant {
@@ -52,6 +84,7 @@ impl Grant {
             role: Role::Admin,
             envs: None,
             secrets: true,
+            hash: None,
         }
     }
 
@@ -142,6 +175,7 @@ impl Auth {
                     role: t.role,
                     envs,
                     secrets: t.secrets,
+                    hash: Some(Arc::new(hash)),
                 },
             });
         }
@@ -178,6 +212,45 @@ impl Auth {
             }
         }
         found.cloned().ok_or(AuthError::Invalid)
+    }
+}
+
+impl Auth {
+    /// Whether a connection opened with `old`, following `envs`, may go on under this
+    /// table (after a reload): its token is still here (looked up by hash; in dev mode
+    /// everything goes on, and a dev-mode grant ends once tokens are configured), still
+    /// covers every environment in `envs`, and still reads secret values if it did.
+    pub fn recheck(&self, old: &Grant, envs: &[String]) -> Result<(), Revoked> {
+        if self.dev_mode() {
+            return Ok(());
+        }
+        let found = old
+            .hash
+            .as_deref()
+            .and_then(|h| self.tokens.iter().find(|t| t.hash == *h));
+        let Some(now) = found.map(|t| &t.grant) else {
+            let reason = match old.hash {
+                Some(_) => format!("token {:?} was removed from the node's config", old.name),
+                None => "the node left dev mode: a token is needed".to_string(),
+            };
+            return Err(Revoked {
+                code: CLOSE_TOKEN_REVOKED,
+                reason,
+            });
+        };
+        if let Some(env) = envs.iter().find(|e| !now.covers(e)) {
+            return Err(Revoked {
+                code: CLOSE_TOKEN_NARROWED,
+                reason: format!("token {:?} no longer grants environment {env:?}", now.name),
+            });
+        }
+        if old.secrets && !now.secrets {
+            return Err(Revoked {
+                code: CLOSE_TOKEN_NARROWED,
+                reason: format!("token {:?} may no longer read secret values", now.name),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -296,6 +369,47 @@ mod tests {
             !m.contains("s3cret-x"),
             "the secret is not in the message: {m}"
         );
+    }
+
+    #[test]
+    fn recheck_after_a_reload() {
+        let before = Auth::new(&[
+            token("a", "t-a", None),
+            token("b", "t-b", Some(vec!["prod", "dev"])),
+            token("c", "t-c", None),
+        ])
+        .unwrap();
+        let a = before.check(Some("Bearer t-a")).unwrap();
+        let b = before.check(Some("Bearer t-b")).unwrap();
+        let c = before.check(Some("Bearer t-c")).unwrap();
+        let mut c_public = token("c", "t-c", None);
+        c_public.secrets = false;
+        // a: same; b: renamed, narrowed to prod; c: no secrets any more.
+        let after = Auth::new(&[
+            token("a", "t-a", None),
+            token("b2", "t-b", Some(vec!["prod"])),
+            c_public,
+        ])
+        .unwrap();
+        let envs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(after.recheck(&a, &envs(&["prod", "x"])), Ok(()));
+        assert_eq!(after.recheck(&b, &envs(&["prod"])), Ok(()));
+        let narrowed = after.recheck(&b, &envs(&["prod", "dev"])).unwrap_err();
+        assert_eq!(narrowed.code, CLOSE_TOKEN_NARROWED);
+        assert!(narrowed.reason.contains("\"dev\""), "{}", narrowed.reason);
+        let secrets = after.recheck(&c, &envs(&["prod"])).unwrap_err();
+        assert_eq!(secrets.code, CLOSE_TOKEN_NARROWED);
+        // Removed: refused, named, the secret nowhere.
+        let gone = Auth::new(&[token("b", "t-b", None)]).unwrap();
+        let r = gone.recheck(&a, &envs(&["prod"])).unwrap_err();
+        assert_eq!(r.code, CLOSE_TOKEN_REVOKED);
+        assert!(r.reason.contains("\"a\"") && !r.reason.contains("t-a"));
+        // Dev mode: everything goes on; leaving it ends dev-mode connections.
+        let dev = Auth::new(&[]).unwrap();
+        assert_eq!(dev.recheck(&a, &envs(&["prod"])), Ok(()));
+        let r = gone.recheck(&Grant::dev(), &envs(&["prod"])).unwrap_err();
+        assert_eq!(r.code, CLOSE_TOKEN_REVOKED);
+        assert!(!format!("{a:?}").contains("hash"));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -22,10 +22,10 @@ use tether_core::protocol::{Position, Verdict, judge_change};
 
 /// What the feeder hears about.
 pub enum Feed {
-    /// Committed through this node.
-    Local(ChangeSet),
-    /// Heard on Pub/Sub.
-    Remote(ChangeSet),
+    /// Committed through this node, at this instant.
+    Local(ChangeSet, Instant),
+    /// Heard on Pub/Sub, at this instant.
+    Remote(ChangeSet, Instant),
     /// Compare every environment with Redis (after a reconnect, and periodically).
     Check,
 }
@@ -43,36 +43,47 @@ impl Bus {
     }
 }
 
-/// Start the subscriber and the feeder for `node`.
-pub fn start(
-    node: Arc<Node>,
-    client: redis::Client,
-    interval: Duration,
-    shutdown: CancellationToken,
-) -> Bus {
+/// Start the subscriber and the feeder for `node`; the feeder compares positions with
+/// Redis every `node.live.repair_interval()` (a reload may change it).
+pub fn start(node: Arc<Node>, client: redis::Client, shutdown: CancellationToken) -> Bus {
     let (tx, rx) = mpsc::unbounded_channel();
     let subscribed = Arc::new(AtomicBool::new(false));
     let span = tracing::info_span!("bus", node = %node.id);
+    let errors = match &node.store {
+        crate::store::Store::Redis(r) => Some(r.clone()),
+        crate::store::Store::Sqlite(_) => None,
+    };
     node.tasks.spawn(
         crate::panics::vital(
             "redis subscriber",
-            subscriber(client, tx.clone(), subscribed.clone(), shutdown.clone()),
+            subscriber(
+                client,
+                tx.clone(),
+                subscribed.clone(),
+                errors,
+                shutdown.clone(),
+            ),
         )
         .instrument(span.clone()),
     );
     let tasks = node.tasks.clone();
-    tasks.spawn(
-        crate::panics::vital("bus feeder", feeder(node, rx, interval, shutdown)).instrument(span),
-    );
+    tasks.spawn(crate::panics::vital("bus feeder", feeder(node, rx, shutdown)).instrument(span));
     Bus { tx, subscribed }
 }
 
+/// `store`: where its errors are counted (`/metrics`).
 async fn subscriber(
     client: redis::Client,
     tx: mpsc::UnboundedSender<Feed>,
     up: Arc<AtomicBool>,
+    store: Option<Arc<crate::store::redis::RedisStore>>,
     shutdown: CancellationToken,
 ) {
+    let failed = || {
+        if let Some(s) = &store {
+            s.errors.count(crate::store::redis::Op::Subscribe);
+        }
+    };
     let mut delay = Duration::from_millis(50);
     loop {
         let attempt = async {
@@ -102,7 +113,8 @@ async fn subscriber(
                         msg = messages.next() => match msg {
                             Some(msg) => match serde_json::from_slice::<Notice>(msg.get_payload_bytes()) {
                                 Ok(n) => {
-                                    let _ = tx.send(Feed::Remote(ChangeSet { env: n.env, position: n.position, changes: n.changes }));
+                                    let set = ChangeSet { env: n.env, position: n.position, changes: n.changes };
+                                    let _ = tx.send(Feed::Remote(set, Instant::now()));
                                 }
                                 Err(e) => tracing::warn!(error = %e, "unreadable change notice; the next check repairs"),
                             },
@@ -111,10 +123,12 @@ async fn subscriber(
                     }
                 }
                 up.store(false, Ordering::SeqCst);
+                failed();
                 tracing::warn!("redis subscriber connection lost; reconnecting");
             }
             Err(e) => {
                 up.store(false, Ordering::SeqCst);
+                failed();
                 tracing::warn!(error = %e, retry_in = ?delay, "cannot subscribe to redis");
             }
         }
@@ -129,13 +143,19 @@ async fn subscriber(
 async fn feeder(
     node: Arc<Node>,
     mut rx: mpsc::UnboundedReceiver<Feed>,
-    interval: Duration,
     shutdown: CancellationToken,
 ) {
     let mut known: HashMap<String, Position> = HashMap::new();
+    let mut interval = node.live.repair_interval();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if node.live.repair_interval() != interval {
+            // Reloaded: the next check comes one new interval from now.
+            interval = node.live.repair_interval();
+            tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
         let feed = tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => Feed::Check,
@@ -145,13 +165,20 @@ async fn feeder(
             },
         };
         match feed {
-            Feed::Local(set) | Feed::Remote(set) => deliver(&node, &mut known, set).await,
+            Feed::Local(set, since) | Feed::Remote(set, since) => {
+                deliver(&node, &mut known, set, since).await
+            }
             Feed::Check => check(&node, &mut known).await,
         }
     }
 }
 
-async fn deliver(node: &Node, known: &mut HashMap<String, Position>, set: ChangeSet) {
+async fn deliver(
+    node: &Node,
+    known: &mut HashMap<String, Position>,
+    set: ChangeSet,
+    since: Instant,
+) {
     if set.changes.is_empty() {
         // A new history was started (a reset): catch up, which means a snapshot.
         let from = known.get(&set.env).copied();
@@ -162,12 +189,12 @@ async fn deliver(node: &Node, known: &mut HashMap<String, Position>, set: Change
         // First news of this environment here: connections judge it against what they sent.
         None => {
             known.insert(set.env.clone(), set.position);
-            node.hub.publish(set);
+            node.hub.publish(set, Some(since));
         }
         Some(k) => match judge_change(Some(k), set.position) {
             Verdict::Apply => {
                 known.insert(set.env.clone(), set.position);
-                node.hub.publish(set);
+                node.hub.publish(set, Some(since));
             }
             Verdict::Drop => {}
             Verdict::Resync => {
@@ -190,7 +217,7 @@ async fn repair(
         Ok(CatchUp::Changes(sets)) => {
             for set in sets {
                 known.insert(env.to_string(), set.position);
-                node.hub.publish(set);
+                node.hub.publish(set, None);
             }
         }
         Ok(CatchUp::Snapshot(snap)) => {

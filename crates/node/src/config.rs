@@ -100,10 +100,11 @@ pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         }
     };
     let heartbeat = match args.heartbeat.as_ref().or(raw.heartbeat.as_ref()) {
+        // One problem for a value that does not parse, not a second about its size.
         Some(s) => parse_duration(s)
             .map_err(|m| push("heartbeat", m))
             .ok()
-            .unwrap_or_default(),
+            .unwrap_or(Duration::from_secs(15)),
         None => Duration::from_secs(15),
     };
     if heartbeat < Duration::from_millis(10) {
@@ -274,7 +275,21 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    /// A self-signed certificate and its key, as PEM files.
+    pub(crate) fn self_signed() -> (tempfile::NamedTempFile, tempfile::NamedTempFile) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut c = tempfile::NamedTempFile::new().unwrap();
+        let mut k = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut c, cert.pem().as_bytes()).unwrap();
+        std::io::Write::write_all(&mut k, key.serialize_pem().as_bytes()).unwrap();
+        (c, k)
+    }
+
     #[test]
     fn redacts_passwords_with_at_signs() {
         assert_eq!(

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -52,10 +52,14 @@ impl Default for Limits {
     }
 }
 
-/// The limits of one listener, shared by its connections.
+/// The limits of one listener, shared by its connections. A reload may change them
+/// ([`Door::set_limits`]): connections accepted from then on get the new request timeout
+/// (open ones keep theirs), the next accept counts against the new maximum, and the next
+/// scrape of `/metrics` asks for a token or not.
 pub struct Door {
-    request_timeout: Duration,
-    max_unauthenticated: usize,
+    request_timeout_ns: AtomicU64,
+    max_unauthenticated: AtomicUsize,
+    metrics_require_token: AtomicBool,
     waiting: Arc<Mutex<Waiting>>,
     /// Unauthenticated connections closed to make room for a new one.
     pub evicted: AtomicU64,
@@ -115,18 +119,40 @@ impl Waiting {
 
 impl Door {
     pub fn new(limits: Limits) -> Door {
-        Door {
-            request_timeout: limits.request_timeout,
-            max_unauthenticated: limits.max_unauthenticated,
+        let door = Door {
+            request_timeout_ns: AtomicU64::new(0),
+            max_unauthenticated: AtomicUsize::new(0),
+            metrics_require_token: AtomicBool::new(false),
             waiting: Arc::default(),
             evicted: AtomicU64::new(0),
             last_warned: Mutex::new(None),
-        }
+        };
+        door.set_limits(limits);
+        door
+    }
+
+    /// Use `limits` from now on (see the type's doc).
+    pub fn set_limits(&self, limits: Limits) {
+        let ns = u64::try_from(limits.request_timeout.as_nanos()).unwrap_or(u64::MAX);
+        self.request_timeout_ns.store(ns, Ordering::Relaxed);
+        self.max_unauthenticated
+            .store(limits.max_unauthenticated, Ordering::Relaxed);
+        self.metrics_require_token
+            .store(limits.metrics_require_token, Ordering::Relaxed);
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Duration::from_nanos(self.request_timeout_ns.load(Ordering::Relaxed))
+    }
+
+    /// Whether `/metrics` asks for a token.
+    pub fn metrics_require_token(&self) -> bool {
+        self.metrics_require_token.load(Ordering::Relaxed)
     }
 
     /// The header timeout: hyper's 10 s, or the request timeout when that is shorter.
     pub fn header_timeout(&self) -> Duration {
-        HEADER_TIMEOUT.min(self.request_timeout)
+        HEADER_TIMEOUT.min(self.request_timeout())
     }
 
     /// Connections open now that count as unauthenticated.
@@ -144,11 +170,15 @@ impl Door {
     pub fn admit(&self, peer: IpAddr) -> Arc<Conn> {
         let peer = Peer::of(peer);
         let now = Instant::now();
+        let (timeout, max) = (
+            self.request_timeout(),
+            self.max_unauthenticated.load(Ordering::Relaxed),
+        );
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         // Dropped once the lock is released: the last reference runs `Conn::drop`, which
         // takes the lock.
         let mut evicted = Vec::new();
-        while waiting.open.len() >= self.max_unauthenticated.max(1) {
+        while waiting.open.len() >= max.max(1) {
             let Some(id) = waiting.victim(peer) else {
                 break;
             };
@@ -161,14 +191,14 @@ impl Door {
         let id = waiting.next;
         waiting.next += 1;
         let (deadlines, _) = watch::channel(Deadlines {
-            request: Some(now + self.request_timeout),
-            lifetime: Some(now + self.request_timeout),
+            request: Some(now + timeout),
+            lifetime: Some(now + timeout),
             evicted: false,
         });
         let conn = Arc::new(Conn {
             id,
             deadlines,
-            timeout: self.request_timeout,
+            timeout,
             waiting: self.waiting.clone(),
         });
         waiting.open.insert(id, (peer, Arc::downgrade(&conn)));
@@ -410,6 +440,33 @@ mod tests {
             "a closed connection frees its slot"
         );
         assert_eq!(door.evicted.load(Ordering::Relaxed), 1);
+    }
+
+    /// New limits (a reload) count from the next accept; open connections keep their
+    /// request timeout.
+    #[tokio::test(start_paused = true)]
+    async fn new_limits_apply_from_the_next_accept() {
+        let door = Door::new(limits(30, 3));
+        let a = door.admit(ip("10.0.0.1"));
+        let _b = door.admit(ip("10.0.0.1"));
+        assert!(!door.metrics_require_token());
+        door.set_limits(Limits {
+            metrics_require_token: true,
+            ..limits(1, 2)
+        });
+        assert!(door.metrics_require_token());
+        assert_eq!(door.header_timeout(), Duration::from_secs(1));
+        let c = door.admit(ip("10.0.0.1"));
+        assert!(was_evicted(&a).await, "two at most now");
+        // The new connection goes after 1 s; the ones before keep their 30 s.
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        let now = tokio::time::timeout(Duration::ZERO, c.expired()).await;
+        assert_eq!(now, Ok(Expired::Lifetime));
+        assert!(
+            tokio::time::timeout(Duration::ZERO, _b.expired())
+                .await
+                .is_err()
+        );
     }
 
     /// A flood from one address (or one IPv6 /64) closes its own connections, never

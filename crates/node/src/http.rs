@@ -2,6 +2,7 @@
 //! health, readiness, metrics, and the WebSocket upgrade for agents. Every error is JSON.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
@@ -17,7 +18,7 @@ use serde_json::json;
 use super::Node;
 pub(crate) use super::api_error::{ApiError, grant};
 use super::auth::{Grant, Role};
-use super::front::{Door, Limits};
+use super::front::Door;
 use super::store::{MAX_CHANGE_SET, validate_name};
 use tether_core::protocol::{Position, WireChange, WireEntry};
 use tether_core::secret::Value;
@@ -29,17 +30,16 @@ use tether_core::secret::Value;
 /// room for the request's own fields and layout. Only read once the token allows a write.
 pub const MAX_BODY: usize = 3 * MAX_CHANGE_SET + 64 * 1024;
 
-/// The API; `limits` says whether `/metrics` asks for a token, `door` has the counts of
-/// the front door that `/metrics` shows.
-pub fn router(node: Arc<Node>, limits: Limits, door: Arc<Door>) -> Router {
-    let require_token = limits.metrics_require_token;
+/// The API; `door` says whether `/metrics` asks for a token, and has the counts of the
+/// front door that `/metrics` shows.
+pub fn router(node: Arc<Node>, door: Arc<Door>) -> Router {
     let api = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route(
             "/metrics",
             get(move |node, headers, extensions| {
-                super::metrics::metrics(node, headers, extensions, door.clone(), require_token)
+                super::metrics::metrics(node, headers, extensions, door.clone())
             }),
         )
         .route("/v1/envs", get(list_envs))
@@ -163,17 +163,23 @@ pub struct PutRequest {
     pub secret: bool,
 }
 
+/// Commit and publish; `started` is when the write's handler began (its token checked), where
+/// the commit latency counts from.
 async fn do_commit(
     node: &Node,
     env: &str,
     changes: Vec<WireChange>,
     expect: Option<u64>,
+    started: Instant,
 ) -> Result<Json<Committed>, ApiError> {
     let set = node.store.commit(env, changes, expect).await?;
-    super::hub::Counters::inc(&node.hub.counters.commits);
+    let committed = Instant::now();
+    let counters = &node.hub.counters;
+    counters.commit_latency.observe(committed - started);
+    super::hub::Counters::inc(&counters.commits);
     let position = set.position;
     tracing::info!(env, %position, changes = set.changes.len(), "committed");
-    node.publish(set).await;
+    node.publish(set, committed).await;
     Ok(Json(Committed {
         env: env.to_string(),
         position,
@@ -186,9 +192,10 @@ async fn commit(
     ApiPath(env): ApiPath<String>,
     request: Request,
 ) -> Result<Json<Committed>, ApiError> {
+    let started = Instant::now();
     need_write(&g, &env)?;
     let req: ChangeRequest = json_body(&node, request).await?;
-    do_commit(&node, &env, req.changes, req.expect_version).await
+    do_commit(&node, &env, req.changes, req.expect_version, started).await
 }
 
 async fn put_entry(
@@ -197,6 +204,7 @@ async fn put_entry(
     ApiPath((env, name)): ApiPath<(String, String)>,
     request: Request,
 ) -> Result<Json<Committed>, ApiError> {
+    let started = Instant::now();
     need_write(&g, &env)?;
     let req: PutRequest = json_body(&node, request).await?;
     let change = WireChange {
@@ -205,7 +213,7 @@ async fn put_entry(
         secret: req.secret,
         delete: false,
     };
-    do_commit(&node, &env, vec![change], None).await
+    do_commit(&node, &env, vec![change], None, started).await
 }
 
 async fn delete_entry(
@@ -213,6 +221,7 @@ async fn delete_entry(
     State(node): State<Arc<Node>>,
     ApiPath((env, name)): ApiPath<(String, String)>,
 ) -> Result<Json<Committed>, ApiError> {
+    let started = Instant::now();
     need_write(&g, &env)?;
     // The store refuses to delete what is not there (404), atomically with the commit.
     let change = WireChange {
@@ -221,7 +230,7 @@ async fn delete_entry(
         secret: false,
         delete: true,
     };
-    do_commit(&node, &env, vec![change], None).await
+    do_commit(&node, &env, vec![change], None, started).await
 }
 
 #[derive(Serialize)]
@@ -347,8 +356,9 @@ async fn upgrade(
     let plain = extensions.get::<super::PlainConn>().map(|p| p.0.clone());
     // axum spawns the connection's task; the token makes it one of the node's tasks.
     let task = node.tasks.token();
-    ws.max_message_size(node.max_frame)
-        .max_frame_size(node.max_frame)
+    let max_frame = node.live.max_frame();
+    ws.max_message_size(max_frame)
+        .max_frame_size(max_frame)
         .read_buffer_size(super::WS_READ_BUFFER)
         .write_buffer_size(0)
         .on_upgrade(move |socket| async move {

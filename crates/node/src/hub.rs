@@ -8,13 +8,15 @@
 //! tasks to each write one frame cost more than the writes themselves.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::histogram::Histogram;
 use super::outlet::Outlet;
 use super::store::{ChangeSet, Snapshot};
 use tether_core::protocol::{Position, ServerMsg, WireChange, WireEntry};
@@ -29,6 +31,12 @@ pub struct Published {
     /// `full` and `redacted` as whole server-to-client WebSocket frames.
     wire_full: Bytes,
     wire_redacted: Bytes,
+    /// When the change set was committed through this node (or heard of on the bus): the
+    /// fan-out latency counts from here. None: not timed (repairs, resets).
+    since: Option<Instant>,
+    /// Shards that have not offered it to their connections yet; the last one observes
+    /// the fan-out latency.
+    pending: AtomicUsize,
 }
 
 impl Published {
@@ -39,6 +47,18 @@ impl Published {
             set,
             full,
             redacted,
+            since: None,
+            pending: AtomicUsize::new(0),
+        }
+    }
+
+    /// One shard offered it to all its connections; the last of `pending` observes the
+    /// fan-out latency (one clock read and one observation per change set).
+    fn shard_done(&self, counters: &Counters) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(since) = self.since {
+                counters.fanout_latency.observe(since.elapsed());
+            }
         }
     }
 
@@ -153,6 +173,11 @@ pub struct Counters {
     pub snapshots: AtomicU64,
     pub rejected: AtomicU64,
     pub connections: AtomicU64,
+    /// A write's request (token checked) to its commit in the store.
+    pub commit_latency: Histogram,
+    /// A commit (or its arrival on the bus) to its change set offered to every local
+    /// connection: written into plain sockets, queued for the others.
+    pub fanout_latency: Histogram,
 }
 
 impl Counters {
@@ -255,12 +280,26 @@ impl Hub {
         }
     }
 
-    /// Publish a committed change set to every connection of this node.
-    pub fn publish(&self, set: ChangeSet) {
+    /// Publish a committed change set to every connection of this node; `since` (when it
+    /// was committed or heard of) times the fan-out.
+    pub fn publish(&self, set: ChangeSet, since: Option<Instant>) {
         self.note_position(&set.env, set.position);
         let full = change_frame(&set, true);
         let redacted = change_frame(&set, false);
-        self.deliver(Arc::new(Published::new(set, full, redacted)));
+        let mut p = Published::new(set, full, redacted);
+        p.since = since;
+        self.deliver(Arc::new(p));
+    }
+
+    /// Wake every connection to check its token against a reloaded token table.
+    pub fn recheck_tokens(&self) {
+        for shard in &self.shards {
+            for by_id in lock(&shard.outlets).values() {
+                for (outlet, _) in by_id.values() {
+                    outlet.recheck();
+                }
+            }
+        }
     }
 
     /// Tell connections that `env` moved to `pos` in a way only a snapshot can follow (a new
@@ -278,6 +317,7 @@ impl Hub {
 
     fn deliver(&self, p: Arc<Published>) {
         let mut batch = Vec::new();
+        p.pending.store(self.shards.len(), Ordering::Release);
         for shard in &self.shards {
             let undelivered = match &shard.tx {
                 Some(tx) => tx.send(p.clone()).err().map(|e| e.0),
@@ -286,6 +326,7 @@ impl Hub {
             if let Some(p) = undelivered {
                 let sent = offer_all(&shard.outlets, &p, &mut batch);
                 self.counters.frames_sent.fetch_add(sent, Ordering::Relaxed);
+                p.shard_done(&self.counters);
             }
         }
     }
@@ -405,9 +446,11 @@ fn fan_out(rx: mpsc::Receiver<Arc<Published>>, outlets: Arc<Outlets>, counters: 
         match offered {
             Ok(sent) => {
                 counters.frames_sent.fetch_add(sent, Ordering::Relaxed);
+                p.shard_done(&counters);
             }
             Err(payload) => {
                 batch.clear();
+                p.shard_done(&counters);
                 tracing::error!(
                     env = %p.set.env,
                     position = %p.set.position,
@@ -492,11 +535,14 @@ mod tests {
         hub.attach(&outlet);
         outlet.resume();
         for version in [2, 3] {
-            hub.publish(ChangeSet {
-                env: PANIC_ENV.into(),
-                ..set(version, "A", "x", false)
-            });
-            hub.publish(set(version, "A", "v", false));
+            hub.publish(
+                ChangeSet {
+                    env: PANIC_ENV.into(),
+                    ..set(version, "A", "x", false)
+                },
+                None,
+            );
+            hub.publish(set(version, "A", "v", false), None);
             tokio::time::timeout(std::time::Duration::from_secs(10), outlet.notified())
                 .await
                 .expect("the change set after the panic arrives within the deadline");

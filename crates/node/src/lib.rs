@@ -9,6 +9,9 @@
 //!   TCP socket shared by that connection's task and the fan-out.
 //! - `hub`, `outlet`: the fan-out of a committed change set to every following connection.
 //! - `auth`: bearer tokens, roles and environment scopes.
+//! - `live`, `reload`: what a reload (SIGHUP, an edit of the config file) may change while
+//!   the node runs, and the reload itself; `sd`: what systemd hears (ready, status, watchdog).
+//! - `metrics`, `histogram`: `/metrics`, with latency histograms kept in atomics.
 //! - `store`: the store contract, embedded SQLite or Redis; `bus`: Redis Pub/Sub with repair.
 //! - `rollout`: acknowledged positions per agent, aggregated into rollout status.
 //! - `panics`: a panic ends one request or connection, not the node; the panic hook.
@@ -25,14 +28,18 @@ pub mod auth;
 mod bus;
 pub mod config;
 mod front;
+mod histogram;
 mod http;
 pub mod hub;
+mod live;
 mod metrics;
 mod outlet;
 mod panics;
 mod plain;
 mod redis_url;
+pub mod reload;
 mod rollout;
+mod sd;
 pub mod store;
 mod ws;
 
@@ -96,9 +103,8 @@ pub struct Node {
     pub id: String,
     pub store: Store,
     pub hub: hub::Hub,
-    pub auth: auth::Auth,
-    pub heartbeat: Duration,
-    pub max_frame: usize,
+    /// Tokens and the settings a reload may change (`live`, `reload`).
+    pub live: live::Live,
     pub shutdown: CancellationToken,
     /// Every task of the node (connections, bus, registry), waited for on shutdown.
     pub tasks: TaskTracker,
@@ -108,14 +114,31 @@ pub struct Node {
 
 impl Node {
     pub fn new(cfg: &ServeConfig, store: Store, auth: auth::Auth) -> Node {
+        let node = Node::with(
+            cfg.node_id.clone(),
+            store,
+            auth,
+            cfg.heartbeat,
+            cfg.max_frame,
+        );
+        node.live.set_repair_interval(cfg.repair_interval);
+        node
+    }
+
+    /// A node named `id` with these settings (tests build one without a config).
+    pub fn with(
+        id: String,
+        store: Store,
+        auth: auth::Auth,
+        heartbeat: Duration,
+        max_frame: usize,
+    ) -> Node {
         Node {
-            id: cfg.node_id.clone(),
+            id,
             store,
             // A receiver that falls this far behind catches up from the store instead.
             hub: hub::Hub::new(256),
-            auth,
-            heartbeat: cfg.heartbeat,
-            max_frame: cfg.max_frame,
+            live: live::Live::new(auth, heartbeat, max_frame, Duration::from_secs(10)),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             bus: std::sync::OnceLock::new(),
@@ -124,10 +147,11 @@ impl Node {
 
     /// Deliver a committed change set to the agents of this node. In cluster mode it goes
     /// through the feeder, which also hears it on Pub/Sub and delivers it once.
-    pub async fn publish(&self, set: ChangeSet) {
+    /// `committed`: when the store's commit was done, where the fan-out latency counts from.
+    pub async fn publish(&self, set: ChangeSet, committed: std::time::Instant) {
         match self.bus.get() {
-            Some(bus) => bus.send(bus::Feed::Local(set)),
-            None => self.hub.publish(set),
+            Some(bus) => bus.send(bus::Feed::Local(set, committed)),
+            None => self.hub.publish(set, Some(committed)),
         }
     }
 
@@ -186,13 +210,16 @@ pub enum ServeError {
 }
 
 /// Open the store and listen, per the config; then serve until `shutdown`. `log` changes the
-/// log filter when a reload asks for another level.
+/// log filter when a reload asks for another level. `reload` (none: the config is read
+/// once) has the flags the node started with and its reload requests (SIGHUP); with it
+/// the node also follows edits of its config file (`reload`). systemd hears of it all
+/// (`sd`): ready once listening, reloading, status, watchdog, stopping.
 pub async fn run(
     cfg: ServeConfig,
     log: tether_core::settings::LogControl,
     shutdown: impl Future<Output = ()>,
+    reload: Option<reload::Reload>,
 ) -> Result<(), ServeError> {
-    let _log = log;
     panics::install_hook();
     let redis_client = match &cfg.redis {
         Some(url) => Some(
@@ -227,19 +254,14 @@ pub async fn run(
     };
     let auth = auth::Auth::new(&cfg.tokens).map_err(|e| ServeError::Config(format!("{e:?}")))?;
     let node = Arc::new(Node::new(&cfg, store, auth));
-    if node.auth.dev_mode() {
+    if node.live.auth().dev_mode() {
         tracing::warn!(
             listen = %cfg.listen,
             "DEV MODE: no tokens configured, any client may read and write everything; loopback only"
         );
     }
     if let Some(client) = redis_client {
-        let bus = bus::start(
-            node.clone(),
-            client,
-            cfg.repair_interval,
-            node.shutdown.clone(),
-        );
+        let bus = bus::start(node.clone(), client, node.shutdown.clone());
         let _ = node.bus.set(bus);
         if let Store::Redis(r) = &node.store {
             rollout::start(node.clone(), r.clone(), node.shutdown.clone());
@@ -253,8 +275,14 @@ pub async fn run(
         Some(url) => format!("redis {url}"),
         None => format!("sqlite {}", cfg.data.display()),
     };
-    tracing::info!(%addr, node = %node.id, tls = tls.is_some(), store = %store_desc, "node listening");
-    serve(listener, node, tls, cfg.limits, shutdown).await;
+    let tls_on = tls.is_some();
+    tracing::info!(%addr, node = %node.id, tls = tls_on, store = %store_desc, "node listening");
+    let gate = Arc::new(live::Gate::new(tls, cfg.limits));
+    if let Some(r) = reload {
+        reload::start(r, cfg, log, node.clone(), gate.clone());
+    }
+    sd::ready(node.clone()).await;
+    serve_gate(listener, node, gate, shutdown).await;
     Ok(())
 }
 
@@ -268,19 +296,38 @@ pub async fn serve(
     limits: front::Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let door = Arc::new(front::Door::new(limits));
-    let app = http::router(node.clone(), limits, door.clone());
+    serve_gate(
+        listener,
+        node,
+        Arc::new(live::Gate::new(tls, limits)),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`], with the TLS acceptor and the door's limits in a `gate` a reload may change.
+/// The accept loop also feeds systemd's watchdog: `WATCHDOG=1` goes out only while this
+/// loop is polled, so a runtime that stopped running it gets the node restarted.
+async fn serve_gate(
+    listener: TcpListener,
+    node: Arc<Node>,
+    gate: Arc<live::Gate>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let app = http::router(node.clone(), gate.door.clone());
+    let mut watchdog = sd::Watchdog::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = watchdog.due() => tether_core::notify::watchdog(),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let conn = door.admit(peer.ip());
+                    let conn = gate.door.admit(peer.ip());
                     let app = app.clone();
-                    let tls = tls.clone();
+                    let tls = gate.tls();
                     let cancel = node.shutdown.clone();
-                    let header_timeout = door.header_timeout();
+                    let header_timeout = gate.door.header_timeout();
                     node.tasks.spawn(async move {
                         let front = Front { conn, header_timeout, cancel };
                         if let Err(e) = connection(stream, app, tls, BACKLOG_LIMIT, front).await {
@@ -297,6 +344,7 @@ pub async fn serve(
         }
     }
     tracing::info!("shutting down");
+    tether_core::notify::stopping();
     node.shutdown.cancel();
     node.tasks.close();
     if tokio::time::timeout(Duration::from_secs(5), node.tasks.wait())

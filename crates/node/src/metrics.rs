@@ -13,16 +13,15 @@ use super::Node;
 use super::api_error::{ApiError, grant};
 use super::front::Door;
 
-/// Prometheus text. With `require_token`, a token of any role is needed, and only the
-/// environments it covers are shown.
+/// Prometheus text. When the door says so (`metrics_require_token`), a token of any role
+/// is needed, and only the environments it covers are shown.
 pub async fn metrics(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     extensions: Extensions,
     door: Arc<Door>,
-    require_token: bool,
 ) -> Result<Response, ApiError> {
-    let grant = if require_token {
+    let grant = if door.metrics_require_token() {
         Some(grant(&node, &headers, &extensions)?)
     } else {
         None
@@ -88,6 +87,37 @@ pub async fn metrics(
         "counter",
         "Unauthenticated connections closed to make room: max_unauthenticated were open.",
         door.evicted.load(Ordering::Relaxed),
+    );
+    c.commit_latency.render(
+        &mut out,
+        "tether_commit_duration_seconds",
+        "Time from a write request (token checked) to its commit in the store.",
+    );
+    c.fanout_latency.render(
+        &mut out,
+        "tether_fanout_duration_seconds",
+        "Time from a commit (or its arrival from another node on the bus) to its change set offered to every agent connection of this node.",
+    );
+    if let super::store::Store::Redis(r) = &node.store {
+        let _ = writeln!(
+            out,
+            "# HELP tether_redis_errors_total Redis errors, by what the node was doing.\n# TYPE tether_redis_errors_total counter"
+        );
+        for op in super::store::redis::Op::ALL {
+            let _ = writeln!(
+                out,
+                "tether_redis_errors_total{{op=\"{}\"}} {}",
+                op.label(),
+                r.errors.get(op)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tether_build_info The running build: version, target architecture and OS.\n# TYPE tether_build_info gauge\ntether_build_info{{version=\"{}\",arch=\"{}\",os=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH,
+        std::env::consts::OS,
     );
     if let Ok(envs) = node.store.list().await {
         let _ = writeln!(

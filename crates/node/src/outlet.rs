@@ -57,6 +57,8 @@ struct Delivery {
     /// The agent stopped reading: its backlog overflowed.
     overflow: bool,
     closed: bool,
+    /// The token table was reloaded: the task checks its token against the new one.
+    recheck: bool,
 }
 
 /// A frame waiting for the task, with the position its environment had before it: where
@@ -113,6 +115,8 @@ pub struct Work {
     pub frames: VecDeque<Utf8Bytes>,
     pub resync: Vec<String>,
     pub overflow: bool,
+    /// The token table was reloaded since the last look: check the connection's token.
+    pub recheck: bool,
 }
 
 impl Outlet {
@@ -158,6 +162,7 @@ impl Outlet {
                 queued: 0,
                 overflow: false,
                 closed: false,
+                recheck: false,
             }),
             wake: Notify::new(),
         }
@@ -311,7 +316,14 @@ impl Outlet {
                 })
                 .collect(),
             overflow: st.overflow,
+            recheck: std::mem::take(&mut st.recheck),
         }
+    }
+
+    /// The token table was reloaded: wake the task to check its token against it.
+    pub fn recheck(&self) {
+        self.lock().recheck = true;
+        self.wake.notify_one();
     }
 
     /// The task starts catching up: offers wait from now on. Returns frames queued before,
@@ -349,6 +361,7 @@ mod tests {
     use super::*;
     use crate::hub::{Hub, change_frame};
     use crate::store::ChangeSet;
+    use futures_util::FutureExt;
     use tether_core::protocol::{Epoch, WireChange};
 
     fn pos(epoch: u64, version: u64) -> Position {
@@ -386,6 +399,16 @@ mod tests {
                 v["position"]["version"].as_u64().unwrap()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_recheck_wakes_the_task_once() {
+        let o = outlet(Some(pos(1, 1)), 16);
+        o.recheck();
+        o.recheck();
+        assert!(o.notified().now_or_never().is_some(), "woken");
+        assert!(o.take_work().recheck);
+        assert!(!o.take_work().recheck, "taken once");
     }
 
     #[test]
@@ -576,14 +599,14 @@ mod tests {
                 .expect("woken within the deadline");
             versions(&o)
         };
-        hub.publish(published("prod", pos(1, 2)).set.clone());
+        hub.publish(published("prod", pos(1, 2)).set.clone(), None);
         assert_eq!(wait(prod.clone()).await, vec![2]);
-        hub.publish(published("dev", pos(1, 2)).set.clone());
+        hub.publish(published("dev", pos(1, 2)).set.clone(), None);
         assert_eq!(wait(dev.clone()).await, vec![2]);
         assert!(versions(&prod).is_empty());
         hub.detach(&prod);
-        hub.publish(published("prod", pos(1, 3)).set.clone());
-        hub.publish(published("dev", pos(1, 3)).set.clone());
+        hub.publish(published("prod", pos(1, 3)).set.clone(), None);
+        hub.publish(published("dev", pos(1, 3)).set.clone(), None);
         assert_eq!(wait(dev.clone()).await, vec![3]);
         assert!(versions(&prod).is_empty(), "detached");
     }

@@ -59,6 +59,9 @@ struct Conn<S> {
     /// The agent's last sign of life: a frame from it (pongs included), or a send that
     /// waited for it to read and then went through.
     alive_at: Instant,
+    /// This connection's heartbeat in milliseconds, the node's when it opened (a reload
+    /// changes new connections'). Milliseconds in a `u32`: connections are many.
+    heartbeat_ms: u32,
 }
 
 /// Serve one agent until it leaves, misbehaves, or the node shuts down.
@@ -73,6 +76,7 @@ pub async fn serve<S, E>(
     E: std::fmt::Display,
 {
     Counters::inc(&node.hub.counters.connections);
+    let heartbeat_ms = u32::try_from(node.live.heartbeat().as_millis()).unwrap_or(u32::MAX);
     let mut conn = Conn {
         socket,
         node,
@@ -81,6 +85,7 @@ pub async fn serve<S, E>(
         outlet: None,
         id: 0,
         alive_at: Instant::now(),
+        heartbeat_ms,
     };
     // A panic (a bug) ends this connection only: it is logged and the agent gets 1011.
     let end = match AssertUnwindSafe(conn.run(shutdown)).catch_unwind().await {
@@ -209,17 +214,21 @@ where
         self.outlet.clone().ok_or(End::Gone)
     }
 
+    fn heartbeat(&self) -> Duration {
+        Duration::from_millis(u64::from(self.heartbeat_ms))
+    }
+
     /// How long an agent may leave frames unread, or say nothing (not even a pong), before
     /// it is dropped.
     fn patience(&self) -> Duration {
-        (self.node.heartbeat * 2).max(Duration::from_secs(5))
+        (self.heartbeat() * 2).max(Duration::from_secs(5))
     }
 
     /// How long an agent may answer nothing, judged at each heartbeat, whose ping a live
     /// agent answers within one: silent for 1.5 heartbeats (at least 5 s) is dropped at the
     /// next, 2 to 2.5 heartbeats after its last sign.
     fn silence_limit(&self) -> Duration {
-        (self.node.heartbeat * 3 / 2).max(Duration::from_secs(5))
+        (self.heartbeat() * 3 / 2).max(Duration::from_secs(5))
     }
 
     /// The agent's last sign of life, counting bytes it took from the plain socket's backlog
@@ -245,7 +254,10 @@ where
                     {
                         return Err(End::Close(
                             close_code::SIZE,
-                            format!("frame exceeds the {}-byte limit", self.node.max_frame),
+                            format!(
+                                "frame exceeds the {}-byte limit",
+                                self.node.live.max_frame()
+                            ),
                         ));
                     }
                     return Err(End::Gone);
@@ -338,14 +350,17 @@ where
         // missed: it waits in the outlet until the catch-up is done.
         self.node.hub.attach(&outlet);
         self.outlet = Some(outlet.clone());
+        // Tokens reloaded since this connection's token was checked found no outlet to
+        // wake: check again, now that a later reload will.
+        self.recheck_token(&outlet)?;
         self.send_msg(&ServerMsg::Welcome {
             node: self.node.id.clone(),
-            heartbeat_ms: self.node.heartbeat.as_millis() as u64,
+            heartbeat_ms: u64::from(self.heartbeat_ms),
         })
         .await?;
         self.catch_up(subs_ok.into_iter().map(|s| s.env).collect(), None)
             .await?;
-        let mut heartbeat = tokio::time::interval(self.node.heartbeat);
+        let mut heartbeat = tokio::time::interval(self.heartbeat());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
         // Registered once: re-creating it in every turn of the loop would take the token's
@@ -398,9 +413,22 @@ where
         }
     }
 
+    /// The token table was reloaded: end the connection (with a close code the agent can
+    /// tell apart) if its token is gone or no longer grants what it follows.
+    fn recheck_token(&self, outlet: &Outlet) -> Result<(), End> {
+        let auth = self.node.live.auth();
+        auth.recheck(&self.grant, &outlet.envs()).map_err(|r| {
+            tracing::info!(agent = self.id, token = %self.grant.name, code = r.code, reason = %r.reason, "closing an agent connection: its token changed");
+            End::Close(r.code, r.reason)
+        })
+    }
+
     /// Do what the fan-out left: frames to send (no plain socket), environments to catch up.
     async fn service(&mut self, outlet: &Outlet) -> Result<(), End> {
         let work = outlet.take_work();
+        if work.recheck {
+            self.recheck_token(outlet)?;
+        }
         if work.overflow {
             tracing::warn!(
                 agent = self.id,

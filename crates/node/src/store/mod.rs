@@ -281,6 +281,22 @@ impl Store {
         }
     }
 
+    /// Keep `history` change sets per environment from the next commit of each on.
+    pub fn set_history(&self, history: u64) {
+        match self {
+            Store::Sqlite(s) => s.set_history(history),
+            Store::Redis(r) => r.set_history(history),
+        }
+    }
+
+    /// The store's kind, as logs and `STATUS=` name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Redis(_) => "redis",
+        }
+    }
+
     /// Damage found in the store while running, if any: a fixed sentence for `/readyz`
     /// (answered without a token), naming no environment and quoting nothing stored; the
     /// details are in the node's log.

@@ -4,6 +4,7 @@
 //! the store and the bus never disagree about what was committed.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -35,6 +36,7 @@ fn wire_key(env: &str) -> String {
 }
 
 mod agents;
+mod errors;
 mod scripts;
 #[cfg(test)]
 mod tests;
@@ -53,7 +55,8 @@ pub struct RedisStore {
     client: redis::Client,
     /// Connected on first use; the manager then reconnects by itself.
     conn: tokio::sync::OnceCell<ConnectionManager>,
-    history: u64,
+    /// Change sets kept per environment; a reload may change it (applied at each commit).
+    history: AtomicU64,
     /// Environments this node has seen in Redis, or that an agent holds at a position
     /// Redis does not have (this node restarted after Redis lost them). One that is not
     /// there was lost (Redis flushed or replaced under the cluster): it is an error, never
@@ -69,6 +72,8 @@ pub struct RedisStore {
     reset_lost: bool,
     commit: Script,
     reset: Script,
+    /// Redis errors by operation, for `/metrics`.
+    pub errors: Errors,
 }
 
 type SnapshotReply = (
@@ -80,6 +85,8 @@ type SnapshotReply = (
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
 }
+
+pub use errors::{Errors, Op};
 
 impl RedisStore {
     /// A store over `client`. Nothing is connected yet: a node starts while Redis is down,
@@ -100,7 +107,7 @@ impl RedisStore {
         RedisStore {
             client,
             conn: tokio::sync::OnceCell::new(),
-            history: history.max(1),
+            history: AtomicU64::new(history.max(1)),
             known: Default::default(),
             told: Default::default(),
             damage: Damage::default(),
@@ -111,6 +118,20 @@ impl RedisStore {
                 COMMIT.replace("MAX_ENV_BYTES", &max_env.to_string())
             )),
             reset: Script::new(RESET),
+            errors: Errors::default(),
+        }
+    }
+
+    /// Change sets kept per environment from the next commit on (at least one).
+    pub fn set_history(&self, history: u64) {
+        self.history.store(history.max(1), Ordering::Relaxed);
+    }
+
+    /// Map a Redis error met while doing `op`, counting it.
+    fn failed(&self, op: Op) -> impl Fn(redis::RedisError) -> StoreError + '_ {
+        move |e| {
+            self.errors.count(op);
+            unavailable(e)
         }
     }
 
@@ -124,7 +145,7 @@ impl RedisStore {
             .get_or_try_init(|| self.client.get_connection_manager_with_config(config))
             .await
             .cloned()
-            .map_err(unavailable)
+            .map_err(self.failed(Op::Connect))
     }
 
     pub async fn commit(
@@ -149,7 +170,7 @@ impl RedisStore {
             } else {
                 Epoch::generate().to_string()
             })
-            .arg(self.history)
+            .arg(self.history.load(Ordering::Relaxed))
             .arg(&json)
             .arg(CHANNEL);
         for c in changes {
@@ -164,7 +185,10 @@ impl RedisStore {
             };
         }
         let mut conn = self.conn().await?;
-        let reply: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let reply: Vec<String> = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(self.failed(Op::Commit))?;
         match reply.as_slice() {
             [l] if l == "lost" => Err(lost(env)),
             [ok, epoch, version] if ok == "ok" => Ok(self.saw(
@@ -200,7 +224,10 @@ impl RedisStore {
 
     async fn meta(&self, env: &str) -> Result<Option<Position>, StoreError> {
         let mut conn = self.conn().await?;
-        let m: HashMap<String, String> = conn.hgetall(meta_key(env)).await.map_err(unavailable)?;
+        let m: HashMap<String, String> = conn
+            .hgetall(meta_key(env))
+            .await
+            .map_err(self.failed(Op::Read))?;
         self.check(env, parse_meta(&m)?)
     }
 
@@ -307,7 +334,7 @@ impl RedisStore {
             .hgetall(secret_key(env))
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(self.failed(Op::Read))?;
         let position = self.check(env, parse_meta(&meta)?)?.unwrap_or_default();
         let mut entries: Vec<WireEntry> = values
             .into_iter()
@@ -327,7 +354,7 @@ impl RedisStore {
 
     pub async fn list(&self) -> Result<Vec<EnvInfo>, StoreError> {
         let mut conn = self.conn().await?;
-        let mut envs: Vec<String> = conn.smembers(ENVS).await.map_err(unavailable)?;
+        let mut envs: Vec<String> = conn.smembers(ENVS).await.map_err(self.failed(Op::Read))?;
         envs.sort();
         let mut out = Vec::with_capacity(envs.len());
         for env in envs {
@@ -337,7 +364,7 @@ impl RedisStore {
                 .hlen(values_key(&env))
                 .query_async(&mut conn)
                 .await
-                .map_err(unavailable)?;
+                .map_err(self.failed(Op::Read))?;
             if let Some(position) = self.check(&env, parse_meta(&meta)?)? {
                 out.push(EnvInfo {
                     env,
@@ -355,7 +382,10 @@ impl RedisStore {
     /// Redis lost starts over (an admin's explicit choice): agents take what it holds.
     pub async fn reset(&self, env: &str, floor: Option<Position>) -> Result<Position, StoreError> {
         let mut conn = self.conn().await?;
-        let m: HashMap<String, String> = conn.hgetall(meta_key(env)).await.map_err(unavailable)?;
+        let m: HashMap<String, String> = conn
+            .hgetall(meta_key(env))
+            .await
+            .map_err(self.failed(Op::Reset))?;
         let current = match parse_meta(&m)? {
             Some(p) => Some(self.saw(env, p)),
             None if self.is_known(env) => {
@@ -385,7 +415,7 @@ impl RedisStore {
             .arg(CHANNEL)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(self.failed(Op::Reset))?;
         self.damage.clear(env);
         Ok(self.meta(env).await?.unwrap_or_default())
     }
@@ -408,7 +438,7 @@ impl RedisStore {
                 format!("{}-0", current.version),
             )
             .await
-            .map_err(unavailable)?;
+            .map_err(self.failed(Op::Read))?;
         let mut sets = Vec::with_capacity(reply.ids.len());
         for (i, entry) in reply.ids.iter().enumerate() {
             let version: u64 = entry

@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -17,7 +18,8 @@ use tether_core::secret::Value;
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
-    history: u64,
+    /// Change sets kept per environment; a reload may change it (applied at each commit).
+    history: AtomicU64,
     /// What was found damaged while running (reported by `/readyz`).
     damage: Damage,
 }
@@ -75,9 +77,14 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
-            history: history.max(1),
+            history: AtomicU64::new(history.max(1)),
             damage: Damage::default(),
         })
+    }
+
+    /// Change sets kept per environment from the next commit on (at least one).
+    pub fn set_history(&self, history: u64) {
+        self.history.store(history.max(1), Ordering::Relaxed);
     }
 
     /// What was found damaged while running, if anything (a sentence for `/readyz`).
@@ -207,10 +214,11 @@ impl SqliteStore {
             params![env, next as i64, json],
         )
         .map_err(db_err)?;
-        if next > self.history {
+        let history = self.history.load(Ordering::Relaxed);
+        if next > history {
             tx.execute(
                 "DELETE FROM history WHERE env = ?1 AND version <= ?2",
-                params![env, (next - self.history) as i64],
+                params![env, (next - history) as i64],
             )
             .map_err(db_err)?;
         }

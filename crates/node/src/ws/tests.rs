@@ -54,9 +54,12 @@ fn node(dir: &std::path::Path) -> Arc<Node> {
         id: "test".into(),
         store,
         hub: hub::Hub::new(16),
-        auth: super::super::auth::Auth::new(&[]).unwrap(),
-        heartbeat: Duration::from_secs(3600),
-        max_frame: 64 * 1024,
+        live: crate::live::Live::new(
+            super::super::auth::Auth::new(&[]).unwrap(),
+            Duration::from_secs(3600),
+            64 * 1024,
+            Duration::from_secs(10),
+        ),
         shutdown: CancellationToken::new(),
         tasks: tokio_util::task::TaskTracker::new(),
         bus: std::sync::OnceLock::new(),
@@ -120,7 +123,7 @@ impl Harness {
             )
             .await
             .unwrap();
-        self.node.publish(set).await;
+        self.node.publish(set, std::time::Instant::now()).await;
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
-use super::{RedisStore, unavailable};
+use super::{Op, RedisStore};
 use crate::store::StoreError;
 
 /// The nodes that keep their agent registry in Redis (for cluster-wide rollout status).
@@ -36,7 +36,7 @@ impl RedisStore {
             .ignore()
             .query_async::<()>(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(self.failed(Op::Registry))
     }
 
     /// Remove this node's agent registry (a clean shutdown).
@@ -49,14 +49,17 @@ impl RedisStore {
             .ignore()
             .query_async::<()>(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(self.failed(Op::Registry))
     }
 
     /// Every live node's agent registry, as node id and JSON. Nodes whose registry expired
     /// are forgotten.
     pub async fn all_agents(&self) -> Result<Vec<(String, String)>, StoreError> {
         let mut conn = self.conn().await?;
-        let mut nodes: Vec<String> = conn.smembers(AGENT_NODES).await.map_err(unavailable)?;
+        let mut nodes: Vec<String> = conn
+            .smembers(AGENT_NODES)
+            .await
+            .map_err(self.failed(Op::Registry))?;
         nodes.sort();
         if nodes.is_empty() {
             return Ok(Vec::new());
@@ -66,7 +69,7 @@ impl RedisStore {
             .arg(&keys)
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(self.failed(Op::Registry))?;
         let mut out = Vec::new();
         for (node, value) in nodes.into_iter().zip(values) {
             match value {
