@@ -14,6 +14,8 @@
 //! - `supervisor`: the child's owner task behind a `Spawner`, the reaper, spawning, stopping.
 //! - `target`: watch mode's pidfile/process-name targets and exec hooks.
 //! - `run`: the loop tying sources to outputs and actions ([`run()`]).
+//! - `once`: `--once` (render every output once and exit) and `--dry-run` (report, touch
+//!   nothing), which `run()` hands over to.
 //! - `tasks`: the tracker every spawned task belongs to, stopped within a deadline.
 
 // `unsafe` only where a syscall wrapper needs it, allowed block by block with its SAFETY.
@@ -24,6 +26,7 @@ pub mod args;
 pub mod atomic;
 pub mod config;
 mod debounce;
+mod once;
 mod output;
 mod run;
 pub mod source;
@@ -32,4 +35,5 @@ mod supervisor;
 mod target;
 mod tasks;
 
+pub use once::{EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_UNAVAILABLE, OnceSpec};
 pub use run::{AgentError, run};

@@ -35,6 +35,18 @@ pub enum AgentError {
     Signals(std::io::Error),
     #[error("network source: {0}")]
     Net(String),
+    #[error(transparent)]
+    Once(#[from] crate::once::OnceError),
+}
+
+impl AgentError {
+    /// The process exit code for this failure: a one-shot's are distinct (`crate::once`).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AgentError::Once(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
 }
 
 /// Where actions go.
@@ -69,7 +81,10 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
 /// Every task it started has stopped (or the deadline passed) when it returns.
 pub async fn run(cfg: Config) -> Result<i32, AgentError> {
     let tasks = Tasks::new();
-    let result = run_with(cfg, &tasks).await;
+    let result = match cfg.once.clone() {
+        Some(once) => crate::once::run(cfg, once, &tasks).await,
+        None => run_with(cfg, &tasks).await,
+    };
     tasks.shutdown(SHUTDOWN_DEADLINE).await;
     result
 }
