@@ -407,6 +407,18 @@ fn check_serve_prints_the_effective_config_or_every_problem() {
     assert!(out.is_empty(), "{out}");
 }
 
+#[test]
+fn the_shipped_node_config_passes_check_serve() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let path = format!("{root}/config/serve.toml");
+    let (code, out, err) = run_to_end(
+        std::path::Path::new(root),
+        &["check", "--mode", "serve", "--config", &path],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("[[token]]"), "{out}");
+}
+
 // --- status --watch ----------------------------------------------------------------------
 
 #[test]
