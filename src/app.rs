@@ -61,6 +61,7 @@ fn fix_mmap_threshold() {
     }
 }
 
+#[cfg(feature = "node")]
 fn finish(r: anyhow::Result<anyhow::Result<i32>>) -> i32 {
     match r.and_then(|inner| inner) {
         Ok(code) => code,
