@@ -44,7 +44,14 @@ pub fn run(cli: Cli) -> i32 {
     let log = crate::logging::init(cfg.log_level.as_deref(), cfg.log_format);
     raise_fd_limit();
     fix_mmap_threshold();
-    finish(block_on(async { Ok(tether_agent::run(cfg, log).await?) }))
+    match block_on(tether_agent::run(cfg, log)) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
+            let code = e.exit_code();
+            report_as(e.into(), code)
+        }
+        Err(e) => report(e),
+    }
 }
 
 /// A node needs one descriptor per agent: use all the hard limit allows (children get the
@@ -72,6 +79,7 @@ fn fix_mmap_threshold() {
     }
 }
 
+#[cfg(feature = "node")]
 fn finish(r: anyhow::Result<anyhow::Result<i32>>) -> i32 {
     match r.and_then(|inner| inner) {
         Ok(code) => code,
@@ -172,10 +180,11 @@ fn check(args: &tether_agent::args::CheckArgs) -> i32 {
     let mode = match args.mode.as_str() {
         "run" => Mode::Run,
         "watch" => Mode::Watch,
+        "serve" => return check_serve(&args.config),
         other => {
             return usage(ConfigError(vec![Problem {
                 key: "--mode".into(),
-                message: format!("{other:?} is not run or watch"),
+                message: format!("{other:?} is not run, watch or serve"),
             }]));
         }
     };
@@ -192,12 +201,39 @@ fn check(args: &tether_agent::args::CheckArgs) -> i32 {
     }
 }
 
+/// `check --mode serve`: a node's config, validated as `tether serve --config FILE` would
+/// (its flags and `TETHER_*` variables left out), printed with no secret.
+#[cfg(feature = "node")]
+fn check_serve(path: &std::path::Path) -> i32 {
+    match tether_node::check::check(path) {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(e) => usage(e),
+    }
+}
+
+#[cfg(not(feature = "node"))]
+fn check_serve(_: &std::path::Path) -> i32 {
+    usage(ConfigError::one(
+        "--mode",
+        "this is the agent build, which has no node: check a node's config with the full \
+         build (`tether check --mode serve` where `tether serve` runs)",
+    ))
+}
+
 fn usage(e: ConfigError) -> i32 {
     eprint!("tether: {e}");
     EXIT_USAGE
 }
 
 fn report(e: anyhow::Error) -> i32 {
+    report_as(e, 1)
+}
+
+/// Print the error chain and return `code`.
+fn report_as(e: anyhow::Error, code: i32) -> i32 {
     // The whole chain once: most error types already print their cause in their message.
     let mut text = e.to_string();
     for cause in e.chain().skip(1) {
@@ -207,7 +243,7 @@ fn report(e: anyhow::Error) -> i32 {
         }
     }
     eprintln!("tether: {text}");
-    1
+    code
 }
 
 #[cfg(feature = "node")]

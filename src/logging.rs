@@ -1,6 +1,7 @@
-//! Logging setup: tracing to stderr, text or JSON, level from `--log-level` or `TETHER_LOG`:
-//! a level (`debug`), or a default and levels by target (`info,tether_agent=debug`). The
-//! filter can be changed while running (a reload), through the returned [`LogControl`].
+//! Logging setup: tracing to stderr, text or JSON (coloured on a terminal unless `NO_COLOR`),
+//! level from `--log-level` or `TETHER_LOG`: a level (`debug`), or a default and levels by
+//! target (`info,tether_agent=debug`). The filter can be changed while running (a reload),
+//! through the returned [`LogControl`].
 
 use std::str::FromStr;
 
@@ -17,8 +18,10 @@ pub fn init(level: Option<&str>, format: LogFormat) -> LogControl {
     let (filter, handle) = reload::Layer::new(filter_for(level).unwrap_or_else(|_| default()));
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        // Colours only on a terminal: a log file or the journal gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_target(false);
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
@@ -59,5 +62,26 @@ mod tests {
         assert!(filter_for(Some("info,tether_agent=trace")).is_ok());
         let e = filter_for(Some("tether_agent=loud")).expect_err("not a level");
         assert!(e.contains("tether_agent=loud"), "{e}");
+    }
+}
+
+/// Colours only on a terminal (a log file or the journal gets plain text), and not when
+/// `NO_COLOR` is set to anything but the empty string (https://no-color.org).
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn no_color_set_and_not_empty_turns_colours_off() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))), "empty means unset");
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(true, Some(OsStr::new("0"))), "any value counts");
+        assert!(!colour(false, None), "never off a terminal");
     }
 }

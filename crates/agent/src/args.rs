@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::Args;
+use clap::builder::BoolishValueParser;
 use tether_core::settings::LogArgs;
 
 #[derive(Args, Debug, Default, Clone)]
@@ -111,6 +112,30 @@ pub struct AgentArgs {
     pub listen_metrics: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub once: OnceArgs,
+}
+
+/// One-shot and dry run (`crate::once`). Their variables take 1/0, true/false, yes/no, on/off.
+#[derive(Args, Debug, Default, Clone)]
+pub struct OnceArgs {
+    /// Render every output once and exit 0 (init containers, CI); `run` starts no child.
+    /// Outputs are kept. Exit 66: a source unreadable, 69: no node in time, 73: an output
+    /// not written.
+    #[arg(long, env = "TETHER_ONCE", value_parser = BoolishValueParser::new())]
+    pub once: bool,
+    /// With --once or --dry-run: how long to wait for the first state from a node
+    /// (default 30s).
+    #[arg(long, value_name = "DURATION", env = "TETHER_ONCE_TIMEOUT")]
+    pub once_timeout: Option<String>,
+    /// Print what would be written to each output (secret values masked) and which action
+    /// would fire; write, signal, start, save and acknowledge nothing. Implies --once.
+    #[arg(long, env = "TETHER_DRY_RUN", value_parser = BoolishValueParser::new())]
+    pub dry_run: bool,
+    /// With --dry-run: show the values of file: and dir: sources (masked by default, since
+    /// a local file cannot say which are secret); node values marked secret stay masked.
+    #[arg(long, env = "TETHER_SHOW_FILE_VALUES", value_parser = BoolishValueParser::new())]
+    pub show_file_values: bool,
 }
 
 #[derive(Args, Debug, Default, Clone)]
@@ -139,7 +164,7 @@ pub struct CheckArgs {
     /// The config file to validate.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: PathBuf,
-    /// Validate for this mode: run or watch.
+    /// Validate for this mode: run, watch, or serve (a node's config; full build only).
     #[arg(long, default_value = "run")]
     pub mode: String,
 }

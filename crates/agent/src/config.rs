@@ -119,6 +119,8 @@ pub struct Config {
     pub origin: Option<Origin>,
     /// Where the agent's endpoints listen (`--listen-metrics`); off when `None`.
     pub listen_metrics: Option<crate::health::ListenAddr>,
+    /// `--once` / `--dry-run` (flags only): render once and exit.
+    pub once: Option<crate::once::OnceSpec>,
 }
 
 /// Build the config of `tether run` from its flags and optional file.
@@ -127,12 +129,12 @@ pub fn for_run(args: &RunArgs) -> Result<Config, ConfigError> {
     if !args.command.is_empty() {
         raw.command = None;
     }
-    let mut cfg = validate(&raw, Mode::Run)?;
+    let mut cfg = with_once(validate(&raw, Mode::Run), &args.agent.once)?;
     if !args.command.is_empty() {
         cfg.command = args.command.clone();
     }
     cfg.origin = Some(Origin::Run(args.clone()));
-    if cfg.command.is_empty() {
+    if cfg.command.is_empty() && cfg.once.is_none() {
         return Err(ConfigError::one(
             "command",
             "no command to run (give it after `--` or as `command = [...]` in the config)",
@@ -150,9 +152,36 @@ pub fn for_watch(args: &WatchArgs) -> Result<Config, ConfigError> {
     if args.signal_process.is_some() {
         raw.signal_process = args.signal_process.clone();
     }
-    let mut cfg = validate(&raw, Mode::Watch)?;
+    let mut cfg = with_once(validate(&raw, Mode::Watch), &args.agent.once)?;
     cfg.origin = Some(Origin::Watch(args.clone()));
     Ok(cfg)
+}
+
+/// Add the one-shot flags to a validated config; their problems join the config's.
+fn with_once(
+    cfg: Result<Config, ConfigError>,
+    args: &crate::args::OnceArgs,
+) -> Result<Config, ConfigError> {
+    match (cfg, crate::once::spec(args)) {
+        (Ok(mut cfg), Ok(once)) => {
+            let renders_nothing = cfg.outputs.is_empty();
+            if once.as_ref().is_some_and(|o| !o.dry_run) && renders_nothing {
+                return Err(ConfigError::one(
+                    "output",
+                    "--once writes files and starts no child: give an --output \
+                     (--dry-run shows the child's environment)",
+                ));
+            }
+            cfg.once = once;
+            Ok(cfg)
+        }
+        (Err(mut e), Err(more)) => {
+            e.0.extend(more);
+            Err(e)
+        }
+        (Err(e), Ok(_)) => Err(e),
+        (Ok(_), Err(problems)) => Err(ConfigError(problems)),
+    }
 }
 
 /// Validate a raw config for a mode, collecting every problem.
@@ -399,6 +428,7 @@ pub fn validate(raw: &RawConfig, mode: Mode) -> Result<Config, ConfigError> {
         log_format,
         origin: None,
         listen_metrics,
+        once: None,
     })
 }
 

@@ -16,6 +16,8 @@
 //! - `run`: the loop tying sources to outputs and actions ([`run()`]); `signals`: tether's
 //!   own signal handlers; `reload`: tether's configuration read again (SIGHUP, or an edit
 //!   of its file) and applied in place.
+//! - `once`: `--once` (render every output once and exit) and `--dry-run` (report, touch
+//!   nothing), which `run()` hands over to.
 //! - `tasks`: the tracker every spawned task belongs to, stopped within a deadline.
 //! - `health`: what the agent tells about itself: `/healthz`, `/readyz`, `/metrics`
 //!   (`--listen-metrics`) and systemd's notifications, from one-line observation calls.
@@ -29,6 +31,7 @@ pub mod atomic;
 pub mod config;
 mod debounce;
 pub mod health;
+mod once;
 mod output;
 mod reload;
 mod run;
@@ -39,4 +42,5 @@ mod supervisor;
 mod target;
 mod tasks;
 
+pub use once::{EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_UNAVAILABLE, OnceSpec};
 pub use run::{AgentError, run};

@@ -39,6 +39,18 @@ pub enum AgentError {
     Net(String),
     #[error(transparent)]
     Endpoints(#[from] crate::health::ListenError),
+    #[error(transparent)]
+    Once(#[from] crate::once::OnceError),
+}
+
+impl AgentError {
+    /// The process exit code for this failure: a one-shot's are distinct (`crate::once`).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AgentError::Once(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
 }
 
 /// Where actions go.
@@ -85,7 +97,10 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
 /// the log filter when a reload asks for another level.
 pub async fn run(cfg: Config, log: LogControl) -> Result<i32, AgentError> {
     let tasks = Tasks::new();
-    let result = run_with(cfg, log, &tasks).await;
+    let result = match cfg.once.clone() {
+        Some(once) => crate::once::run(cfg, once, &tasks).await,
+        None => run_with(cfg, log, &tasks).await,
+    };
     crate::health::stopping();
     tasks.shutdown(SHUTDOWN_DEADLINE).await;
     result

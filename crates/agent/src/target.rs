@@ -48,7 +48,7 @@ pub fn signal_targets(target: &WatchTarget, sig: Signal) -> usize {
     n
 }
 
-fn read_pidfile(path: &Path) -> Result<Pid, String> {
+pub(crate) fn read_pidfile(path: &Path) -> Result<Pid, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     match text.trim().parse::<i32>() {
         Ok(n) if n > 1 => Ok(Pid::from_raw(n)),

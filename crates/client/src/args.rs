@@ -71,7 +71,18 @@ pub struct StatusArgs {
     pub client: ClientArgs,
     #[arg(long, value_name = "NAME", env = "TETHER_ENV")]
     pub env: Option<String>,
-    /// Print the raw JSON.
+    /// Print the raw JSON (with --watch: one line each time the counts change).
     #[arg(long)]
     pub json: bool,
+    /// Follow the rollout of --env until every agent is current (exit 0) or --timeout
+    /// passes (exit 75), printing a line each time the counts change.
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: give up after this long (default 5m; 0 waits without limit).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// With --watch: the rollout is complete only with at least N agents connected
+    /// (default 1; 0 accepts none).
+    #[arg(long, value_name = "N")]
+    pub min_agents: Option<u64>,
 }

@@ -1,16 +1,20 @@
 //! The admin verbs: `tether put`, `get`, `rm`, `status`, talking to a node's HTTP API.
-//! The first node of `--server` that answers is used. `args` holds their flags.
+//! The first node of `--server` that answers is used. `args` holds their flags; `status`
+//! the rollout status, once or followed live (`--watch`).
 
 #![forbid(unsafe_code)]
 
 pub mod args;
+mod status;
+
+pub use status::{EXIT_TIMEOUT, status};
 
 use std::io::Read;
 use std::time::Duration;
 
 use serde_json::{Value as Json, json};
 
-use crate::args::{ClientArgs, GetArgs, PutArgs, RmArgs, StatusArgs};
+use crate::args::{ClientArgs, GetArgs, PutArgs, RmArgs};
 use tether_core::secret::Value;
 
 #[derive(Debug, thiserror::Error)]
@@ -283,166 +287,6 @@ pub fn get(args: &GetArgs) -> Result<i32, ClientError> {
     Ok(0)
 }
 
-pub fn status(args: &StatusArgs) -> Result<i32, ClientError> {
-    let client = Client::new(&args.client)?;
-    let envs: Vec<String> = match &args.env {
-        Some(e) => vec![e.clone()],
-        None => client
-            .call("GET", "/v1/envs", None)?
-            .get("envs")
-            .and_then(|e| e.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|e| e.get("env")?.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    };
-    // A node of a cluster answers for the whole cluster; single nodes each know their own
-    // agents, so every node given is asked and the answers added up.
-    for env in envs {
-        let path = format!("/v1/envs/{}/status", seg(&env));
-        let mut total = json!({"env": env, "position": Json::Null, "agents": 0, "current": 0, "failed": 0, "by_version": {}, "connected": [], "nodes": []});
-        let mut best: Option<(String, u64)> = None;
-        for base in &client.bases {
-            match client.call_one(base, "GET", &path, None) {
-                Ok(r) if r["scope"] == "cluster" => {
-                    let mut whole = r.clone();
-                    whole["nodes"] = json!(
-                        r["node_registries"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(|n| json!({"server": base, "node": n["node"], "agents": n["agents"]}))
-                            .collect::<Vec<_>>()
-                    );
-                    // Servers tried before this one that did not answer stay listed.
-                    if let Some(earlier) = total["nodes"].as_array().cloned() {
-                        if let Some(nodes) = whole["nodes"].as_array_mut() {
-                            nodes.extend(earlier);
-                        }
-                    }
-                    total = whole;
-                    break;
-                }
-                Ok(r) => {
-                    if let Some(w) = r.get("warning") {
-                        total["warning"] = w.clone();
-                    }
-                    let pos = (
-                        r.pointer("/position/epoch")
-                            .and_then(|e| e.as_str())
-                            .unwrap_or("")
-                            .to_string(),
-                        r.pointer("/position/version")
-                            .and_then(|v| v.as_u64())
-                            .unwrap_or(0),
-                    );
-                    if best.as_ref().is_none_or(|b| pos > *b) {
-                        best = Some(pos);
-                        total["position"] = r["position"].clone();
-                    }
-                    for key in ["agents", "current", "failed"] {
-                        total[key] =
-                            json!(total[key].as_u64().unwrap_or(0) + r[key].as_u64().unwrap_or(0));
-                    }
-                    if let Some(map) = r["by_version"].as_object() {
-                        for (v, n) in map {
-                            let sum = total["by_version"][v].as_u64().unwrap_or(0)
-                                + n.as_u64().unwrap_or(0);
-                            total["by_version"][v] = json!(sum);
-                        }
-                    }
-                    if let (Some(all), Some(these)) =
-                        (total["connected"].as_array_mut(), r["connected"].as_array())
-                    {
-                        all.extend(these.iter().cloned());
-                    }
-                    if let Some(nodes) = total["nodes"].as_array_mut() {
-                        nodes.push(json!({"server": base, "agents": r["agents"]}));
-                    }
-                }
-                Err(ClientError::Unreachable(why)) => {
-                    if let Some(nodes) = total["nodes"].as_array_mut() {
-                        nodes.push(json!({"server": base, "error": why}));
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let answered = total["nodes"]
-            .as_array()
-            .map_or(0, |n| n.iter().filter(|n| n.get("error").is_none()).count());
-        if answered == 0 {
-            return Err(ClientError::Unreachable(format!(
-                "no node answered for {env}"
-            )));
-        }
-        if args.json {
-            println!("{}", serde_json::to_string(&total).unwrap_or_default());
-            continue;
-        }
-        println!(
-            "{env}: version {}, {} agent(s) on {answered} node(s), {} current, {} failed",
-            total.pointer("/position/version").unwrap_or(&Json::Null),
-            total["agents"],
-            total["current"],
-            total["failed"].as_u64().unwrap_or(0),
-        );
-        if let Some(map) = total["by_version"].as_object() {
-            for (v, n) in map {
-                println!("  version {v}: {n}");
-            }
-        }
-        let failed = failures(&total);
-        for line in failed.iter().take(FAILURES_SHOWN) {
-            println!("  {line}");
-        }
-        if failed.len() > FAILURES_SHOWN {
-            println!(
-                "  ... and {} more failed (see --json)",
-                failed.len() - FAILURES_SHOWN
-            );
-        }
-        if let Some(w) = total["warning"].as_str() {
-            println!("  warning: {w}");
-        }
-        for n in total["nodes"].as_array().into_iter().flatten() {
-            if let Some(err) = n.get("error").and_then(|e| e.as_str()) {
-                println!(
-                    "  {} did not answer: {err}",
-                    n["server"].as_str().unwrap_or("")
-                );
-            }
-        }
-    }
-    Ok(0)
-}
-
-/// Failed agents listed one per line in the text output; the rest are counted.
-const FAILURES_SHOWN: usize = 20;
-
-/// One line per agent whose last ack failed: who, where, at which version, and why. Agent
-/// names and errors come from agents: control characters are shown escaped.
-fn failures(status: &Json) -> Vec<String> {
-    let text = |v: &Json| v.as_str().unwrap_or("").escape_debug().to_string();
-    status["connected"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["ack"]["ok"] == Json::Bool(false))
-        .map(|a| {
-            format!(
-                "failed: {} on node {} at version {}: {}",
-                text(&a["agent"]),
-                text(&a["node"]),
-                a["ack"]["position"]["version"],
-                text(&a["ack"]["error"]),
-            )
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,18 +333,5 @@ mod tests {
             .to_string();
         assert!(e.contains("argument 2 is not NAME=VALUE"), "{e}");
         assert!(!e.contains("s3cr3t"), "{e}");
-    }
-
-    #[test]
-    fn failed_agents_are_listed_with_control_characters_escaped() {
-        let status = serde_json::json!({"connected": [
-            {"agent": "web-1", "node": "n1", "ack": {"position": {"epoch": "0000000000000001", "version": 5}, "ok": false, "error": "disk\nfull\u{1b}[31m"}},
-            {"agent": "web-2", "node": "n1", "ack": {"position": {"epoch": "0000000000000001", "version": 5}, "ok": true}},
-            {"agent": "web-3", "node": "n2", "ack": null},
-        ]});
-        assert_eq!(
-            failures(&status),
-            ["failed: web-1 on node n1 at version 5: disk\\nfull\\u{1b}[31m"]
-        );
     }
 }

@@ -3,7 +3,8 @@
 //! listener and its shutdown trigger as arguments, so tests run it on port 0.
 //!
 //! Layout:
-//! - `args`, `config`: `tether serve`'s flags and TOML file, validated into [`ServeConfig`].
+//! - `args`, `config`: `tether serve`'s flags and TOML file, validated into [`ServeConfig`];
+//!   `check`: `tether check --mode serve`, the effective config with no secret.
 //! - `http`: the JSON API, health, readiness, metrics and the agents' WebSocket upgrade.
 //! - `ws`: one agent's connection (hello, catch-up, heartbeats, acks); `plain`: the plain
 //!   TCP socket shared by that connection's task and the fan-out.
@@ -26,6 +27,7 @@ mod api_error;
 pub mod args;
 pub mod auth;
 mod bus;
+pub mod check;
 pub mod config;
 mod front;
 mod histogram;

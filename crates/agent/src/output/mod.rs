@@ -104,7 +104,7 @@ impl Output {
 
     /// What an earlier run left, if it also has the mode and owner this output wants
     /// (otherwise it is rewritten, which sets them).
-    fn read_existing(&self) -> Option<Rendered> {
+    pub(crate) fn read_existing(&self) -> Option<Rendered> {
         use std::os::unix::fs::MetadataExt;
         match self.spec.format {
             Format::Dir => atomic::read_published(&self.spec.path).map(Rendered::Dir),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rand::seq::SliceRandom;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -71,6 +71,12 @@ pub struct NetSource {
     pub updates: mpsc::UnboundedReceiver<NetUpdate>,
     acks: mpsc::UnboundedSender<(Position, Result<(), String>)>,
     _stop: tokio_util::sync::DropGuard,
+    /// The last position whose acknowledgement went out on a connection.
+    pub acked: watch::Receiver<Option<Position>>,
+    /// The last connection failure, as `URL: why` (for a one-shot's error).
+    pub problem: watch::Receiver<Option<String>>,
+    /// A saved state was found at start (what `start_without_server` starts from).
+    pub has_saved: bool,
 }
 
 impl NetSource {
@@ -78,6 +84,13 @@ impl NetSource {
     pub fn ack(&self, position: Position, result: Result<(), String>) {
         let _ = self.acks.send((position, result));
     }
+}
+
+/// How a follower treats what it is given: a dry run saves no state and sends no ack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Follow,
+    DryRun,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,12 +127,24 @@ struct Follower {
     synced_at: Option<tokio::time::Instant>,
     updates: mpsc::UnboundedSender<NetUpdate>,
     acks: mpsc::UnboundedReceiver<(Position, Result<(), String>)>,
+    acked: watch::Sender<Option<Position>>,
+    problem: watch::Sender<Option<String>>,
     agent_name: String,
     token: token::Token,
+    mode: Mode,
 }
 
 /// Start following. Fails only on settings that can never work (bad CA file).
 pub fn start(spec: NetSpec, tasks: &crate::tasks::Tasks) -> Result<NetSource, String> {
+    start_as(spec, tasks, Mode::Follow)
+}
+
+/// Start following as `mode`; a dry run also says so in its name (`HOST/PID dry-run`).
+pub fn start_as(
+    spec: NetSpec,
+    tasks: &crate::tasks::Tasks,
+    mode: Mode,
+) -> Result<NetSource, String> {
     let urls = spec
         .servers
         .iter()
@@ -137,13 +162,19 @@ pub fn start(spec: NetSpec, tasks: &crate::tasks::Tasks) -> Result<NetSource, St
         .map(|d| d.join(state_file_name(&spec)));
     let (utx, urx) = mpsc::unbounded_channel();
     let (atx, arx) = mpsc::unbounded_channel();
+    let (acked_tx, acked_rx) = watch::channel(None);
+    let (problem_tx, problem_rx) = watch::channel(None);
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_default();
+    let suffix = if mode == Mode::DryRun { " dry-run" } else { "" };
     let mut f = Follower {
         token: token::Token::new(&spec),
-        agent_name: format!("{host}/{}", std::process::id()),
+        agent_name: format!("{host}/{}{suffix}", std::process::id()),
+        mode,
+        acked: acked_tx,
+        problem: problem_tx,
         spec,
         urls,
         tls,
@@ -158,6 +189,7 @@ pub fn start(spec: NetSpec, tasks: &crate::tasks::Tasks) -> Result<NetSource, St
         acks: arx,
     };
     f.load_saved();
+    let has_saved = f.position.is_some();
     let span = tracing::info_span!("follow", agent = %f.agent_name, env = %f.spec.env);
     let stop = tokio_util::sync::CancellationToken::new();
     let stopped = stop.clone();
@@ -171,6 +203,9 @@ pub fn start(spec: NetSpec, tasks: &crate::tasks::Tasks) -> Result<NetSource, St
         updates: urx,
         acks: atx,
         _stop: stop.drop_guard(),
+        acked: acked_rx,
+        problem: problem_rx,
+        has_saved,
     })
 }
 
@@ -202,6 +237,7 @@ impl Follower {
                 Err(e) => e,
             };
             crate::health::net_lost();
+            self.problem.send_replace(Some(format!("{url}: {e}")));
             let outcome = Outcome::of(&e, self.synced_at, tokio::time::Instant::now());
             let delay = backoff.after(outcome, round_done);
             match outcome {
@@ -347,6 +383,7 @@ impl Follower {
                             crate::health::net_connected();
                             if let Some((pos, result)) = self.last_ack.clone() {
                                 send(&mut ws, &ack_msg(&self.spec.env, pos, result), last_frame + silence).await?;
+                                self.acked.send_replace(Some(pos));
                             }
                         }
                         ServerMsg::Snapshot { env, position, entries } if env == self.spec.env => {
@@ -433,10 +470,11 @@ impl Follower {
                 _ = self.token.changed() => {
                     tracing::info!(token = %self.spec.token_source, "the token file changed; the new token is used for the next connection (this one stays up)");
                 }
-                Some((pos, result)) = self.acks.recv() => {
+                Some((pos, result)) = self.acks.recv(), if self.mode == Mode::Follow => {
                     self.last_ack = Some((pos, result.clone()));
                     if welcomed {
                         send(&mut ws, &ack_msg(&self.spec.env, pos, result), last_frame + silence).await?;
+                        self.acked.send_replace(Some(pos));
                     }
                 }
             }

@@ -80,6 +80,9 @@ impl Follower {
     }
 
     pub(super) fn save(&self) {
+        if self.mode == super::Mode::DryRun {
+            return;
+        }
         let (Some(path), Some(position)) = (&self.state_file, self.position) else {
             return;
         };
