@@ -34,6 +34,9 @@ OLDEST = "1.29"
 PENDING_FLAGS = {"--listen-metrics", "--once"}
 INSTALL = "python3 -m pip install kubernetes-validate==1.37.0 PyYAML==6.0.3"
 
+if sys.version_info < (3, 11):
+    print("check.py: needs Python 3.11 or later (tomllib)", file=sys.stderr)
+    sys.exit(2)
 try:
     import yaml  # noqa: F401
     import kubernetes_validate

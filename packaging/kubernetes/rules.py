@@ -339,7 +339,7 @@ def check_tether(resources, pod, c, is_init, flags, rest, ctx, problems):
                             "medium Memory (values never on a disk)")
         elif found[0].get("readOnly"):
             problems.append(f"{where}: --output={output} is on a read-only mount")
-        if verb == "watch":
+        if verb == "watch" and found:
             readers = [a for a in pod.main if any(m["name"] == found[0]["name"] and
                                                   m.get("readOnly")
                                                   for m in a.get("volumeMounts") or [])]
@@ -403,7 +403,11 @@ def check_sidecar_app(pod, c, flags, problems):
     for app in pod.main:
         # The app starts after the sidecar's startup probe; no hack orders it.
         words = " ".join(str(a) for a in (app.get("command") or []) + (app.get("args") or []))
-        hacks = [w for w in ("sleep", "until", "while", "inotifywait") if w in shlex.split(words)]
+        try:
+            tokens = shlex.split(words)
+        except ValueError:
+            tokens = words.split()
+        hacks = [w for w in ("sleep", "until", "while", "inotifywait") if w in tokens]
         if app.get("lifecycle") or app.get("startupProbe") or hacks:
             problems.append(f"{pod.where}: app container {app['name']} orders itself after "
                             f"tether by hand (lifecycle, startupProbe or {hacks}); the "
