@@ -52,19 +52,6 @@ fn default() -> Targets {
     Targets::new().with_default(LevelFilter::INFO)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filters_parse_or_name_what_did_not() {
-        assert!(filter_for(Some("debug")).is_ok());
-        assert!(filter_for(Some("info,tether_agent=trace")).is_ok());
-        let e = filter_for(Some("tether_agent=loud")).expect_err("not a level");
-        assert!(e.contains("tether_agent=loud"), "{e}");
-    }
-}
-
 /// Colours only on a terminal (a log file or the journal gets plain text), and not when
 /// `NO_COLOR` is set to anything but the empty string (https://no-color.org).
 fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
@@ -73,8 +60,16 @@ fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::colour;
+    use super::*;
     use std::ffi::OsStr;
+
+    #[test]
+    fn filters_parse_or_name_what_did_not() {
+        assert!(filter_for(Some("debug")).is_ok());
+        assert!(filter_for(Some("info,tether_agent=trace")).is_ok());
+        let e = filter_for(Some("tether_agent=loud")).expect_err("not a level");
+        assert!(e.contains("tether_agent=loud"), "{e}");
+    }
 
     #[test]
     fn no_color_set_and_not_empty_turns_colours_off() {
