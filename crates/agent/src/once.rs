@@ -320,6 +320,7 @@ mod tests {
             servers: vec!["http://a:1".into(), "http://b:2".into()],
             env: "prod".into(),
             token: None,
+            token_file: None,
             token_source: String::new(),
             ca_file: None,
             state_dir: None,
