@@ -8,6 +8,7 @@ mod fake_node;
 mod files;
 mod follower;
 mod hostile;
+mod package;
 mod run;
 mod serve;
 mod support;
