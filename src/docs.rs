@@ -147,23 +147,25 @@ fn demote_headings(roff: &str) -> String {
 fn closing_sections() -> Roff {
     let mut roff = Roff::new();
     roff.control("SH", ["EXIT STATUS"]);
-    for (code, meaning) in [
+    let mut codes = vec![
         ("0", "Success."),
         (
             "64",
             "Bad usage or configuration: every problem is printed with its key or flag.",
         ),
-        (
-            "65",
-            "serve: the node's store was there and is now empty or damaged; restore a backup \
-             or start once with --reset-store.",
-        ),
-        (
-            "1",
-            "Any other failure, printed with its cause. run: the child's own exit code, or \
-             128+N when a signal N killed it.",
-        ),
-    ] {
+    ];
+    #[cfg(feature = "node")]
+    codes.push((
+        "65",
+        "serve: the node's store was there and is now empty or damaged; restore a backup or \
+         start once with --reset-store.",
+    ));
+    codes.push((
+        "1",
+        "Any other failure, printed with its cause. run: the child's own exit code, or 128+N \
+         when a signal N killed it.",
+    ));
+    for (code, meaning) in codes {
         roff.control("TP", []);
         roff.text([bold(code)]);
         roff.text([roman(meaning)]);
@@ -178,21 +180,22 @@ fn closing_sections() -> Roff {
         ),
     ]);
     roff.control("SH", ["FILES"]);
-    for (path, meaning) in [
+    let store = (
+        "/var/lib/tether/",
+        "The node's embedded store (serve), kept 0600.",
+    );
+    let files = [
         (
             "/etc/tether/run.toml, watch.toml, serve.toml",
             "The configs the packaged systemd units read (tether-app, tether-sidecar, \
              tether-node).",
         ),
-        (
-            "/usr/share/doc/tether/examples/",
-            "Example configs, every key commented.",
-        ),
-        (
-            "/var/lib/tether/",
-            "The node's embedded store (serve), kept 0600.",
-        ),
-    ] {
+        ("/usr/share/doc/tether/examples/", "Example configs."),
+    ];
+    for (path, meaning) in files
+        .into_iter()
+        .chain(cfg!(feature = "node").then_some(store))
+    {
         roff.control("TP", []);
         roff.text([bold(path)]);
         roff.text([roman(meaning)]);
