@@ -26,6 +26,8 @@ pub fn run(cli: Cli) -> i32 {
         Command::Run(args) => config::for_run(&args),
         Command::Watch(args) => config::for_watch(&args),
         Command::Check(args) => return check(&args),
+        Command::Completions(args) => return crate::docs::completions(args.shell),
+        Command::Man => return crate::docs::man(),
         #[cfg(feature = "node")]
         Command::Serve(args) => return serve(&args),
         #[cfg(feature = "node")]

@@ -40,4 +40,15 @@ pub enum Command {
     /// Rollout status: how many agents are on which version.
     #[cfg(feature = "node")]
     Status(tether_client::args::StatusArgs),
+    /// Print a shell completion script to stdout, e.g. `tether completions bash`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to stdout, e.g. `tether man | man -l -`.
+    Man,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell the script is for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
 }

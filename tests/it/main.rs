@@ -11,6 +11,7 @@ mod follower;
 mod hostile;
 mod kubernetes;
 mod oneshot;
+mod package;
 mod reload;
 mod run;
 mod serve;
