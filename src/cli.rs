@@ -52,3 +52,14 @@ pub struct CompletionsArgs {
     #[arg(value_enum, value_name = "SHELL")]
     pub shell: clap_complete::Shell,
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks (unique ids, valid flag names) for every verb: a clash
+    /// between flags merged from several crates panics only when the verb is parsed.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}
