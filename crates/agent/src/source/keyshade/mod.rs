@@ -1,0 +1,6 @@
+//! The keyshade source: follows one keyshade environment (its secrets and variables) over
+//! keyshade's Socket.IO change notifier ([`sio`]), with REST snapshots ([`rest`]) after
+//! every registration and periodically, so that nothing is lost ([`follow`]).
+
+pub mod rest;
+pub mod sio;
