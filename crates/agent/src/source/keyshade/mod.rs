@@ -1,6 +1,8 @@
 //! The keyshade source: follows one keyshade environment (its secrets and variables) over
 //! keyshade's Socket.IO change notifier ([`sio`]), with REST snapshots ([`rest`]) after
-//! every registration and periodically, so that nothing is lost ([`follow`]).
+//! every registration and periodically, so that nothing is lost; its secrets decrypted the
+//! way eccrypto does it ([`crypto`]).
 
+pub mod crypto;
 pub mod rest;
 pub mod sio;
