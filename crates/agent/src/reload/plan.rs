@@ -31,6 +31,8 @@ pub(crate) struct Plan {
     pub need_restart: Vec<&'static str>,
     pub sources: bool,
     pub net: NetChange,
+    /// What happens to the keyshade source (same rules as the network source's).
+    pub keyshade: NetChange,
     pub outputs: bool,
     pub env: bool,
     pub supervisor: bool,
@@ -72,6 +74,15 @@ impl Plan {
                 }
             }
         };
+
+        let keyshade = match (&old.keyshade, &new.keyshade) {
+            (None, None) => NetChange::Same,
+            (None, Some(_)) => NetChange::Start,
+            (Some(_), None) => NetChange::Stop,
+            (Some(a), Some(b)) if crate::source::keyshade::same(a, b) => NetChange::Same,
+            (Some(_), Some(_)) => NetChange::Restart,
+        };
+        key(keyshade != NetChange::Same, "keyshade");
 
         key(old.on_change != new.on_change, "on_change");
         let mut outputs = false;
@@ -127,6 +138,7 @@ impl Plan {
             need_restart,
             sources,
             net,
+            keyshade,
             outputs,
             env,
             supervisor: so != sn,
@@ -278,6 +290,39 @@ mod tests {
         let file = cfg(Mode::Run, "source = [\"file:/a.env\"]\n");
         assert_eq!(Plan::between(&file, &a).net, NetChange::Start);
         assert_eq!(Plan::between(&a, &file).net, NetChange::Stop);
+    }
+
+    #[test]
+    fn the_keyshade_source_restarts_only_when_what_it_follows_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "ks.pat.0").unwrap();
+        let ks = |env: &str, extra: &str| {
+            let text = format!(
+                "[[output]]\npath = \"/run/a.env\"\n[keyshade]\nbase_url = \"http://127.0.0.1:1\"\nworkspace = \"w\"\nproject = \"p\"\nenvironment = \"{env}\"\ntoken_file = {:?}\n{extra}\n",
+                token.display().to_string()
+            );
+            let raw: RawConfig = toml::from_str(&text).expect("valid toml");
+            let ctx = crate::source::keyshade::config::Context::default();
+            crate::config::validate_in(&raw, Mode::Watch, &ctx).expect("valid config")
+        };
+        let a = ks("prod", "");
+        // The token file's content: read by the follower itself at each attempt.
+        std::fs::write(&token, "ks.pat.1").unwrap();
+        assert!(Plan::between(&a, &ks("prod", "")).is_empty());
+        let p = Plan::between(&a, &ks("staging", ""));
+        assert_eq!(
+            (p.keyshade, p.changed.clone()),
+            (NetChange::Restart, vec!["keyshade".to_string()])
+        );
+        let p = Plan::between(&a, &ks("prod", "snapshot_interval = \"5m\""));
+        assert_eq!(p.keyshade, NetChange::Restart);
+        let p = Plan::between(&a, &ks("prod", "quit_on_decryption_failure = true"));
+        assert_eq!(p.keyshade, NetChange::Restart);
+        let none = cfg(Mode::Watch, BASE);
+        assert_eq!(Plan::between(&none, &a).keyshade, NetChange::Start);
+        assert_eq!(Plan::between(&a, &none).keyshade, NetChange::Stop);
+        assert_eq!(Plan::between(&none, &none).keyshade, NetChange::Same);
     }
 
     #[test]
