@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::json;
 use tether_core::protocol::{ClientMsg, ServerMsg, Subscription};
 use tether_node::auth::hash_token;
@@ -21,7 +20,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::support::{
-    DEADLINE, Resp, Tether, Work, alive, http_request, listening_port, run_to_end, strip_ansi,
+    DEADLINE, Resp, Tether, Work, alive, http_request, listening_port, run_to_end, strip_ansi, tls,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -424,25 +423,6 @@ fn a_log_level_change_takes_effect() {
 // ---------------------------------------------------------------------------------------
 // TLS.
 
-/// A CA (`{prefix}ca.pem`) and a leaf certificate for 127.0.0.1 it signed: (cert, key) PEM.
-fn issue(dir: &Path, prefix: &str) -> (String, String) {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    std::fs::write(dir.join(format!("{prefix}ca.pem")), ca_cert.pem()).unwrap();
-    (leaf_cert.pem(), leaf_key.serialize_pem())
-}
-
 /// `tether get` over https trusting `ca`: whether it succeeded, and its stderr.
 fn get_with_ca(w: &Work, port: u16, ca: &str) -> (bool, String) {
     let server = format!("https://127.0.0.1:{port}");
@@ -468,7 +448,7 @@ fn get_with_ca(w: &Work, port: u16, ca: &str) -> (bool, String) {
 #[test]
 fn a_renewed_certificate_is_served_to_new_connections_and_open_ones_stay() {
     let w = Work::new();
-    let (cert, key) = issue(w.dir.path(), "old-");
+    let (cert, key) = tls::issue(w.dir.path(), "old-");
     w.write("node.pem", &cert);
     w.write("node.key", &key);
     let config = format!(
@@ -504,7 +484,7 @@ fn a_renewed_certificate_is_served_to_new_connections_and_open_ones_stay() {
         std::fs::read_to_string(&out).is_ok_and(|s| s.contains("A=1"))
     });
 
-    let (cert, key) = issue(w.dir.path(), "new-");
+    let (cert, key) = tls::issue(w.dir.path(), "new-");
     w.write("node.key", &key);
     w.write("node.pem", &cert);
     node.proc.wait_for("the new certificate served", || {
