@@ -11,6 +11,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod tls;
+pub mod ws;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tether");
 /// The benchmarks' binary, whose hidden `child` verb is the program the tests supervise.
