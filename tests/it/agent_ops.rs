@@ -73,6 +73,28 @@ pub(super) fn watch(w: &Work, listen: &str, extra: &[&str], envs: &[(&str, &str)
     args.extend(extra.iter().map(|s| s.to_string()));
     Tether::start(w.dir.path(), &args, envs)
 }
+
+/// `tether run` of `src.env` (written as `A=1`) into `out.env`, endpoints on a free loopback
+/// port, plus `extra`, supervising the fixture child with `child`; and the endpoints' address.
+fn run_child(w: &Work, extra: &[&str], child: &[&str]) -> (Tether, String) {
+    w.write("src.env", "A=1\n");
+    let mut args = vec![
+        "run".to_string(),
+        "--source".into(),
+        format!("file:{}", w.path("src.env").display()),
+        "--output".into(),
+        w.path("out.env").display().to_string(),
+        "--listen-metrics".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push("--".into());
+    args.extend(w.child_args(child));
+    let agent = Tether::start(w.dir.path(), &args, &[]);
+    let addr = endpoint_addr(&agent);
+    (agent, addr)
+}
+
 #[test]
 fn watch_endpoints_answer_health_readiness_and_metrics_without_values() {
     let w = Work::new();
@@ -208,28 +230,7 @@ fn endpoints_on_a_unix_socket_0660_replacing_a_stale_one_removed_at_exit() {
 #[test]
 fn run_mode_metrics_count_restarts_exits_and_signals() {
     let w = Work::new();
-    w.write("src.env", "A=1\n");
-    let out = w.path("out.env").display().to_string();
-    let src = format!("file:{}", w.path("src.env").display());
-    let mut args: Vec<String> = [
-        "run",
-        "--source",
-        &src,
-        "--output",
-        &out,
-        "--debounce",
-        "0",
-        "--on-change",
-        "restart",
-        "--listen-metrics",
-        "127.0.0.1:0",
-        "--",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(w.child_args(&[]));
-    let mut agent = Tether::start(w.dir.path(), &args, &[]);
-    let addr = endpoint_addr(&agent);
+    let (mut agent, addr) = run_child(&w, &["--debounce", "0", "--on-change", "restart"], &[]);
     agent.wait_for("first start", || w.starts().len() == 1);
 
     // A change restarts the child: stopped by TERM (it exits 0), started again.
@@ -256,26 +257,11 @@ fn run_mode_metrics_count_restarts_exits_and_signals() {
 
     // A child that fails on its own, restarted by the policy.
     let w = Work::new();
-    w.write("src.env", "A=1\n");
-    let out = w.path("out.env").display().to_string();
-    let src = format!("file:{}", w.path("src.env").display());
-    let mut args: Vec<String> = [
-        "run",
-        "--source",
-        &src,
-        "--output",
-        &out,
-        "--restart-on-exit",
-        "on-failure",
-        "--listen-metrics",
-        "127.0.0.1:0",
-        "--",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(w.child_args(&["--exit-after", "50", "3"]));
-    let agent = Tether::start(w.dir.path(), &args, &[]);
-    let addr = endpoint_addr(&agent);
+    let (agent, addr) = run_child(
+        &w,
+        &["--restart-on-exit", "on-failure"],
+        &["--exit-after", "50", "3"],
+    );
     agent.wait_for("exits and restarts counted", || {
         let text = get(&addr, "/metrics").1;
         sample(&text, "tether_agent_child_exits_total{kind=\"failure\"}") >= Some(2.0)

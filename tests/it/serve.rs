@@ -9,16 +9,18 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use serde_json::{Value as Json, json};
-use tether_core::protocol::{ClientMsg, Epoch, Position, ServerMsg, Subscription, WireChange};
+use tether_core::protocol::{ClientMsg, Epoch, ServerMsg, WireChange};
 use tether_core::secret::Value;
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::fake_node::{FakeNode, change, pos, snapshot, synced, welcome};
+use crate::support::ws::{
+    Client, Ws, hello, hello_and_sync, next_server_msg, send_msg, wait_closed, ws_connect,
+};
 use crate::support::{
     DEADLINE, Resp, Tether, Work, free_port, http_request, run_to_end, run_to_end_env, start_node,
     start_node_at,
@@ -158,85 +160,6 @@ fn runtime() -> Runtime {
         .expect("runtime")
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// What the protocol helpers need of a client WebSocket, whatever its socket.
-trait Client:
-    futures_util::Stream<Item = Result<Message, tungstenite::Error>>
-    + futures_util::Sink<Message, Error = tungstenite::Error>
-    + Unpin
-{
-}
-
-impl<T> Client for T where
-    T: futures_util::Stream<Item = Result<Message, tungstenite::Error>>
-        + futures_util::Sink<Message, Error = tungstenite::Error>
-        + Unpin
-{
-}
-
-/// A raw protocol client (small buffers, so a thousand of them stay light).
-async fn ws_connect(url: &str, token: Option<&str>) -> Result<Ws, tungstenite::Error> {
-    let mut req = url.into_client_request()?;
-    if let Some(t) = token {
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    let cfg = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
-    let connect = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true);
-    match tokio::time::timeout(DEADLINE, connect).await {
-        Ok(r) => r.map(|(ws, _)| ws),
-        Err(_) => panic!("WebSocket connect to {url} hung for {DEADLINE:?}"),
-    }
-}
-
-async fn send_client(ws: &mut impl Client, msg: &ClientMsg) {
-    ws.send(Message::text(serde_json::to_string(msg).unwrap()))
-        .await
-        .expect("send a frame");
-}
-
-fn hello(env: &str) -> ClientMsg {
-    ClientMsg::Hello {
-        agent: "it".into(),
-        subscribe: vec![Subscription {
-            env: env.into(),
-            position: None,
-        }],
-    }
-}
-
-/// The next frame a node sends; panics on close, error or the deadline.
-async fn next_server_msg(ws: &mut impl Client) -> ServerMsg {
-    loop {
-        let frame = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .expect("a frame from the node within the deadline");
-        match frame {
-            Some(Ok(Message::Text(t))) => {
-                return serde_json::from_str(t.as_str())
-                    .unwrap_or_else(|e| panic!("not a server frame ({e}): {t}"));
-            }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
-}
-
-/// Say hello for `env` and read up to `synced`; returns where the node says we are.
-async fn hello_and_sync(ws: &mut impl Client, env: &str) -> Position {
-    send_client(ws, &hello(env)).await;
-    loop {
-        match next_server_msg(ws).await {
-            ServerMsg::Synced { env: e, position } if e == env => return position,
-            ServerMsg::Error { code, message } => panic!("node error {code}: {message}"),
-            _ => {}
-        }
-    }
-}
-
 /// Read until a change frame for `env` at `version` (heartbeats etc. skipped).
 async fn wait_change(ws: &mut impl Client, env: &str, version: u64) -> Vec<WireChange> {
     loop {
@@ -250,22 +173,6 @@ async fn wait_change(ws: &mut impl Client, env: &str, version: u64) -> Vec<WireC
                 panic!("skipped past version {version} to {position}")
             }
             _ => {}
-        }
-    }
-}
-
-/// How a connection ended: a close frame (code, reason), or an error/end of stream.
-async fn wait_closed(ws: &mut Ws) -> Option<(u16, String)> {
-    loop {
-        let frame = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .expect("the node closes the connection within the deadline");
-        match frame {
-            Some(Ok(Message::Close(c))) => {
-                return c.map(|c| (u16::from(c.code), c.reason.as_str().to_owned()));
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => return None,
         }
     }
 }
@@ -731,7 +638,7 @@ fn tokens_on_the_websocket() {
         }
         // A good token for prod, following dev: an error frame, then a close with a reason.
         let mut ws = ws_connect(&node.ws(), Some(READER)).await.expect("upgrade");
-        send_client(&mut ws, &hello("dev")).await;
+        send_msg(&mut ws, &hello("dev", None)).await;
         assert!(matches!(
             next_server_msg(&mut ws).await,
             ServerMsg::Error { code, .. } if code == "forbidden"

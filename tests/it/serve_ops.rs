@@ -9,19 +9,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use nix::sys::signal::Signal;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::json;
-use tether_core::protocol::{ClientMsg, ServerMsg, Subscription};
 use tether_node::auth::hash_token;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::tungstenite::Message;
 
+use crate::support::ws::{hello_and_sync, wait_closed, ws_connect};
 use crate::support::{
-    DEADLINE, Resp, Tether, Work, alive, http_request, listening_port, run_to_end, strip_ansi,
+    Resp, Tether, Work, alive, http_request, listening_port, run_to_end, strip_ansi, tls,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -166,62 +162,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// A raw protocol client with `token`.
-async fn ws_connect(url: &str, token: &str) -> Ws {
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let connect = tokio_tungstenite::connect_async(req);
-    match tokio::time::timeout(DEADLINE, connect).await {
-        Ok(r) => r.expect("upgrade accepted").0,
-        Err(_) => panic!("WebSocket connect to {url} hung"),
-    }
-}
-
-/// Say hello for `prod` and read up to `synced`.
-async fn hello_and_sync(ws: &mut Ws) {
-    let hello = ClientMsg::Hello {
-        agent: "it".into(),
-        subscribe: vec![Subscription {
-            env: "prod".into(),
-            position: None,
-        }],
-    };
-    ws.send(Message::text(serde_json::to_string(&hello).unwrap()))
-        .await
-        .unwrap();
-    loop {
-        let frame = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .expect("a frame within the deadline");
-        if let Some(Ok(Message::Text(t))) = frame {
-            match serde_json::from_str(t.as_str()).unwrap() {
-                ServerMsg::Synced { .. } => return,
-                ServerMsg::Error { code, message } => panic!("node error {code}: {message}"),
-                _ => {}
-            }
-        }
-    }
-}
-
-/// How the node ended the connection: its close frame's code and reason.
-async fn closed_with(ws: &mut Ws) -> Option<(u16, String)> {
-    loop {
-        let frame = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .expect("the node closes the connection within the deadline");
-        match frame {
-            Some(Ok(Message::Close(c))) => {
-                return c.map(|c| (u16::from(c.code), c.reason.as_str().to_owned()));
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(tungstenite::Error::ConnectionClosed)) | Some(Err(_)) | None => return None,
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Tokens.
 
@@ -249,10 +189,14 @@ fn sighup_swaps_tokens_and_closes_only_the_connections_they_no_longer_cover() {
     }
     let rt = runtime();
     let (mut gone_ws, mut narrow_ws) = rt.block_on(async {
-        let mut g = ws_connect(&node.ws(), GONE).await;
-        hello_and_sync(&mut g).await;
-        let mut n = ws_connect(&node.ws(), NARROW).await;
-        hello_and_sync(&mut n).await;
+        let mut g = ws_connect(&node.ws(), Some(GONE))
+            .await
+            .expect("upgrade accepted");
+        hello_and_sync(&mut g, "prod").await;
+        let mut n = ws_connect(&node.ws(), Some(NARROW))
+            .await
+            .expect("upgrade accepted");
+        hello_and_sync(&mut n, "prod").await;
         (g, n)
     });
     let connections = series(&node.metrics(), "tether_connections_total");
@@ -288,8 +232,8 @@ fn sighup_swaps_tokens_and_closes_only_the_connections_they_no_longer_cover() {
     // WebSockets: the removed token's connection gets 4401, the narrowed one's 4403.
     let (gone_close, narrow_close) = rt.block_on(async {
         (
-            closed_with(&mut gone_ws).await,
-            closed_with(&mut narrow_ws).await,
+            wait_closed(&mut gone_ws).await,
+            wait_closed(&mut narrow_ws).await,
         )
     });
     let (code, reason) = gone_close.expect("a close frame");
@@ -403,9 +347,11 @@ fn a_log_level_change_takes_effect() {
     // A frame that is not JSON: the node closes the connection, logging it at debug.
     let garbage = |node: &Node| {
         runtime().block_on(async {
-            let mut ws = ws_connect(&node.ws(), "any").await;
+            let mut ws = ws_connect(&node.ws(), Some("any"))
+                .await
+                .expect("upgrade accepted");
             ws.send(Message::text("not json")).await.unwrap();
-            closed_with(&mut ws).await
+            wait_closed(&mut ws).await
         })
     };
     assert_eq!(garbage(&node).map(|c| c.0), Some(1007));
@@ -423,25 +369,6 @@ fn a_log_level_change_takes_effect() {
 
 // ---------------------------------------------------------------------------------------
 // TLS.
-
-/// A CA (`{prefix}ca.pem`) and a leaf certificate for 127.0.0.1 it signed: (cert, key) PEM.
-fn issue(dir: &Path, prefix: &str) -> (String, String) {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    std::fs::write(dir.join(format!("{prefix}ca.pem")), ca_cert.pem()).unwrap();
-    (leaf_cert.pem(), leaf_key.serialize_pem())
-}
 
 /// `tether get` over https trusting `ca`: whether it succeeded, and its stderr.
 fn get_with_ca(w: &Work, port: u16, ca: &str) -> (bool, String) {
@@ -468,7 +395,7 @@ fn get_with_ca(w: &Work, port: u16, ca: &str) -> (bool, String) {
 #[test]
 fn a_renewed_certificate_is_served_to_new_connections_and_open_ones_stay() {
     let w = Work::new();
-    let (cert, key) = issue(w.dir.path(), "old-");
+    let (cert, key) = tls::issue(w.dir.path(), "old-");
     w.write("node.pem", &cert);
     w.write("node.key", &key);
     let config = format!(
@@ -504,7 +431,7 @@ fn a_renewed_certificate_is_served_to_new_connections_and_open_ones_stay() {
         std::fs::read_to_string(&out).is_ok_and(|s| s.contains("A=1"))
     });
 
-    let (cert, key) = issue(w.dir.path(), "new-");
+    let (cert, key) = tls::issue(w.dir.path(), "new-");
     w.write("node.key", &key);
     w.write("node.pem", &cert);
     node.proc.wait_for("the new certificate served", || {
@@ -627,8 +554,10 @@ fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
     assert_eq!(node.put(None, "A", "1").status, 200);
     let rt = runtime();
     let _agent = rt.block_on(async {
-        let mut ws = ws_connect(&node.ws(), "any").await;
-        hello_and_sync(&mut ws).await;
+        let mut ws = ws_connect(&node.ws(), Some("any"))
+            .await
+            .expect("upgrade accepted");
+        hello_and_sync(&mut ws, "prod").await;
         ws
     });
     sd.wait(
@@ -687,8 +616,10 @@ fn metrics_have_latency_histograms_and_build_info() {
     let node = Node::start(&w, "", &[]);
     let rt = runtime();
     let _agent = rt.block_on(async {
-        let mut ws = ws_connect(&node.ws(), "any").await;
-        hello_and_sync(&mut ws).await;
+        let mut ws = ws_connect(&node.ws(), Some("any"))
+            .await
+            .expect("upgrade accepted");
+        hello_and_sync(&mut ws, "prod").await;
         ws
     });
     for v in ["1", "2", "3"] {

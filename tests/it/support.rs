@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod tls;
+pub mod ws;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_tether");
 /// The benchmarks' binary, whose hidden `child` verb is the program the tests supervise.
 pub const BENCH_BIN: &str = env!("CARGO_BIN_EXE_tether-bench");

@@ -2,32 +2,9 @@
 //! trust it through --ca-file, and refuse it without.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-
-use crate::support::{BIN, Tether, Work, run_to_end};
-
-/// Write ca.pem, node.pem and node.key into `dir`.
-fn make_certs(dir: &Path) {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(dir.join("node.pem"), leaf_cert.pem()).unwrap();
-    std::fs::write(dir.join("node.key"), leaf_key.serialize_pem()).unwrap();
-}
+use crate::support::{BIN, Tether, Work, run_to_end, tls};
 
 struct Node {
     child: Child,
@@ -73,7 +50,9 @@ fn start_tls_node(w: &Work) -> Node {
 #[test]
 fn agent_and_verbs_over_tls_with_a_private_ca() {
     let w = Work::new();
-    make_certs(w.dir.path());
+    let (cert, key) = tls::issue(w.dir.path(), "");
+    w.write("node.pem", &cert);
+    w.write("node.key", &key);
     let node = start_tls_node(&w);
     let https = format!("https://127.0.0.1:{}", node.port);
     let ca = w.path("ca.pem").display().to_string();

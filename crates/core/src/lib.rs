@@ -15,6 +15,7 @@
 //! - [`endpoint`]: node URLs (`http(s)`/`ws(s)`) and the TLS client config with a CA file.
 //! - [`notify`]: systemd's service notifications (`READY=1`, `STATUS=`, the watchdog).
 //! - [`fdlimit`]: the open-file limit, raised at start.
+//! - [`prom`]: Prometheus' text format (`# HELP`/`# TYPE`, samples, escaped labels).
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,7 @@ pub mod glob;
 pub mod limits;
 pub mod logname;
 pub mod notify;
+pub mod prom;
 pub mod protocol;
 pub mod secret;
 pub mod settings;

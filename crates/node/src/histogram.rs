@@ -3,9 +3,10 @@
 //! no allocation. Rendered in the Prometheus text format (`_bucket{le=…}` cumulative,
 //! `_sum` in seconds, `_count`).
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use tether_core::prom::{Kind, head, sample};
 
 /// Upper bounds of the buckets, in nanoseconds, and as the `le` label writes them.
 const BOUNDS: [(u64, &str); 16] = [
@@ -55,18 +56,18 @@ impl Histogram {
     /// Append the histogram as `name` to `out`. The count is the sum of the buckets read,
     /// so `+Inf` and `_count` agree even while observations come in.
     pub fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        head(out, name, Kind::Histogram, help);
+        let bucket_name = format!("{name}_bucket");
         let mut cumulative = 0u64;
         for (bucket, (_, le)) in self.buckets.iter().zip(BOUNDS.iter()) {
             cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+            sample(out, &bucket_name, &[("le", le)], cumulative);
         }
         cumulative += self.buckets[BOUNDS.len()].load(Ordering::Relaxed);
         let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"+Inf\"}} {cumulative}\n{name}_sum {sum}\n{name}_count {cumulative}"
-        );
+        sample(out, &bucket_name, &[("le", "+Inf")], cumulative);
+        sample(out, &format!("{name}_sum"), &[], sum);
+        sample(out, &format!("{name}_count"), &[], cumulative);
     }
 }
 

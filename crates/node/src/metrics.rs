@@ -1,13 +1,13 @@
 //! `/metrics`: the node's counters and each environment's version as Prometheus text,
 //! open or (with `metrics_require_token`) behind a token like the API.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::{Extensions, HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use tether_core::prom::{Kind, head, sample};
 
 use super::Node;
 use super::api_error::{ApiError, grant};
@@ -28,63 +28,61 @@ pub async fn metrics(
     };
     let c = &node.hub.counters;
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
+    let mut metric = |name: &str, kind: Kind, help: &str, value: u64| {
+        head(&mut out, name, kind, help);
+        sample(&mut out, name, &[], value);
     };
     metric(
         "tether_agents_connected",
-        "gauge",
+        Kind::Gauge,
         "Agent connections on this node.",
         node.hub.agent_count() as u64,
     );
     metric(
         "tether_connections_total",
-        "counter",
+        Kind::Counter,
         "Agent connections accepted.",
         c.connections.load(Ordering::Relaxed),
     );
     metric(
         "tether_commits_total",
-        "counter",
+        Kind::Counter,
         "Change sets committed through this node.",
         c.commits.load(Ordering::Relaxed),
     );
     metric(
         "tether_frames_sent_total",
-        "counter",
+        Kind::Counter,
         "Frames sent to agents: written to their connections, or queued behind what a connection has not taken yet.",
         c.frames_sent.load(Ordering::Relaxed),
     );
     metric(
         "tether_resyncs_total",
-        "counter",
+        Kind::Counter,
         "Resyncs requested by agents.",
         c.resyncs.load(Ordering::Relaxed),
     );
     metric(
         "tether_snapshots_total",
-        "counter",
+        Kind::Counter,
         "Snapshots sent to agents.",
         c.snapshots.load(Ordering::Relaxed),
     );
     metric(
         "tether_auth_rejected_total",
-        "counter",
+        Kind::Counter,
         "Requests refused for auth.",
         c.rejected.load(Ordering::Relaxed),
     );
     metric(
         "tether_http_unauthenticated_connections",
-        "gauge",
+        Kind::Gauge,
         "Connections on which no request has passed the token check yet.",
         door.unauthenticated() as u64,
     );
     metric(
         "tether_http_connections_evicted_total",
-        "counter",
+        Kind::Counter,
         "Unauthenticated connections closed to make room: max_unauthenticated were open.",
         door.evicted.load(Ordering::Relaxed),
     );
@@ -99,68 +97,55 @@ pub async fn metrics(
         "Time from a commit (or its arrival from another node on the bus) to its change set offered to every agent connection of this node.",
     );
     if let super::store::Store::Redis(r) = &node.store {
-        let _ = writeln!(
-            out,
-            "# HELP tether_redis_errors_total Redis errors, by what the node was doing.\n# TYPE tether_redis_errors_total counter"
+        head(
+            &mut out,
+            "tether_redis_errors_total",
+            Kind::Counter,
+            "Redis errors, by what the node was doing.",
         );
         for op in super::store::redis::Op::ALL {
-            let _ = writeln!(
-                out,
-                "tether_redis_errors_total{{op=\"{}\"}} {}",
-                op.label(),
-                r.errors.get(op)
+            sample(
+                &mut out,
+                "tether_redis_errors_total",
+                &[("op", op.label())],
+                r.errors.get(op),
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP tether_build_info The running build: version, target architecture and OS.\n# TYPE tether_build_info gauge\ntether_build_info{{version=\"{}\",arch=\"{}\",os=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION"),
-        std::env::consts::ARCH,
-        std::env::consts::OS,
+    head(
+        &mut out,
+        "tether_build_info",
+        Kind::Gauge,
+        "The running build: version, target architecture and OS.",
+    );
+    sample(
+        &mut out,
+        "tether_build_info",
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("arch", std::env::consts::ARCH),
+            ("os", std::env::consts::OS),
+        ],
+        1,
     );
     if let Ok(envs) = node.store.list().await {
-        let _ = writeln!(
-            out,
-            "# HELP tether_env_version Current version of each environment.\n# TYPE tether_env_version gauge"
+        head(
+            &mut out,
+            "tether_env_version",
+            Kind::Gauge,
+            "Current version of each environment.",
         );
         for e in envs
             .into_iter()
             .filter(|e| grant.as_ref().is_none_or(|g| g.covers(&e.env)))
         {
-            let _ = writeln!(
-                out,
-                "tether_env_version{{env=\"{}\"}} {}",
-                label_value(&e.env),
-                e.position.version
+            sample(
+                &mut out,
+                "tether_env_version",
+                &[("env", &e.env)],
+                e.position.version,
             );
         }
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
-}
-
-/// A Prometheus label value, escaped as the text exposition format says: backslash,
-/// double quote and line feed as `\\`, `\"` and `\n`; everything else as it is.
-fn label_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for ch in v.chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn label_values_are_escaped_as_the_text_format_says() {
-        assert_eq!(super::label_value("prod"), "prod");
-        assert_eq!(super::label_value(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(super::label_value("a\nb"), "a\\nb");
-        assert_eq!(super::label_value("é_ü"), "é_ü");
-    }
 }

@@ -9,15 +9,11 @@ use std::process::{Child, Command, Stdio};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value as Json, json};
-use tether_core::protocol::{ClientMsg, Epoch, Position, ServerMsg, Subscription};
-use tokio::net::TcpStream;
+use tether_core::protocol::{ClientMsg, Epoch, Position, ServerMsg};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::support::ws::{self, Ws, send_msg, ws_connect};
 use crate::support::{DEADLINE, Tether, Work, free_port, start_node, wait_for};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const ADMIN: &str = "admin-token-acks-0123456789";
 const NOSECRETS: &str = "nosecrets-token-acks-0123456789";
@@ -71,23 +67,9 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn connect(port: u16, token: Option<&str>) -> Ws {
-    let mut req = format!("ws://127.0.0.1:{port}/v1/ws")
-        .into_client_request()
-        .unwrap();
-    if let Some(t) = token {
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(req))
+    ws_connect(&format!("ws://127.0.0.1:{port}/v1/ws"), token)
         .await
-        .expect("connected within the deadline")
-        .expect("upgrade");
-    ws
-}
-
-async fn send(ws: &mut Ws, msg: &ClientMsg) {
-    let text = serde_json::to_string(msg).unwrap();
-    ws.send(Message::text(text)).await.expect("send a frame");
+        .expect("upgrade")
 }
 
 /// The next frame from the node, heartbeats skipped.
@@ -110,18 +92,7 @@ async fn next(ws: &mut Ws) -> ServerMsg {
 
 /// Hello for `prod` from `position`; every frame up to `synced`, and that position.
 async fn hello(ws: &mut Ws, position: Option<Position>) -> (Vec<ServerMsg>, Position) {
-    let subscribe = vec![Subscription {
-        env: "prod".into(),
-        position,
-    }];
-    send(
-        ws,
-        &ClientMsg::Hello {
-            agent: "probe".into(),
-            subscribe,
-        },
-    )
-    .await;
+    send_msg(ws, &ws::hello("prod", position)).await;
     let mut frames = Vec::new();
     loop {
         match next(ws).await {
@@ -145,7 +116,7 @@ fn ack(env: &str, position: Position, ok: bool) -> ClientMsg {
 /// Send an ack and return the error frame it drew, if any: a frame of unknown type
 /// follows it, whose answer shows the node is past the ack.
 async fn ack_answer(ws: &mut Ws, msg: &ClientMsg) -> Option<String> {
-    send(ws, msg).await;
+    send_msg(ws, msg).await;
     ws.send(Message::text(r#"{"type":"probe-marker"}"#))
         .await
         .expect("send a frame");

@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use serde_json::{Value as Json, json};
-use tether_core::protocol::{ClientMsg, Position, ServerMsg, Subscription};
-use tokio_tungstenite::tungstenite::Message;
+use tether_core::protocol::{Position, ServerMsg};
 
+use crate::support::ws::{self, next_server_msg, send_msg, ws_connect};
 use crate::support::{BIN, DEADLINE, Tether, Work, listening_port, run_to_end, start_node};
 
 /// One HTTP call; any status is returned.
@@ -208,28 +207,10 @@ fn hello(port: u16, from: Position) -> ServerMsg {
         .unwrap();
     rt.block_on(async {
         let url = format!("ws://127.0.0.1:{port}/v1/ws");
-        let (mut ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect in time")
-            .expect("connect");
-        let hello = ClientMsg::Hello {
-            agent: "it".into(),
-            subscribe: vec![Subscription {
-                env: "prod".into(),
-                position: Some(from),
-            }],
-        };
-        ws.send(Message::text(serde_json::to_string(&hello).unwrap()))
-            .await
-            .unwrap();
+        let mut ws = ws_connect(&url, None).await.expect("connect");
+        send_msg(&mut ws, &ws::hello("prod", Some(from))).await;
         loop {
-            let frame = tokio::time::timeout(DEADLINE, ws.next())
-                .await
-                .expect("a frame in time");
-            let Some(Ok(Message::Text(t))) = frame else {
-                continue;
-            };
-            let m: ServerMsg = serde_json::from_str(t.as_str()).unwrap();
+            let m = next_server_msg(&mut ws).await;
             if let ServerMsg::Snapshot { .. } | ServerMsg::Change { .. } | ServerMsg::Error { .. } =
                 m
             {

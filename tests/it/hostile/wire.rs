@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value as Json, json};
-use tether_core::protocol::{ClientMsg, ServerMsg, Subscription};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -17,6 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::support::ws::{hello_and_sync, ws_connect};
 use crate::support::{DEADLINE, Tether, Work, free_port, start_node, strip_ansi, wait_for_within};
 
 mod retry;
@@ -341,34 +341,8 @@ fn a_close_frame_is_answered() {
     let (_node, port) = start_node(w.dir.path(), &["--data", &data]);
     rt.block_on(async {
         let url = format!("ws://127.0.0.1:{port}/v1/ws");
-        let connect = tokio_tungstenite::connect_async(url);
-        let (mut ws, _) = tokio::time::timeout(DEADLINE, connect)
-            .await
-            .expect("connect within the deadline")
-            .expect("upgrade");
-        let hello = ClientMsg::Hello {
-            agent: "it".into(),
-            subscribe: vec![Subscription {
-                env: "prod".into(),
-                position: None,
-            }],
-        };
-        ws.send(Message::text(serde_json::to_string(&hello).unwrap()))
-            .await
-            .unwrap();
-        loop {
-            let frame = tokio::time::timeout(DEADLINE, ws.next())
-                .await
-                .expect("a frame");
-            if let Some(Ok(Message::Text(t))) = frame {
-                if matches!(
-                    serde_json::from_str(t.as_str()),
-                    Ok(ServerMsg::Synced { .. })
-                ) {
-                    break;
-                }
-            }
-        }
+        let mut ws = ws_connect(&url, None).await.expect("upgrade");
+        hello_and_sync(&mut ws, "prod").await;
         let bye = CloseFrame {
             code: CloseCode::Normal,
             reason: "bye".into(),

@@ -4,11 +4,10 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 
-use futures_util::{SinkExt, StreamExt};
-use tether_core::protocol::{ClientMsg, Subscription};
-use tokio_tungstenite::tungstenite::Message;
+use futures_util::StreamExt;
 
 use super::{node, put, s};
+use crate::support::ws::{hello, send_msg, ws_connect};
 use crate::support::{BIN, DEADLINE, Tether, Work, free_port, run_to_end, wait_for};
 
 // --- check --mode serve ------------------------------------------------------------------
@@ -130,18 +129,8 @@ fn status_watch_times_out_with_its_own_code_on_an_agent_that_never_acks() {
     let ws_url = format!("{}/v1/ws", url.replace("http", "ws"));
     let (tx, rx) = std::sync::mpsc::channel();
     rt.spawn(async move {
-        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
-            .await
-            .expect("connect");
-        let hello = ClientMsg::Hello {
-            agent: "silent".into(),
-            subscribe: vec![Subscription {
-                env: "prod".into(),
-                position: None,
-            }],
-        };
-        let text = serde_json::to_string(&hello).unwrap();
-        ws.send(Message::text(text)).await.expect("hello");
+        let mut ws = ws_connect(&ws_url, None).await.expect("connect");
+        send_msg(&mut ws, &hello("prod", None)).await;
         let _ = tx.send(());
         while ws.next().await.is_some() {}
     });

@@ -2,9 +2,10 @@
 //! by the config (output paths, the followed environment) or by the kernel (signals); no
 //! value and no token is ever written.
 
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
+
+use tether_core::prom::{Kind, head, sample};
 
 use super::{NSIG, Stats, lock};
 
@@ -13,233 +14,241 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Render every metric.
 pub fn render(s: &Stats, build: &str, now: Instant) -> String {
-    let mut out = String::with_capacity(4096);
-    let head = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
+    let mut text = String::with_capacity(4096);
+    let out = &mut text;
 
     head(
-        &mut out,
+        out,
         "tether_build_info",
-        "gauge",
+        Kind::Gauge,
         "The tether binary: its version and build (full or agent).",
     );
-    let _ = writeln!(
+    sample(
         out,
-        "tether_build_info{{version=\"{}\",build=\"{}\"}} 1",
-        label_value(env!("CARGO_PKG_VERSION")),
-        label_value(build)
+        "tether_build_info",
+        &[("version", env!("CARGO_PKG_VERSION")), ("build", build)],
+        1,
     );
 
     head(
-        &mut out,
+        out,
         "tether_agent_ready",
-        "gauge",
+        Kind::Gauge,
         "1 once the first render is done (and the child started, in run mode), as /readyz.",
     );
-    let _ = writeln!(out, "tether_agent_ready {}", u8::from(s.readiness().0));
+    sample(out, "tether_agent_ready", &[], u8::from(s.readiness().0));
 
     head(
-        &mut out,
+        out,
         "tether_agent_changes_applied_total",
-        "counter",
+        Kind::Counter,
         "Changes rendered to every output and acted on.",
     );
-    let _ = writeln!(
+    sample(
         out,
-        "tether_agent_changes_applied_total {}",
-        s.changes.load(Relaxed)
+        "tether_agent_changes_applied_total",
+        &[],
+        s.changes.load(Relaxed),
     );
 
     if let Some(at) = *lock(&s.last_change) {
         head(
-            &mut out,
+            out,
             "tether_agent_seconds_since_last_change",
-            "gauge",
+            Kind::Gauge,
             "Seconds since the last change was applied (or since the first render).",
         );
-        let _ = writeln!(
+        let since = now.saturating_duration_since(at).as_secs_f64();
+        sample(
             out,
-            "tether_agent_seconds_since_last_change {:.3}",
-            now.saturating_duration_since(at).as_secs_f64()
+            "tether_agent_seconds_since_last_change",
+            &[],
+            format_args!("{since:.3}"),
         );
     }
 
     {
         let outputs = lock(&s.outputs);
         head(
-            &mut out,
+            out,
             "tether_agent_renders_total",
-            "counter",
+            Kind::Counter,
             "Outputs written because their content changed, by output path.",
         );
         for o in outputs.iter() {
-            let _ = writeln!(
+            let path = o.path.to_string_lossy();
+            sample(
                 out,
-                "tether_agent_renders_total{{output=\"{}\"}} {}",
-                label_value(&o.path.to_string_lossy()),
-                o.writes
+                "tether_agent_renders_total",
+                &[("output", &path)],
+                o.writes,
             );
         }
         head(
-            &mut out,
+            out,
             "tether_agent_render_failures_total",
-            "counter",
+            Kind::Counter,
             "Outputs that could not be written (they keep their previous content), by output path.",
         );
         for o in outputs.iter() {
-            let _ = writeln!(
+            let path = o.path.to_string_lossy();
+            sample(
                 out,
-                "tether_agent_render_failures_total{{output=\"{}\"}} {}",
-                label_value(&o.path.to_string_lossy()),
-                o.failures
+                "tether_agent_render_failures_total",
+                &[("output", &path)],
+                o.failures,
             );
         }
     }
 
     head(
-        &mut out,
+        out,
         "tether_agent_signals_sent_total",
-        "counter",
+        Kind::Counter,
         "Signals sent to the child's process group (run) or to the watched processes (watch): reloads, forwarded signals, stops.",
     );
     for (n, c) in s.signals.iter().enumerate().skip(1).take(NSIG - 1) {
         let v = c.load(Relaxed);
         if v > 0 {
-            let _ = writeln!(
+            let signal = signal_name(n);
+            sample(
                 out,
-                "tether_agent_signals_sent_total{{signal=\"{}\"}} {v}",
-                signal_name(n)
+                "tether_agent_signals_sent_total",
+                &[("signal", &signal)],
+                v,
             );
         }
     }
 
     head(
-        &mut out,
+        out,
         "tether_agent_child_restarts_total",
-        "counter",
+        Kind::Counter,
         "Restarts of the child, by reason: a change, or its exit under restart_on_exit.",
     );
-    let _ = writeln!(
-        out,
-        "tether_agent_child_restarts_total{{reason=\"change\"}} {}\ntether_agent_child_restarts_total{{reason=\"exit\"}} {}",
-        s.restarts_change.load(Relaxed),
-        s.restarts_exit.load(Relaxed)
-    );
+    for (reason, n) in [("change", &s.restarts_change), ("exit", &s.restarts_exit)] {
+        sample(
+            out,
+            "tether_agent_child_restarts_total",
+            &[("reason", reason)],
+            n.load(Relaxed),
+        );
+    }
 
     head(
-        &mut out,
+        out,
         "tether_agent_child_exits_total",
-        "counter",
+        Kind::Counter,
         "Exits of the child: success (code 0), failure (another code), or killed by a signal.",
     );
-    let _ = writeln!(
-        out,
-        "tether_agent_child_exits_total{{kind=\"success\"}} {}\ntether_agent_child_exits_total{{kind=\"failure\"}} {}",
-        s.exits_success.load(Relaxed),
-        s.exits_failure.load(Relaxed)
-    );
+    for (kind, n) in [("success", &s.exits_success), ("failure", &s.exits_failure)] {
+        sample(
+            out,
+            "tether_agent_child_exits_total",
+            &[("kind", kind)],
+            n.load(Relaxed),
+        );
+    }
     for (n, c) in s.exits_signal.iter().enumerate().skip(1) {
         let v = c.load(Relaxed);
         if v > 0 {
-            let _ = writeln!(
+            let signal = signal_name(n);
+            sample(
                 out,
-                "tether_agent_child_exits_total{{kind=\"signal\",signal=\"{}\"}} {v}",
-                signal_name(n)
+                "tether_agent_child_exits_total",
+                &[("kind", "signal"), ("signal", &signal)],
+                v,
             );
         }
     }
 
     let env = lock(&s.env).clone();
     if let Some(env) = env {
-        let env = label_value(&env);
+        let env = [("env", env.as_str())];
         let connected = s.connected.load(Relaxed);
         head(
-            &mut out,
+            out,
             "tether_agent_source_connected",
-            "gauge",
+            Kind::Gauge,
             "1 while a node's session is open for the followed environment.",
         );
-        let _ = writeln!(
+        sample(
             out,
-            "tether_agent_source_connected{{env=\"{env}\"}} {}",
-            u8::from(connected)
+            "tether_agent_source_connected",
+            &env,
+            u8::from(connected),
         );
         head(
-            &mut out,
+            out,
             "tether_agent_source_degraded",
-            "gauge",
+            Kind::Gauge,
             "1 while the agent runs without a node: on its saved state, or on what it applied before the connection was lost.",
         );
         let degraded = !connected && s.started.load(Relaxed);
-        let _ = writeln!(
+        sample(
             out,
-            "tether_agent_source_degraded{{env=\"{env}\"}} {}",
-            u8::from(degraded)
+            "tether_agent_source_degraded",
+            &env,
+            u8::from(degraded),
         );
         head(
-            &mut out,
+            out,
             "tether_agent_source_reconnects_total",
-            "counter",
+            Kind::Counter,
             "Sessions with a node opened after the first one.",
         );
-        let _ = writeln!(
+        sample(
             out,
-            "tether_agent_source_reconnects_total{{env=\"{env}\"}} {}",
-            s.reconnects.load(Relaxed)
+            "tether_agent_source_reconnects_total",
+            &env,
+            s.reconnects.load(Relaxed),
         );
         if let Some(p) = *lock(&s.position) {
             head(
-                &mut out,
+                out,
                 "tether_agent_applied_version",
-                "gauge",
+                Kind::Gauge,
                 "Version of the followed environment the agent applied.",
             );
-            let _ = writeln!(
-                out,
-                "tether_agent_applied_version{{env=\"{env}\"}} {}",
-                p.version
-            );
+            sample(out, "tether_agent_applied_version", &env, p.version);
             head(
-                &mut out,
+                out,
                 "tether_agent_applied_epoch",
-                "gauge",
+                Kind::Gauge,
                 "Epoch (history) of the applied version, as an integer (the API shows it in hex).",
             );
-            let _ = writeln!(
-                out,
-                "tether_agent_applied_epoch{{env=\"{env}\"}} {}",
-                p.epoch.0
-            );
+            sample(out, "tether_agent_applied_epoch", &env, p.epoch.0);
         }
     }
     let keyshade = lock(&s.keyshade).clone();
     if let Some(ks) = keyshade {
-        let ks = label_value(&ks);
+        let ks = [("keyshade", ks.as_str())];
         head(
-            &mut out,
+            out,
             "tether_agent_keyshade_connected",
-            "gauge",
+            Kind::Gauge,
             "1 while the keyshade session is registered (keyshade=\"workspace/project/environment\").",
         );
-        let _ = writeln!(
+        sample(
             out,
-            "tether_agent_keyshade_connected{{keyshade=\"{ks}\"}} {}",
-            u8::from(s.ks_connected.load(Relaxed))
+            "tether_agent_keyshade_connected",
+            &ks,
+            u8::from(s.ks_connected.load(Relaxed)),
         );
         head(
-            &mut out,
+            out,
             "tether_agent_keyshade_reconnects_total",
-            "counter",
+            Kind::Counter,
             "keyshade sessions registered after the first one.",
         );
-        let _ = writeln!(
+        sample(
             out,
-            "tether_agent_keyshade_reconnects_total{{keyshade=\"{ks}\"}} {}",
-            s.ks_reconnects.load(Relaxed)
+            "tether_agent_keyshade_reconnects_total",
+            &ks,
+            s.ks_reconnects.load(Relaxed),
         );
     }
-    out
+    text
 }
 
 /// `SIGHUP` for 1 and so on; realtime signals by number.
@@ -250,30 +259,9 @@ fn signal_name(n: usize) -> String {
         .map_or_else(|| n.to_string(), |s| s.as_str().to_string())
 }
 
-/// A label value escaped as the text format says: `\\`, `\"` and `\n`.
-fn label_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for ch in v.chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(label_value("prod"), "prod");
-        assert_eq!(label_value(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(label_value("a\nb"), "a\\nb");
-    }
 
     #[test]
     fn signal_names() {

@@ -38,6 +38,14 @@ fn spawns(events: &[Event]) -> Vec<&Event> {
     events.iter().filter(|e| e.what == What::Spawned).collect()
 }
 
+/// Wait (on the paused clock) until `times` children were spawned after the first.
+async fn respawned(spawner: &TestSpawner, times: usize) {
+    let what = format!("respawned {times} time(s)");
+    spawner
+        .wait_until(&what, |e| spawns(e).len() == times + 1)
+        .await;
+}
+
 /// `done` with a deadline on the paused clock.
 async fn finished(done: oneshot::Receiver<Exit>) -> Exit {
     timeout(secs(24 * 3600), done)
@@ -68,9 +76,7 @@ async fn restart_kills_a_child_ignoring_the_stop_signal_at_exactly_the_stop_time
     let (sup, _done) = start(&spawner, opts(RestartPolicy::Never));
     sleep_until(spawner.at(secs(1))).await;
     sup.send(Control::Restart(EnvVars::new()));
-    spawner
-        .wait_until("respawned", |e| spawns(e).len() == 2)
-        .await;
+    respawned(&spawner, 1).await;
     assert_eq!(
         spawner.events(),
         [
@@ -90,9 +96,7 @@ async fn restart_waits_for_a_child_that_stops_within_the_timeout_and_never_kills
     let (sup, _done) = start(&spawner, opts(RestartPolicy::Never));
     sleep_until(spawner.at(secs(1))).await;
     sup.send(Control::Restart(EnvVars::new()));
-    spawner
-        .wait_until("respawned", |e| spawns(e).len() == 2)
-        .await;
+    respawned(&spawner, 1).await;
     assert_eq!(
         spawner.events(),
         [
@@ -146,9 +150,7 @@ async fn what_is_left_of_the_group_is_killed_before_the_respawn() {
         .leaves_stragglers();
     let spawner = TestSpawner::scripted([child], Behaviour::runs());
     let (_sup, _done) = start(&spawner, opts(RestartPolicy::OnFailure));
-    spawner
-        .wait_until("respawned", |e| spawns(e).len() == 2)
-        .await;
+    respawned(&spawner, 1).await;
     assert_eq!(
         spawner.events(),
         [
@@ -185,9 +187,7 @@ fn respawn_delays(events: &[Event]) -> Vec<Duration> {
 async fn respawns_back_off_from_100ms_doubling_up_to_30s() {
     let spawner = TestSpawner::new(Behaviour::runs().exits_after(ms(10), Exit::Code(1)));
     let (_sup, _done) = start(&spawner, opts(RestartPolicy::Always));
-    spawner
-        .wait_until("respawned 12 times", |e| spawns(e).len() == 13)
-        .await;
+    respawned(&spawner, 12).await;
     let expected: Vec<Duration> = [
         100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000,
     ]
@@ -208,9 +208,7 @@ async fn backoff_starts_over_after_a_child_ran_for_10s_and_not_before() {
     ];
     let spawner = TestSpawner::scripted(script, short);
     let (_sup, _done) = start(&spawner, opts(RestartPolicy::Always));
-    spawner
-        .wait_until("respawned 5 times", |e| spawns(e).len() == 6)
-        .await;
+    respawned(&spawner, 5).await;
     let expected: Vec<Duration> = [100, 200, 400, 100, 200].into_iter().map(ms).collect();
     assert_eq!(respawn_delays(&spawner.events()), expected);
 }
@@ -220,9 +218,7 @@ async fn a_failed_respawn_is_retried_with_a_doubled_delay() {
     let spawner = TestSpawner::new(Behaviour::runs().exits_after(ms(10), Exit::Code(1)));
     let (_sup, _done) = start(&spawner, opts(RestartPolicy::Always));
     spawner.fail_next_spawns(2);
-    spawner
-        .wait_until("respawned", |e| spawns(e).len() == 2)
-        .await;
+    respawned(&spawner, 1).await;
     let events = spawner.events();
     let tries: Vec<(Duration, What)> = events
         .iter()
@@ -284,9 +280,7 @@ async fn a_child_ended_by_ctrl_c_at_its_terminal_is_not_respawned() {
     // Without the terminal, the same death is a crash like any other.
     let spawner = TestSpawner::new(by_ctrl_c);
     let (_sup, _done) = start(&spawner, opts(RestartPolicy::Always));
-    spawner
-        .wait_until("respawned", |e| spawns(e).len() == 2)
-        .await;
+    respawned(&spawner, 1).await;
 }
 
 // ---- reload grace ----
@@ -402,9 +396,7 @@ async fn new_options_apply_to_the_next_stop_and_leave_the_child_running() {
     sleep_until(spawner.at(secs(3))).await;
     assert_eq!(spawner.events(), [ev(ms(0), 1000, What::Spawned)]);
     sup.send(Control::Restart(EnvVars::new()));
-    spawner
-        .wait_until("respawned", |e| spawns(e).len() == 2)
-        .await;
+    respawned(&spawner, 1).await;
     assert_eq!(
         spawner.events(),
         [
