@@ -36,6 +36,10 @@ pub struct AgentArgs {
     /// Owner of --output: USER[:GROUP] or UID[:GID].
     #[arg(long, value_name = "USER[:GROUP]", env = "TETHER_OWNER")]
     pub owner: Option<String>,
+    /// Render template SRC to DEST, doing ACTION on change (restart, signal[:SIG], exec:CMD,
+    /// none; default --on-change). Repeatable; adds to the config's outputs.
+    #[arg(long = "template", value_name = "SRC:DEST[:ACTION]")]
+    pub templates: Vec<String>,
     /// What a change does: restart, signal[:SIG], exec:CMD or none.
     #[arg(long, value_name = "ACTION", env = "TETHER_ON_CHANGE")]
     pub on_change: Option<String>,

@@ -142,18 +142,55 @@ pub fn write_atomic(
     mode: u32,
     owner: Option<Owner>,
 ) -> Result<(), WriteError> {
+    stage(path, bytes, mode, owner)?.commit()
+}
+
+/// A file written in full beside its destination, not yet renamed over it; dropped
+/// uncommitted, it is removed and the destination is untouched.
+pub struct Staged {
+    path: PathBuf,
+    tmp: PathBuf,
+    guard: Cleanup,
+}
+
+/// The first half of [`write_atomic`]: the temp file, complete, with its final mode and
+/// owner, fsynced.
+pub fn stage(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<Owner>,
+) -> Result<Staged, WriteError> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| invalid("write", path, "path has no UTF-8 file name"))?;
-    let dir = parent_of(path);
-    let tmp = dir.join(format!(".{name}.tmp-{}", rand_suffix()));
-    let mut guard = Cleanup(Some(tmp.clone()), false);
+    let tmp = parent_of(path).join(format!(".{name}.tmp-{}", rand_suffix()));
+    let guard = Cleanup(Some(tmp.clone()), false);
     write_new(&tmp, bytes, mode, owner)?;
-    fs::rename(&tmp, path).map_err(err("rename", path))?;
-    guard.disarm();
-    remove_stale_temps(dir, name);
-    fsync_dir(dir)
+    Ok(Staged {
+        path: path.to_path_buf(),
+        tmp,
+        guard,
+    })
+}
+
+impl Staged {
+    /// Where the complete new content is, until [`Staged::commit`].
+    pub fn tmp(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Rename the temp file over the destination and fsync the directory.
+    pub fn commit(mut self) -> Result<(), WriteError> {
+        fs::rename(&self.tmp, &self.path).map_err(err("rename", &self.path))?;
+        self.guard.disarm();
+        let dir = parent_of(&self.path);
+        if let Some(name) = self.path.file_name().and_then(|n| n.to_str()) {
+            remove_stale_temps(dir, name);
+        }
+        fsync_dir(dir)
+    }
 }
 
 fn check_name(dir: &Path, name: &str) -> Result<(), WriteError> {

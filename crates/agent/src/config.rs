@@ -112,6 +112,8 @@ pub struct Config {
     pub splay: Duration,
     pub restart_on_exit: RestartPolicy,
     pub keep_outputs: bool,
+    /// A change set lands in every output or in none (`atomic_outputs`, default true).
+    pub atomic_outputs: bool,
     pub forward_signals: Vec<Signal>,
     pub exec_timeout: Duration,
     pub reload_grace: Duration,
@@ -276,6 +278,11 @@ pub fn validate_in(
         &raw.exec_timeout,
         Duration::from_secs(30),
     );
+    for o in &mut outputs {
+        if let Some(c) = &mut o.check {
+            c.timeout = exec_timeout;
+        }
+    }
     let reload_grace = dur(
         &mut p,
         "reload_grace",
@@ -439,6 +446,7 @@ pub fn validate_in(
         splay,
         restart_on_exit,
         keep_outputs: raw.keep_outputs.unwrap_or(false),
+        atomic_outputs: raw.atomic_outputs.unwrap_or(true),
         forward_signals,
         exec_timeout,
         reload_grace,
@@ -510,6 +518,7 @@ impl Config {
         };
         t.insert("restart_on_exit".into(), s(policy.into()));
         t.insert("keep_outputs".into(), V::Boolean(self.keep_outputs));
+        t.insert("atomic_outputs".into(), V::Boolean(self.atomic_outputs));
         t.insert(
             "forward_signals".into(),
             V::Array(
@@ -551,7 +560,23 @@ impl Config {
             .map(|o| {
                 let mut ot = toml::Table::new();
                 ot.insert("path".into(), s(o.path.display().to_string()));
-                ot.insert("format".into(), s(o.format.to_string()));
+                match &o.template {
+                    Some(crate::output::TemplateSource::File(p)) => {
+                        ot.insert("template".into(), s(p.display().to_string()));
+                    }
+                    Some(crate::output::TemplateSource::Inline(c)) => {
+                        ot.insert("contents".into(), s(c.clone()));
+                    }
+                    None => {
+                        ot.insert("format".into(), s(o.format.to_string()));
+                    }
+                }
+                if let Some(c) = &o.check {
+                    ot.insert(
+                        "check".into(),
+                        s(shlex::try_join(c.argv.iter().map(String::as_str)).unwrap_or_default()),
+                    );
+                }
                 ot.insert("mode".into(), s(format!("{:04o}", o.mode)));
                 if let Some(owner) = &o.owner {
                     ot.insert("owner".into(), s(owner.to_string()));

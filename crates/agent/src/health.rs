@@ -310,6 +310,11 @@ pub(crate) fn render(
     r
 }
 
+/// An output was written (`ok`) or failed to be (render, check or write).
+pub(crate) fn output_done(path: &std::path::Path, ok: bool) {
+    STATS.output(path, ok);
+}
+
 /// The first render is done and, in run mode, the child started: `READY=1` (again after a
 /// reload, following `notify::reloading`).
 pub fn ready() {

@@ -341,6 +341,9 @@ impl Agent {
         }
         self.stale |= plan.outputs || plan.env;
         self.cfg = new;
+        if plan.outputs {
+            self.templates = crate::output::TemplateWatch::new(&self.cfg.outputs);
+        }
     }
 
     /// Outputs matched by path: one whose rendering is the same keeps what it last wrote
@@ -362,6 +365,8 @@ impl Agent {
                         == (spec.format, spec.mode, spec.owner) =>
                 {
                     o.spec.on_change = spec.on_change.clone();
+                    o.spec.template = spec.template.clone();
+                    o.spec.check = spec.check.clone();
                     o
                 }
                 Some(o) => {

@@ -89,6 +89,8 @@ pub(crate) struct Agent {
     pub(crate) signals: Signals,
     pub(crate) log: LogControl,
     pub(crate) config_watch: ConfigWatch,
+    /// The outputs' template files.
+    pub(crate) templates: crate::output::TemplateWatch,
     /// A reload changed an output or the environment's rules: the next apply renders
     /// everything even though no value changed.
     pub(crate) stale: bool,
@@ -199,6 +201,7 @@ async fn run_with(cfg: Config, log: LogControl, tasks: &Tasks) -> Result<i32, Ag
     );
 
     let hooks = spawn_hook_runner(reaper.clone(), tasks);
+    let templates = crate::output::TemplateWatch::new(&cfg.outputs);
     let mut agent = Agent {
         debouncer: Debouncer::new(cfg.debounce, cfg.max_wait, cfg.splay),
         cfg,
@@ -218,6 +221,7 @@ async fn run_with(cfg: Config, log: LogControl, tasks: &Tasks) -> Result<i32, Ag
         signals,
         log,
         config_watch,
+        templates,
         stale: false,
     };
     agent.ack(Ok(()));
@@ -329,6 +333,11 @@ impl Agent {
                     if self.reload_sources(dirty) {
                         self.kick(&sink);
                     }
+                }
+                () = self.templates.changed() => {
+                    tracing::info!("a template changed; rendering again");
+                    self.stale = true;
+                    self.kick(&sink);
                 }
                 () = self.config_watch.changed() => {
                     self.reload(&sink, "config file changed");
@@ -471,28 +480,66 @@ impl Agent {
         let mut restart = false;
         let mut signals: Vec<Signal> = Vec::new();
         let mut hooks: Vec<Vec<String>> = Vec::new();
-        for o in &mut self.outputs {
-            match crate::health::render(o, &merged) {
+        // Every output is rendered (and checked) to a temp file first; then, by default,
+        // all of them land or, if one failed, none does (`atomic_outputs`).
+        let all_or_nothing = self.cfg.atomic_outputs;
+        let mut staged = Vec::new();
+        let mut written: Vec<usize> = Vec::new();
+        for (i, o) in self.outputs.iter_mut().enumerate() {
+            let r = match o.prepare(&merged) {
+                Ok(Some(p)) if all_or_nothing => {
+                    staged.push((i, p));
+                    continue;
+                }
+                Ok(Some(p)) => o.commit(p).map(|()| true),
+                Ok(None) => Ok(false),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(true) => written.push(i),
                 Ok(false) => {}
-                Ok(true) => match &o.spec.on_change {
-                    Action::Restart if values_changed => restart = true,
-                    Action::Restart => tracing::info!(
-                        output = %o.spec.path.display(),
-                        "output rewritten after a reload; the child is not restarted for it (only a value or environment change restarts it)"
-                    ),
-                    Action::Signal(s) if !signals.contains(s) => signals.push(*s),
-                    Action::Signal(_) | Action::None => {}
-                    Action::Exec(argv) if !hooks.contains(argv) => hooks.push(argv.clone()),
-                    Action::Exec(_) => {}
-                },
                 Err(e) => {
+                    crate::health::output_done(&o.spec.path, false);
                     tracing::error!(error = %e, "output not updated; it keeps its previous content");
                     failures.push(e.to_string());
                 }
             }
         }
+        if failures.is_empty() {
+            for (i, p) in staged {
+                let o = &mut self.outputs[i];
+                match o.commit(p) {
+                    Ok(()) => written.push(i),
+                    Err(e) => {
+                        crate::health::output_done(&o.spec.path, false);
+                        tracing::error!(error = %e, "output not updated; it keeps its previous content");
+                        failures.push(e.to_string());
+                    }
+                }
+            }
+        } else if !staged.is_empty() {
+            tracing::error!(
+                outputs = staged.len(),
+                "an output failed: no output moves to the new version (atomic_outputs)"
+            );
+        }
+        for i in written {
+            let o = &self.outputs[i];
+            crate::health::output_done(&o.spec.path, true);
+            match &o.spec.on_change {
+                Action::Restart if values_changed => restart = true,
+                Action::Restart => tracing::info!(
+                    output = %o.spec.path.display(),
+                    "output rewritten after a reload; the child is not restarted for it (only a value or environment change restarts it)"
+                ),
+                Action::Signal(s) if !signals.contains(s) => signals.push(*s),
+                Action::Signal(_) | Action::None => {}
+                Action::Exec(argv) if !hooks.contains(argv) => hooks.push(argv.clone()),
+                Action::Exec(_) => {}
+            }
+        }
         let env = render_env(&self.cfg, &merged);
-        if env != self.env {
+        if env != self.env && (failures.is_empty() || !all_or_nothing) {
             // The child can only see a new environment by starting again.
             restart = true;
             self.env = env;

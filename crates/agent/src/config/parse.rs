@@ -2,6 +2,7 @@
 //! network source, file modes and the env filter. Each problem is collected with its key.
 
 use super::*;
+use crate::output::{CheckSpec, TemplateSource};
 
 #[derive(Default)]
 pub(super) struct Problems(Vec<Problem>);
@@ -110,12 +111,58 @@ pub(super) fn parse_output(
         None => Some(default_action.clone()),
         Some(a) => p.check(&format!("{key}.on_change"), parse_action(a)),
     };
+    let template = match (o.template.as_deref(), o.contents.as_ref()) {
+        (Some(_), Some(_)) => {
+            p.push(
+                &format!("{key}.template"),
+                "give template or contents, not both",
+            );
+            None
+        }
+        (Some(""), None) => {
+            p.push(&format!("{key}.template"), "a template needs a path");
+            None
+        }
+        (Some(t), None) => Some(Some(TemplateSource::File(crate::output::resolve_path(t)))),
+        (None, Some(c)) => Some(Some(TemplateSource::Inline(c.clone()))),
+        (None, None) => Some(None),
+    };
+    if o.format.is_some() && (o.template.is_some() || o.contents.is_some()) {
+        p.push(
+            &format!("{key}.format"),
+            "a template output has no format: remove it",
+        );
+    }
+    if let Some(Some(t)) = &template {
+        let text = match t.text() {
+            Ok(text) => Some(text),
+            Err(e) => {
+                p.push(&format!("{key}.template"), e.to_string());
+                None
+            }
+        };
+        if let Some(Err(e)) = text.map(|text| crate::output::template::validate(&t.name(), &text)) {
+            p.push(&format!("{key}.template"), e.to_string());
+        }
+    }
+    let check = match o.check.as_deref() {
+        None => Some(None),
+        Some(c) => p.check(&format!("{key}.check"), CheckSpec::parse(c).map(Some)),
+    };
+    if check.as_ref().is_some_and(Option::is_some)
+        && matches!(format, Some(Format::Dir))
+        && template.as_ref().is_some_and(Option::is_none)
+    {
+        p.push(&format!("{key}.check"), "a dir output cannot be checked");
+    }
     Some(OutputSpec {
         path: path?,
         format: format?,
         mode: mode?,
         owner: owner?,
         on_change: on_change?,
+        template: template?,
+        check: check?,
     })
 }
 

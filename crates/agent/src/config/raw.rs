@@ -27,6 +27,8 @@ pub struct RawConfig {
     pub splay: Option<String>,
     pub restart_on_exit: Option<String>,
     pub keep_outputs: Option<bool>,
+    /// One change set lands in every output or in none (default true).
+    pub atomic_outputs: Option<bool>,
     pub forward_signals: Option<Vec<String>>,
     pub exec_timeout: Option<String>,
     pub reload_grace: Option<String>,
@@ -76,6 +78,12 @@ pub struct RawOutput {
     pub mode: Option<String>,
     pub owner: Option<String>,
     pub on_change: Option<String>,
+    /// A template file to render (watched) instead of `format`.
+    pub template: Option<String>,
+    /// An inline template instead of `format`.
+    pub contents: Option<String>,
+    /// A command run on the rendered temp file before it lands (`{path}`).
+    pub check: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -125,9 +133,22 @@ impl RawConfig {
                     format: a.format.clone(),
                     mode: a.mode.clone(),
                     owner: a.owner.clone(),
-                    on_change: None,
+                    ..RawOutput::default()
                 }]);
             }
+        }
+        for t in &a.templates {
+            // SRC:DEST[:ACTION]; an action may itself hold colons (exec:CMD, signal:HUP).
+            let mut parts = t.splitn(3, ':');
+            let src = parts.next().unwrap_or_default();
+            let dest = parts.next();
+            let action = parts.next();
+            self.outputs.get_or_insert_with(Vec::new).push(RawOutput {
+                path: dest.map(str::to_string),
+                template: Some(src.to_string()),
+                on_change: action.map(str::to_string),
+                ..RawOutput::default()
+            });
         }
         set(&mut self.on_change, &a.on_change);
         if a.no_env {

@@ -1,18 +1,24 @@
 //! Outputs: where rendered values go (files in dotenv, json, shell or dir format, and the
 //! child's environment), written atomically and only when their bytes change.
 
+pub mod check;
 pub mod env;
 mod place;
 pub mod render;
+pub mod template;
+mod template_watch;
+pub use template_watch::TemplateWatch;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::atomic;
 pub use crate::atomic::Owner;
+pub use check::CheckSpec;
 pub use env::{EnvSpec, EnvVars};
 pub use place::{default_dir, ensure_private_dir, resolve_path};
 pub use render::{Format, Rendered, valid_env_name};
+pub use template::{TemplateError, TemplateSource};
 
 use crate::action::Action;
 use crate::state::Entries;
@@ -25,6 +31,10 @@ pub struct OutputSpec {
     pub mode: u32,
     pub owner: Option<Owner>,
     pub on_change: Action,
+    /// Rendered from this template instead of `format`.
+    pub template: Option<TemplateSource>,
+    /// Run on the rendered temp file before it replaces the output.
+    pub check: Option<CheckSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +56,20 @@ pub enum OutputError {
          there: remove it (or make it yours, mode 0700), or give the output a full path"
     )]
     UnsafeDir { dir: PathBuf, why: String },
+    #[error("output {path}: {source}")]
+    Template {
+        path: PathBuf,
+        #[source]
+        source: TemplateError,
+    },
+    #[error("output {path}: {why}")]
+    Check { path: PathBuf, why: String },
+}
+
+/// An output's new content, rendered (and checked) but not yet in place.
+pub enum Prepared {
+    File(atomic::Staged, Rendered),
+    Dir(Rendered),
 }
 
 /// One output file or directory and what it last held.
@@ -76,10 +100,23 @@ impl Output {
     /// Render `entries` and write them if the bytes differ from what the output holds.
     /// Returns whether anything was written.
     pub fn apply(&mut self, entries: &Entries) -> Result<bool, OutputError> {
-        if let Some(dir) = &self.private_dir {
-            // Before anything is read or written there: someone else's directory could hand
-            // us their content or take ours.
-            ensure_private_dir(dir)?;
+        match self.prepare(entries)? {
+            Some(p) => self.commit(p).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// The bytes this output would hold for `entries`.
+    pub fn render(&self, entries: &Entries) -> Result<Rendered, OutputError> {
+        if let Some(t) = &self.spec.template {
+            let err = |source| OutputError::Template {
+                path: self.spec.path.clone(),
+                source,
+            };
+            let text = t.text().map_err(err)?;
+            return template::render(&t.name(), &text, entries)
+                .map(Rendered::File)
+                .map_err(err);
         }
         let (rendered, skipped) = render::render(self.spec.format, entries);
         for s in &skipped {
@@ -90,16 +127,71 @@ impl Output {
                 "entry skipped"
             );
         }
+        Ok(rendered)
+    }
+
+    /// Render `entries`; when the bytes differ from what the output holds, write them to a
+    /// temp file beside it and run the check on it. `None`: nothing to write.
+    pub fn prepare(&mut self, entries: &Entries) -> Result<Option<Prepared>, OutputError> {
+        if let Some(dir) = &self.private_dir {
+            // Before anything is read or written there: someone else's directory could hand
+            // us their content or take ours.
+            ensure_private_dir(dir)?;
+        }
+        let rendered = self.render(entries)?;
         if self.last.is_none() {
             // Left by an earlier run (--keep-outputs): identical content is not rewritten.
             self.last = self.read_existing();
         }
         if self.last.as_ref() == Some(&rendered) {
-            return Ok(false);
+            return Ok(None);
         }
-        self.write(&rendered)?;
+        self.make_parent()?;
+        match rendered {
+            Rendered::File(bytes) => {
+                let path = &self.spec.path;
+                let staged = atomic::stage(path, &bytes, self.spec.mode, self.spec.owner).map_err(
+                    |source| OutputError::Write {
+                        path: path.clone(),
+                        source,
+                    },
+                )?;
+                if let Some(c) = &self.spec.check {
+                    check::run(c, staged.tmp(), path, entries).map_err(|why| {
+                        OutputError::Check {
+                            path: path.clone(),
+                            why,
+                        }
+                    })?;
+                }
+                Ok(Some(Prepared::File(staged, Rendered::File(bytes))))
+            }
+            dir => Ok(Some(Prepared::Dir(dir))),
+        }
+    }
+
+    /// Put prepared content in place.
+    pub fn commit(&mut self, p: Prepared) -> Result<(), OutputError> {
+        let path = &self.spec.path;
+        let err = |source| OutputError::Write {
+            path: path.clone(),
+            source,
+        };
+        let rendered = match p {
+            Prepared::File(staged, rendered) => {
+                staged.commit().map_err(err)?;
+                rendered
+            }
+            Prepared::Dir(rendered) => {
+                if let Rendered::Dir(files) = &rendered {
+                    atomic::publish_dir(path, files, self.spec.mode, self.spec.owner)
+                        .map_err(err)?;
+                }
+                rendered
+            }
+        };
         self.last = Some(rendered);
-        Ok(true)
+        Ok(())
     }
 
     /// What an earlier run left, if it also has the mode and owner this output wants
@@ -121,12 +213,8 @@ impl Output {
         }
     }
 
-    fn write(&self, rendered: &Rendered) -> Result<(), OutputError> {
+    fn make_parent(&self) -> Result<(), OutputError> {
         let path = &self.spec.path;
-        let err = |source| OutputError::Write {
-            path: path.clone(),
-            source,
-        };
         if let Some(parent) = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty() && !p.exists())
@@ -141,14 +229,7 @@ impl Output {
                     source,
                 })?;
         }
-        match rendered {
-            Rendered::File(bytes) => {
-                atomic::write_atomic(path, bytes, self.spec.mode, self.spec.owner).map_err(err)
-            }
-            Rendered::Dir(files) => {
-                atomic::publish_dir(path, files, self.spec.mode, self.spec.owner).map_err(err)
-            }
-        }
+        Ok(())
     }
 
     /// Remove what this output wrote (on a clean exit).
@@ -274,6 +355,8 @@ mod tests {
             mode: 0o640,
             owner: None,
             on_change: Action::None,
+            template: None,
+            check: None,
         }
     }
 
@@ -360,6 +443,8 @@ mod mode_tests {
             mode: 0o600,
             owner: None,
             on_change: Action::None,
+            template: None,
+            check: None,
         });
         assert!(out.apply(&entries(&[("A", "1")])).unwrap());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
