@@ -196,6 +196,9 @@ fn check(args: &tether_agent::args::CheckArgs) -> i32 {
     };
     match config::validate(&raw, mode) {
         Ok(cfg) => {
+            for w in tether_agent::unknown_template_names(&cfg) {
+                eprintln!("warning: {w}");
+            }
             print!("{}", cfg.to_toml());
             0
         }

@@ -19,6 +19,7 @@ mod run;
 mod serve;
 mod serve_ops;
 mod support;
+mod templates;
 mod tls;
 mod tty;
 mod watch;

@@ -43,4 +43,5 @@ mod target;
 mod tasks;
 
 pub use once::{EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_UNAVAILABLE, OnceSpec};
+pub use output::template::unknown_names as unknown_template_names;
 pub use run::{AgentError, run};

@@ -347,6 +347,38 @@ pub fn render(name: &str, text: &str, entries: &Entries) -> Result<Vec<u8>, Temp
     }
 }
 
+/// For `tether check`: a warning for each name a template reads that no configured source
+/// provides. Only known when every source is a readable file source (a node's or
+/// keyshade's names are not known before they answer); `values[...]` lookups are not seen.
+pub fn unknown_names(cfg: &crate::config::Config) -> Vec<String> {
+    if cfg.net.is_some() || cfg.keyshade.is_some() {
+        return Vec::new();
+    }
+    let mut known = BTreeSet::new();
+    for s in &cfg.sources {
+        match crate::source::load(s) {
+            Ok(entries) => known.extend(entries.into_keys()),
+            Err(_) => return Vec::new(),
+        }
+    }
+    let mut warnings = Vec::new();
+    for o in &cfg.outputs {
+        let Some(t) = &o.template else { continue };
+        let Ok(names) = t.text().and_then(|text| validate(&t.name(), &text)) else {
+            continue;
+        };
+        for n in names.difference(&known) {
+            warnings.push(format!(
+                "output {}: template {} reads {}, which no source provides",
+                o.path.display(),
+                t.name(),
+                tether_core::logname::name(n)
+            ));
+        }
+    }
+    warnings
+}
+
 impl fmt::Display for TemplateSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name())
