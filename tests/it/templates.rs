@@ -372,3 +372,38 @@ fn check_validates_templates_and_warns_of_unknown_names() {
     assert!(!err.contains("reads A,"), "{err}");
     assert!(out.contains("good.tmpl"), "{out}");
 }
+
+#[test]
+fn dry_run_shows_a_template_render_with_secrets_masked() {
+    let work = Work::new();
+    work.write("app.env", &format!("S={SECRET}\nPORT=80\n"));
+    work.write(
+        "cfg.toml",
+        &format!(
+            "[[output]]\npath = \"{}\"\ncontents = \"listen {{{{ PORT }}}}; pass {{{{ S }}}};\\n\"\n\n\
+             [[output]]\npath = \"{}\"\ncontents = \"{{{{ GONE }}}}\"\n",
+            work.path("x.conf").display(),
+            work.path("y.conf").display(),
+        ),
+    );
+    let (code, out, err) = run_to_end(
+        work.dir.path(),
+        &[
+            "watch",
+            "--dry-run",
+            "-c",
+            "cfg.toml",
+            "--source",
+            "file:app.env",
+            "--signal-process",
+            "nothing-here",
+        ],
+    );
+    assert!(!out.contains(SECRET) && !err.contains(SECRET), "{out}{err}");
+    assert!(out.contains("pass <masked>;"), "{out}\n{err} {code}");
+    assert!(
+        out.contains("would NOT write it") && out.contains("GONE"),
+        "{out}"
+    );
+    assert!(!work.path("x.conf").exists(), "a dry run writes nothing");
+}

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use crate::config::{Action, Config, Mode, WatchTarget};
 use crate::output::render::{self, Format, Rendered, Skipped};
-use crate::output::{Output, OutputSpec};
+use crate::output::{Output, OutputSpec, TemplateSource};
 use crate::state::{Entries, Entry};
 use tether_core::protocol::Position;
 use tether_core::secret::Value;
@@ -99,6 +99,9 @@ fn masked(merged: &Entries, net_keys: Option<&BTreeSet<String>>, show_file: bool
 }
 
 fn output(out: &mut String, cfg: &Config, spec: &OutputSpec, merged: &Entries, shown: &Entries) {
+    if let Some(t) = &spec.template {
+        return template_output(out, cfg, spec, t, merged, shown);
+    }
     let (real, skipped) = render::render(spec.format, merged);
     let there = std::fs::symlink_metadata(&spec.path).is_ok();
     let same = there && Output::new(spec.clone()).read_existing() == Some(real);
@@ -111,6 +114,29 @@ fn output(out: &mut String, cfg: &Config, spec: &OutputSpec, merged: &Entries, s
         "  format {}, mode {:04o}, owner {owner}",
         spec.format, spec.mode
     );
+    status_and_action(out, cfg, spec, there, same);
+    list_skipped(out, &skipped);
+    // Skipped entries are left out of the masked render too (a mask would always fit).
+    let kept: Entries = shown
+        .iter()
+        .filter(|(k, _)| !skipped.iter().any(|s| &s.name == *k))
+        .map(|(k, e)| (k.clone(), e.clone()))
+        .collect();
+    match render::render(spec.format, &kept).0 {
+        Rendered::File(bytes) => content(out, &bytes),
+        Rendered::Dir(files) => {
+            for (name, bytes) in files {
+                let _ = writeln!(out, "  file {}:", escape(&name));
+                content(out, &bytes);
+            }
+        }
+    }
+    if spec.format == Format::Dir && kept.is_empty() {
+        let _ = writeln!(out, "  (no files)");
+    }
+}
+
+fn status_and_action(out: &mut String, cfg: &Config, spec: &OutputSpec, there: bool, same: bool) {
     let (status, fires) = match (there, same) {
         (false, _) => ("would create it", "no (a first render fires nothing)"),
         (true, false) => (
@@ -131,24 +157,52 @@ fn output(out: &mut String, cfg: &Config, spec: &OutputSpec, merged: &Entries, s
             let _ = writeln!(out, "  on change: {}; fires: {fires}", action(cfg, a));
         }
     }
-    list_skipped(out, &skipped);
-    // Skipped entries are left out of the masked render too (a mask would always fit).
-    let kept: Entries = shown
-        .iter()
-        .filter(|(k, _)| !skipped.iter().any(|s| &s.name == *k))
-        .map(|(k, e)| (k.clone(), e.clone()))
-        .collect();
-    match render::render(spec.format, &kept).0 {
-        Rendered::File(bytes) => content(out, &bytes),
-        Rendered::Dir(files) => {
-            for (name, bytes) in files {
-                let _ = writeln!(out, "  file {}:", escape(&name));
-                content(out, &bytes);
-            }
+}
+
+/// A template output: rendered from the real values to judge it (an error is shown, with
+/// no value in it), and from the masked ones to print it.
+fn template_output(
+    out: &mut String,
+    cfg: &Config,
+    spec: &OutputSpec,
+    t: &TemplateSource,
+    merged: &Entries,
+    shown: &Entries,
+) {
+    let probe = Output::new(spec.clone());
+    let _ = writeln!(out, "\noutput {}", spec.path.display());
+    let owner = spec
+        .owner
+        .map_or_else(|| "tether's user".to_string(), |o| o.to_string());
+    let _ = writeln!(
+        out,
+        "  template {}, mode {:04o}, owner {owner}",
+        t.name(),
+        spec.mode
+    );
+    if let Some(c) = &spec.check {
+        let _ = writeln!(out, "  check: {} (not run)", c.argv.join(" "));
+    }
+    match probe.render(merged) {
+        Err(e) => {
+            let _ = writeln!(out, "  would NOT write it: {e}");
+            return;
+        }
+        Ok(real) => {
+            let there = std::fs::symlink_metadata(&spec.path).is_ok();
+            let same = there && probe.read_existing() == Some(real);
+            status_and_action(out, cfg, spec, there, same);
         }
     }
-    if spec.format == Format::Dir && kept.is_empty() {
-        let _ = writeln!(out, "  (no files)");
+    match probe.render(shown) {
+        Ok(Rendered::File(bytes)) => content(out, &bytes),
+        Ok(Rendered::Dir(_)) => {}
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "  (not shown: the render with masked values failed: {e})"
+            );
+        }
     }
 }
 
