@@ -194,11 +194,12 @@ fn a_missing_name_or_failing_check_keeps_every_old_file_and_triggers_nothing() {
         &work,
         "on_change = \"signal:USR1\"",
         "on_change = \"signal:USR2\"\ncheck = \"grep -qv bad {path}\"",
-        "",
+        "listen_metrics = \"127.0.0.1:0\"",
     );
     let t = start(&work, &work.child_args(&[]));
     t.wait_for("the child to start", || work.starts().len() == 1);
     assert_eq!(work.read("b.conf"), "b=2\n");
+    let addr = crate::agent_ops::endpoint_addr(&t);
 
     // A failing check on b: neither a nor b moves (all or nothing), no signal.
     work.write("app.env", "A=10\nB=bad\n");
@@ -207,6 +208,16 @@ fn a_missing_name_or_failing_check_keeps_every_old_file_and_triggers_nothing() {
     });
     assert_eq!(work.read("a.conf"), "a=1\n");
     assert_eq!(work.read("b.conf"), "b=2\n");
+    let failures = format!(
+        "tether_agent_render_failures_total{{output=\"{}\"}} ",
+        work.path("b.conf").display()
+    );
+    let (status, metrics) = crate::agent_ops::get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    let counted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&failures)?.trim().parse::<u64>().ok());
+    assert!(counted.is_some_and(|n| n >= 1), "{metrics}");
 
     // A template that reads a name nobody provides: an error naming it, nothing moves.
     work.write("a.tmpl", "a={{ A }} {{ NOT_THERE }}\n");
