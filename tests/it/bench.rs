@@ -31,8 +31,15 @@ fn the_agent_bench_prints_its_figures() {
             "50",
             "--idle-secs",
             "1",
+            "--template",
         ],
-        &["change → SIGUSR1", "p99", "peak RSS (VmHWM)", "idle CPU"],
+        &[
+            "change → SIGUSR1",
+            "p99",
+            "peak RSS (VmHWM)",
+            "idle CPU",
+            "200-line template over 50 values",
+        ],
     );
 }
 

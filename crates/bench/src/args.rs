@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// Where the bench creates its scratch dir `tether-bench-PID` (default /dev/shm, a tmpfs).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Also time a 200-line template output over the same values (`--template SRC:DEST`
+    /// instead of the dotenv output), printed after the dotenv figures.
+    #[arg(long)]
+    pub template: bool,
     /// A tether binary to measure (default: `tether` beside this one); repeat it to measure
     /// several builds one after the other in one run.
     #[arg(long, value_name = "PATH")]

@@ -61,8 +61,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
                 ""
             }
         );
-        let report = measure(&args, exe, entries, &work.path)?;
+        let report = measure(&args, exe, entries, &work.path, None)?;
         report.print();
+        if args.template {
+            let tmpl = work.path.join("src/app.conf.tmpl");
+            std::fs::write(&tmpl, crate::template::text(entries))
+                .context("cannot write the template")?;
+            println!("the same with a template output instead of the dotenv one:");
+            let report = measure(&args, exe, entries, &work.path, Some(&tmpl))?;
+            crate::template::print(&report.latencies, entries, percentile);
+        }
     }
     Ok(0)
 }
@@ -202,19 +210,35 @@ struct Report {
     exit: ExitStatus,
 }
 
-fn measure(args: &BenchArgs, exe: &Path, entries: usize, dir: &Path) -> anyhow::Result<Report> {
+/// One run of tether: the dotenv output, or `template`'s render.
+fn measure(
+    args: &BenchArgs,
+    exe: &Path,
+    entries: usize,
+    dir: &Path,
+    template: Option<&Path>,
+) -> anyhow::Result<Report> {
     let child = crate::bins::bench()?;
     let src = dir.join("src/src.env");
     let tmp = dir.join("src/.src.env.tmp");
-    let out = dir.join("out/out.env");
+    let out = dir.join(match template {
+        Some(_) => "out/app.conf",
+        None => "out/out.env",
+    });
     std::fs::write(&src, source_text(entries, 0)).context("cannot write the source")?;
+    let output: Vec<String> = match template {
+        Some(t) => vec![
+            "--template".into(),
+            format!("{}:{}", t.display(), out.display()),
+        ],
+        None => vec!["--output".into(), out.display().to_string()],
+    };
 
     let mut proc = Command::new(exe)
         .arg("run")
         .arg("--source")
         .arg(format!("file:{}", src.display()))
-        .arg("--output")
-        .arg(&out)
+        .args(&output)
         .args(["--no-env", "--on-change", "signal:USR1"])
         .args(["--debounce", "0", "--max-wait", "0", "--log-level", "warn"])
         .arg("--")

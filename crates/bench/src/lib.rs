@@ -7,6 +7,7 @@
 //! - [`agents`]: a node (or three over Redis) loaded with light protocol clients, with the
 //!   machine's floor for the fan-out figure (`agents/floor.rs`).
 //! - [`child`]: the supervised child that records the signals and environment it gets.
+//! - `template`: `file --template`'s 200-line template and its figure.
 //! - `procfs`, `bins`: /proc readers; where the binaries under test are.
 
 // `unsafe` only for syscalls nix does not wrap, allowed block by block with its SAFETY.
@@ -18,6 +19,7 @@ mod bins;
 pub mod child;
 pub mod file;
 mod procfs;
+mod template;
 
 pub use args::{BenchChildArgs, BenchCli, BenchCommand};
 
