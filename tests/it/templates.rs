@@ -418,3 +418,67 @@ fn dry_run_shows_a_template_render_with_secrets_masked() {
     );
     assert!(!work.path("x.conf").exists(), "a dry run writes nothing");
 }
+
+#[test]
+fn a_failing_check_is_acknowledged_to_the_node_as_a_failure() {
+    use crate::fake_node::{FakeNode, change, pos, snapshot, synced, welcome};
+    use tether_core::protocol::{ClientMsg, Epoch};
+    let work = Work::new();
+    let fake = FakeNode::start();
+    work.write(
+        "cfg.toml",
+        &format!(
+            "[[output]]\npath = \"{}\"\ncontents = \"v={{{{ S }}}}\\n\"\n\
+             check = \"grep -q ok {{path}}\"\non_change = \"signal:USR1\"\n",
+            work.path("app.conf").display(),
+        ),
+    );
+    let mut args: Vec<String> = ["run", "-c", "cfg.toml", "--server"]
+        .map(String::from)
+        .to_vec();
+    args.push(fake.url());
+    args.extend(
+        [
+            "--env",
+            "prod",
+            "--state-dir",
+            &work.path("state").display().to_string(),
+            "--no-env",
+            "--debounce",
+            "0",
+            "--",
+        ]
+        .map(String::from),
+    );
+    args.extend(work.child_args(&[]));
+    let agent = Tether::start(work.dir.path(), &args, &[]);
+    let e = Epoch(0x0190_0000_0000_0001);
+    let (v1, v2) = (pos(e, 1), pos(e, 2));
+    let c = fake.wait_hello(&agent, 0);
+    c.send(&welcome(60_000));
+    c.send(&snapshot(v1, &[("S", "ok")]));
+    c.send(&synced(v1));
+    agent.wait_for("v1 rendered and acked", || {
+        work.read("app.conf") == "v=ok\n" && c.acked(v1) && work.starts().len() == 1
+    });
+
+    c.send(&change(v2, &[("S", SECRET)]));
+    let failed = || {
+        c.received().into_iter().find_map(|m| match m {
+            ClientMsg::Ack {
+                position,
+                ok: false,
+                error,
+                ..
+            } if position == v2 => Some(error.unwrap_or_default()),
+            _ => None,
+        })
+    };
+    agent.wait_for("v2 acknowledged as failed", || failed().is_some());
+    let error = failed().unwrap_or_default();
+    assert!(error.contains("check"), "{error}");
+    assert!(!error.contains(SECRET), "{error}");
+    assert_eq!(work.read("app.conf"), "v=ok\n");
+    assert!(work.signals().is_empty(), "{:?}", work.record());
+    assert!(!agent.stderr().contains(SECRET));
+}
