@@ -297,11 +297,11 @@ pub fn config_changed(cfg: &Config) {
 }
 
 /// Render `entries` to output `o` ([`Output::apply`]), counting a write or a failure.
-pub(crate) fn render(
+pub(crate) async fn render(
     o: &mut Output,
     entries: &Entries,
 ) -> Result<bool, crate::output::OutputError> {
-    let r = o.apply(entries);
+    let r = o.apply(entries).await;
     match &r {
         Ok(true) => STATS.output(&o.spec.path, true),
         Ok(false) => {}

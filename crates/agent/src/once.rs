@@ -174,7 +174,7 @@ pub(crate) async fn run(cfg: Config, spec: OnceSpec, tasks: &Tasks) -> Result<i3
 
     let mut failures = Vec::new();
     for o in &cfg.outputs {
-        match Output::new(o.clone()).apply(&merged) {
+        match Output::new(o.clone()).apply(&merged).await {
             Ok(written) => {
                 tracing::info!(output = %o.path.display(), written, "output rendered")
             }

@@ -117,10 +117,10 @@ fn problem(key: &str, message: impl Into<String>) -> Problem {
 
 impl Agent {
     /// Read the configuration again and apply it, or refuse it whole (see the module doc).
-    pub(crate) fn reload(&mut self, sink: &Sink, trigger: &str) {
+    pub(crate) async fn reload(&mut self, sink: &Sink, trigger: &str) {
         tether_core::notify::reloading();
         tracing::info!(trigger, "reloading the configuration");
-        match self.try_reload(sink) {
+        match self.try_reload(sink).await {
             Ok(()) => {
                 // The endpoints and systemd's status describe the new configuration.
                 crate::health::config_changed(&self.cfg);
@@ -142,7 +142,7 @@ impl Agent {
         }
     }
 
-    fn try_reload(&mut self, sink: &Sink) -> Result<(), Vec<Problem>> {
+    async fn try_reload(&mut self, sink: &Sink) -> Result<(), Vec<Problem>> {
         let Some(origin) = &self.cfg.origin else {
             return Err(vec![problem(
                 "config",
@@ -171,7 +171,7 @@ impl Agent {
         }
         tracing::info!(changed = %plan.changed.join(", "), "configuration reloaded");
         if self.stale || self.layers.merged() != self.applied {
-            self.apply(sink);
+            self.apply(sink).await;
         }
         Ok(())
     }

@@ -186,7 +186,7 @@ async fn run_with(cfg: Config, log: LogControl, tasks: &Tasks) -> Result<i32, Ag
     let applied = layers.merged();
     let mut outputs: Vec<Output> = cfg.outputs.iter().cloned().map(Output::new).collect();
     for o in &mut outputs {
-        if let Err(e) = crate::health::render(o, &applied) {
+        if let Err(e) = crate::health::render(o, &applied).await {
             if let (Some(n), Some(p)) = (&net, net_pending) {
                 n.ack(p, Err(e.to_string()));
             }
@@ -319,7 +319,7 @@ impl Agent {
         crate::health::ready();
         let mut pulse = crate::health::Pulse::start();
         if reload_asked {
-            self.reload(&sink, "SIGHUP");
+            self.reload(&sink, "SIGHUP").await;
         }
         loop {
             let deadline = self.debouncer.deadline();
@@ -331,16 +331,16 @@ impl Agent {
                         dirty.insert(i);
                     }
                     if self.reload_sources(dirty) {
-                        self.kick(&sink);
+                        self.kick(&sink).await;
                     }
                 }
                 () = self.templates.changed() => {
                     tracing::info!("a template changed; rendering again");
                     self.stale = true;
-                    self.kick(&sink);
+                    self.kick(&sink).await;
                 }
                 () = self.config_watch.changed() => {
-                    self.reload(&sink, "config file changed");
+                    self.reload(&sink, "config file changed").await;
                 }
                 Some(update) = async { self.net.as_mut().expect("guarded").updates.recv().await }, if self.net.is_some() => {
                     log_net_update(&update);
@@ -348,7 +348,7 @@ impl Agent {
                     let layer = self.cfg.sources.len();
                     self.layers.set(layer, update.entries);
                     if self.layers.merged() != self.applied {
-                        self.kick(&sink);
+                        self.kick(&sink).await;
                     } else if self.debouncer.deadline().is_none() {
                         // Nothing this agent renders changed: applied as it stands.
                         self.ack(Ok(()));
@@ -358,7 +358,7 @@ impl Agent {
                     match event {
                         KeyshadeEvent::State(entries) => {
                             if self.layers.set(keyshade::layer(&self.cfg), entries) && self.layers.merged() != self.applied {
-                                self.kick(&sink);
+                                self.kick(&sink).await;
                             }
                         }
                         KeyshadeEvent::Fatal(message) => {
@@ -374,11 +374,11 @@ impl Agent {
                 }
                 _ = sleep_until(self.retry.map_or_else(Instant::now, |r| r.0)), if self.retry.is_some() => {
                     tracing::info!("retrying the outputs that failed");
-                    self.apply(&sink);
+                    self.apply(&sink).await;
                 }
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.debouncer.reset();
-                    self.apply(&sink);
+                    self.apply(&sink).await;
                 }
                 Some(sig) = signals.recv() => {
                     let terminating = sig == Signal::TERM || sig == Signal::INT;
@@ -387,7 +387,7 @@ impl Agent {
                     }
                     match &sink {
                         _ if sig == Signal::HUP && self.cfg.sighup == Sighup::Reload => {
-                            self.reload(&sink, "SIGHUP");
+                            self.reload(&sink, "SIGHUP").await;
                         }
                         Sink::Child(sup) if terminating => {
                             let fwd = if self.cfg.forward_signals.contains(&sig) { sig } else { self.cfg.stop_signal };
@@ -443,12 +443,12 @@ impl Agent {
 
     /// A change arrived: start or extend the debounce window, or act now when there is none
     /// (a zero-length sleep would still wait for the timer's next millisecond tick).
-    pub(crate) fn kick(&mut self, sink: &Sink) {
+    pub(crate) async fn kick(&mut self, sink: &Sink) {
         let now = Instant::now();
         self.debouncer.kick(now);
         if self.debouncer.deadline().is_some_and(|d| d <= now) {
             self.debouncer.reset();
-            self.apply(sink);
+            self.apply(sink).await;
         }
     }
 
@@ -464,7 +464,7 @@ impl Agent {
 
     /// Render outputs and act on what changed (after a reload, render even when no value
     /// changed: an output or the environment's rules may have).
-    pub(crate) fn apply(&mut self, sink: &Sink) {
+    pub(crate) async fn apply(&mut self, sink: &Sink) {
         let retry = self.retry.take();
         let merged = self.layers.merged();
         let changed = changed_keys(&self.applied, &merged);
@@ -486,7 +486,7 @@ impl Agent {
         let mut staged = Vec::new();
         let mut written: Vec<usize> = Vec::new();
         for (i, o) in self.outputs.iter_mut().enumerate() {
-            let r = match o.prepare(&merged) {
+            let r = match o.prepare(&merged).await {
                 Ok(Some(p)) if all_or_nothing => {
                     staged.push((i, p));
                     continue;

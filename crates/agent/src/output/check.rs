@@ -5,7 +5,7 @@
 use std::io::{Read, Seek};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::state::Entries;
 use crate::supervisor::Reaper;
@@ -63,7 +63,7 @@ pub fn scrub(text: &str, entries: &Entries) -> String {
 
 /// Run `spec` on `rendered`. `Err` says why it failed (no value in it); the command's own
 /// output is logged, scrubbed, under `output`.
-pub fn run(
+pub async fn run(
     spec: &CheckSpec,
     rendered: &Path,
     output: &Path,
@@ -85,28 +85,20 @@ pub fn run(
         .stderr(capture.try_clone().map_err(|e| e.to_string())?);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let reaper = Reaper::start().map_err(|e| format!("cannot start it: {e}"))?;
-    let (pid, mut exit) = reaper
+    let (pid, exit) = reaper
         .spawn(&mut cmd)
         .map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
-    // Outputs are written from synchronous code: wait here, bounded.
-    let deadline = Instant::now() + spec.timeout;
-    let result = loop {
-        match exit.try_recv() {
-            Ok(exit) if exit.success() => break Ok(()),
-            Ok(exit) => break Err(format!("check {} failed: {exit}", argv[0])),
-            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
-                break Err(format!("check {}: its exit was lost", argv[0]));
-            }
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
-        }
-        if Instant::now() >= deadline {
+    let result = match tokio::time::timeout(spec.timeout, exit).await {
+        Ok(Ok(exit)) if exit.success() => Ok(()),
+        Ok(Ok(exit)) => Err(format!("check {} failed: {exit}", argv[0])),
+        Ok(Err(_)) => Err(format!("check {}: its exit was lost", argv[0])),
+        Err(_) => {
             let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
-            break Err(format!(
+            Err(format!(
                 "check {} timed out after {:?}; killed",
                 argv[0], spec.timeout
-            ));
+            ))
         }
-        std::thread::sleep(Duration::from_millis(2));
     };
     if result.is_err() {
         let mut text = String::new();
@@ -151,21 +143,31 @@ mod tests {
         assert!(scrub(&long, &e).len() < 5000);
     }
 
-    #[test]
-    fn a_check_sees_the_file_and_its_status_counts() {
+    #[tokio::test]
+    async fn a_check_sees_the_file_and_its_status_counts() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("r");
         std::fs::write(&f, "good\n").unwrap();
         let e = entries(&[]);
         let ok = CheckSpec::parse("grep -q good {path}").unwrap();
-        assert_eq!(run(&ok, &f, &f, &e), Ok(()));
+        assert_eq!(run(&ok, &f, &f, &e).await, Ok(()));
         let env = CheckSpec::parse(r#"sh -c 'grep -q good "$TETHER_RENDERED"'"#).unwrap();
-        assert_eq!(run(&env, &f, &f, &e), Ok(()));
+        assert_eq!(run(&env, &f, &f, &e).await, Ok(()));
         let bad = CheckSpec::parse("grep -q bad {path}").unwrap();
-        assert!(run(&bad, &f, &f, &e).unwrap_err().contains("exit code 1"));
+        assert!(
+            run(&bad, &f, &f, &e)
+                .await
+                .unwrap_err()
+                .contains("exit code 1")
+        );
         let mut slow = CheckSpec::parse("sleep 30").unwrap();
         slow.timeout = Duration::from_millis(200);
-        assert!(run(&slow, &f, &f, &e).unwrap_err().contains("timed out"));
+        assert!(
+            run(&slow, &f, &f, &e)
+                .await
+                .unwrap_err()
+                .contains("timed out")
+        );
         assert!(CheckSpec::parse("  ").is_err());
     }
 }

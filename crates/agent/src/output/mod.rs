@@ -99,8 +99,8 @@ impl Output {
 
     /// Render `entries` and write them if the bytes differ from what the output holds.
     /// Returns whether anything was written.
-    pub fn apply(&mut self, entries: &Entries) -> Result<bool, OutputError> {
-        match self.prepare(entries)? {
+    pub async fn apply(&mut self, entries: &Entries) -> Result<bool, OutputError> {
+        match self.prepare(entries).await? {
             Some(p) => self.commit(p).map(|()| true),
             None => Ok(false),
         }
@@ -132,7 +132,7 @@ impl Output {
 
     /// Render `entries`; when the bytes differ from what the output holds, write them to a
     /// temp file beside it and run the check on it. `None`: nothing to write.
-    pub fn prepare(&mut self, entries: &Entries) -> Result<Option<Prepared>, OutputError> {
+    pub async fn prepare(&mut self, entries: &Entries) -> Result<Option<Prepared>, OutputError> {
         if let Some(dir) = &self.private_dir {
             // Before anything is read or written there: someone else's directory could hand
             // us their content or take ours.
@@ -157,12 +157,12 @@ impl Output {
                     },
                 )?;
                 if let Some(c) = &self.spec.check {
-                    check::run(c, staged.tmp(), path, entries).map_err(|why| {
-                        OutputError::Check {
+                    check::run(c, staged.tmp(), path, entries)
+                        .await
+                        .map_err(|why| OutputError::Check {
                             path: path.clone(),
                             why,
-                        }
-                    })?;
+                        })?;
                 }
                 Ok(Some(Prepared::File(staged, Rendered::File(bytes))))
             }
@@ -360,36 +360,37 @@ mod tests {
         }
     }
 
-    #[test]
-    fn unchanged_content_is_not_rewritten() {
+    #[tokio::test]
+    async fn unchanged_content_is_not_rewritten() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("sub/app.env");
         let mut out = Output::new(spec(path.clone(), Format::Dotenv));
-        assert!(out.apply(&entries(&[("A", "1")])).unwrap());
+        assert!(out.apply(&entries(&[("A", "1")])).await.unwrap());
         let ino = std::fs::metadata(&path)
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .unwrap();
-        assert!(!out.apply(&entries(&[("A", "1")])).unwrap());
+        assert!(!out.apply(&entries(&[("A", "1")])).await.unwrap());
         let again = std::fs::metadata(&path)
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .unwrap();
         assert_eq!(ino, again, "not rewritten");
-        assert!(out.apply(&entries(&[("A", "2")])).unwrap());
+        assert!(out.apply(&entries(&[("A", "2")])).await.unwrap());
 
         // A fresh output over a file with the same content leaves it alone.
         let mut fresh = Output::new(spec(path.clone(), Format::Dotenv));
-        assert!(!fresh.apply(&entries(&[("A", "2")])).unwrap());
+        assert!(!fresh.apply(&entries(&[("A", "2")])).await.unwrap());
         fresh.remove();
         assert!(!path.exists());
     }
 
-    #[test]
-    fn unwritable_directory_is_a_clear_error() {
+    #[tokio::test]
+    async fn unwritable_directory_is_a_clear_error() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("file"), "x").unwrap();
         let mut out = Output::new(spec(d.path().join("file/app.env"), Format::Dotenv));
         let err = out
             .apply(&entries(&[("A", "s3cr3t")]))
+            .await
             .unwrap_err()
             .to_string();
         assert!(err.contains("file/app.env"), "{err}");
@@ -431,8 +432,8 @@ mod mode_tests {
     use crate::state::entries;
     use std::os::unix::fs::PermissionsExt;
 
-    #[test]
-    fn a_left_over_file_with_the_wrong_mode_is_rewritten() {
+    #[tokio::test]
+    async fn a_left_over_file_with_the_wrong_mode_is_rewritten() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("app.env");
         std::fs::write(&path, "A=1\n").unwrap();
@@ -446,7 +447,7 @@ mod mode_tests {
             template: None,
             check: None,
         });
-        assert!(out.apply(&entries(&[("A", "1")])).unwrap());
+        assert!(out.apply(&entries(&[("A", "1")])).await.unwrap());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o600);
     }
