@@ -176,3 +176,80 @@ fn listen_metrics_is_off_by_default_checked_and_overridden_by_the_flag() {
         "{err:?}"
     );
 }
+
+#[test]
+fn template_outputs_and_their_problems() {
+    let r = raw(r#"
+        source = ["file:/a.env"]
+        exec_timeout = "7s"
+        [[output]]
+        path = "/run/a"
+        contents = "{{ A }}"
+        check = "true {path}"
+        [[output]]
+        path = "/run/b"
+        contents = "x"
+        template = "/t"
+        [[output]]
+        path = "/run/c"
+        format = "json"
+        contents = "{% if %}"
+        [[output]]
+        path = "/run/d"
+        contents = "x"
+        check = "'unbalanced"
+    "#);
+    let err = validate(&r, Mode::Run).unwrap_err();
+    let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+    for k in [
+        "output[1].template",
+        "output[2].format",
+        "output[2].template",
+        "output[3].check",
+    ] {
+        assert!(keys.contains(&k), "missing {k} in {keys:?}");
+    }
+    assert!(!keys.iter().any(|k| k.starts_with("output[0]")), "{keys:?}");
+
+    let ok = raw(
+        "source = [\"file:/a.env\"]\nexec_timeout = \"7s\"\natomic_outputs = false\n\
+                  [[output]]\npath = \"/run/a\"\ncontents = \"{{ A }}\"\ncheck = \"true {path}\"",
+    );
+    let c = validate(&ok, Mode::Run).unwrap();
+    assert!(!c.atomic_outputs);
+    let check = c.outputs[0].check.clone().unwrap();
+    assert_eq!(check.argv, ["true", "{path}"]);
+    assert_eq!(
+        check.timeout,
+        Duration::from_secs(7),
+        "exec_timeout bounds checks"
+    );
+    assert!(c.to_toml().contains("contents"));
+}
+
+#[test]
+fn the_template_flag_adds_outputs() {
+    let d = tempfile::tempdir().unwrap();
+    let t = d.path().join("a.tmpl");
+    std::fs::write(&t, "{{ A }}").unwrap();
+    let args = AgentArgs {
+        templates: vec![
+            format!("{}:/run/a.conf", t.display()),
+            format!("{}:/run/b.conf:signal:QUIT", t.display()),
+        ],
+        ..AgentArgs::default()
+    };
+    let c = validate(
+        &raw("source = [\"file:/a.env\"]\n[[output]]\npath = \"/run/x\"").overlay(&args),
+        Mode::Run,
+    )
+    .unwrap();
+    assert_eq!(c.outputs.len(), 3);
+    assert_eq!(
+        c.outputs[1].template,
+        Some(crate::output::TemplateSource::File(t.clone()))
+    );
+    assert_eq!(c.outputs[1].on_change, Action::Restart);
+    assert_eq!(c.outputs[2].on_change, Action::Signal(Signal::QUIT));
+    assert!(c.atomic_outputs, "all or nothing by default");
+}
