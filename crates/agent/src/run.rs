@@ -480,52 +480,11 @@ impl Agent {
         let mut restart = false;
         let mut signals: Vec<Signal> = Vec::new();
         let mut hooks: Vec<Vec<String>> = Vec::new();
-        // Every output is rendered (and checked) to a temp file first; then, by default,
-        // all of them land or, if one failed, none does (`atomic_outputs`).
         let all_or_nothing = self.cfg.atomic_outputs;
-        let mut staged = Vec::new();
-        let mut written: Vec<usize> = Vec::new();
-        for (i, o) in self.outputs.iter_mut().enumerate() {
-            let r = match o.prepare(&merged).await {
-                Ok(Some(p)) if all_or_nothing => {
-                    staged.push((i, p));
-                    continue;
-                }
-                Ok(Some(p)) => o.commit(p).map(|()| true),
-                Ok(None) => Ok(false),
-                Err(e) => Err(e),
-            };
-            match r {
-                Ok(true) => written.push(i),
-                Ok(false) => {}
-                Err(e) => {
-                    crate::health::output_done(&o.spec.path, false);
-                    tracing::error!(error = %e, "output not updated; it keeps its previous content");
-                    failures.push(e.to_string());
-                }
-            }
-        }
-        if failures.is_empty() {
-            for (i, p) in staged {
-                let o = &mut self.outputs[i];
-                match o.commit(p) {
-                    Ok(()) => written.push(i),
-                    Err(e) => {
-                        crate::health::output_done(&o.spec.path, false);
-                        tracing::error!(error = %e, "output not updated; it keeps its previous content");
-                        failures.push(e.to_string());
-                    }
-                }
-            }
-        } else if !staged.is_empty() {
-            tracing::error!(
-                outputs = staged.len(),
-                "an output failed: no output moves to the new version (atomic_outputs)"
-            );
-        }
+        let written =
+            crate::output::land(&mut self.outputs, &merged, all_or_nothing, &mut failures).await;
         for i in written {
             let o = &self.outputs[i];
-            crate::health::output_done(&o.spec.path, true);
             match &o.spec.on_change {
                 Action::Restart if values_changed => restart = true,
                 Action::Restart => tracing::info!(

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod env;
+mod land;
 mod place;
 pub mod render;
 pub mod template;
@@ -16,6 +17,7 @@ use crate::atomic;
 pub use crate::atomic::Owner;
 pub use check::CheckSpec;
 pub use env::{EnvSpec, EnvVars};
+pub use land::land;
 pub use place::{default_dir, ensure_private_dir, resolve_path};
 pub use render::{Format, Rendered, valid_env_name};
 pub use template::{TemplateError, TemplateSource};
