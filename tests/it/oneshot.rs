@@ -86,7 +86,8 @@ fn once_names_the_source_and_the_output_that_failed() {
     let bad = s(w.path("blocker/app.env"));
     w.write(
         "two.toml",
-        &format!("source = [\"file:a.env\"]\n[[output]]\npath = \"{bad}\"\n[[output]]\npath = \"{good}\"\n"),
+        // Per output (atomic_outputs = false): the other output is still written.
+        &format!("source = [\"file:a.env\"]\natomic_outputs = false\n[[output]]\npath = \"{bad}\"\n[[output]]\npath = \"{good}\"\n"),
     );
     let (code, _, err) = run_to_end(w.dir.path(), &["watch", "--once", "-c", "two.toml"]);
     assert_eq!(code, 73, "{err}");

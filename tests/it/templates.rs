@@ -332,6 +332,32 @@ fn a_secret_never_appears_in_a_render_error_or_check_log() {
     assert!(!err.contains(SECRET) && !out.contains(SECRET), "{err}");
     assert!(!work.path("checked").exists() && !work.path("broken").exists());
 
+    // --once is all or nothing too: a good output is not written when another fails,
+    // unless atomic_outputs = false.
+    let good = format!(
+        "[[output]]\npath = \"{}\"\ncontents = \"{{{{ OK }}}}\"\n\n\
+         [[output]]\npath = \"{}\"\ncontents = \"{{{{ GONE }}}}\"\n",
+        work.path("good").display(),
+        work.path("broken").display(),
+    );
+    let once = [
+        "run",
+        "--once",
+        "-c",
+        "cfg.toml",
+        "--source",
+        "file:app.env",
+    ];
+    work.write("cfg.toml", &good);
+    let (code, _, err) = run_to_end(work.dir.path(), &once);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("GONE"), "{err}");
+    assert!(!work.path("good").exists(), "all or nothing");
+    work.write("cfg.toml", &format!("atomic_outputs = false\n{good}"));
+    let (code, _, err) = run_to_end(work.dir.path(), &once);
+    assert_ne!(code, 0, "{err}");
+    assert_eq!(work.read("good"), "1", "per output: the good one lands");
+
     // Run mode: a check printing the rendered file.
     work.write(
         "cfg.toml",

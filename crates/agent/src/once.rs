@@ -172,17 +172,40 @@ pub(crate) async fn run(cfg: Config, spec: OnceSpec, tasks: &Tasks) -> Result<i3
         return Ok(0);
     }
 
+    // Every output rendered and checked first; then all land, or none (`atomic_outputs`).
     let mut failures = Vec::new();
-    for o in &cfg.outputs {
-        match Output::new(o.clone()).apply(&merged).await {
-            Ok(written) => {
-                tracing::info!(output = %o.path.display(), written, "output rendered")
+    let mut outputs: Vec<Output> = cfg.outputs.iter().cloned().map(Output::new).collect();
+    let mut staged = Vec::new();
+    for (i, o) in outputs.iter_mut().enumerate() {
+        match o.prepare(&merged).await {
+            Ok(Some(p)) => staged.push((i, p)),
+            Ok(None) => {
+                tracing::info!(output = %o.spec.path.display(), written = false, "output rendered")
             }
             Err(e) => {
                 tracing::error!(error = %e, "output not written");
                 failures.push(e);
             }
         }
+    }
+    if failures.is_empty() || !cfg.atomic_outputs {
+        for (i, p) in staged {
+            let o = &mut outputs[i];
+            match o.commit(p) {
+                Ok(()) => {
+                    tracing::info!(output = %o.spec.path.display(), written = true, "output rendered")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "output not written");
+                    failures.push(e);
+                }
+            }
+        }
+    } else if !staged.is_empty() {
+        tracing::error!(
+            outputs = staged.len(),
+            "an output failed: no output written (atomic_outputs)"
+        );
     }
     if cfg.mode == Mode::Run {
         tracing::info!("no child started (--once)");
