@@ -209,7 +209,16 @@ fn run_notifies_ready_after_the_child_started_which_sees_no_notify_socket_nor_ra
     let tether_pid = Arc::new(Mutex::new(0u32));
     let notify = Notify::bind(&w, {
         let (out, pid) = (out.clone(), tether_pid.clone());
-        move || out.exists() && children_running(*pid.lock().unwrap(), "child")
+        move || {
+            // READY=1 may come before the test thread has stored tether's pid (it does so
+            // right after the spawn returns): wait for it. What READY=1 promised holds on.
+            let mut tether = 0;
+            wait_for("the test to know tether's pid", || {
+                tether = *pid.lock().unwrap();
+                tether != 0
+            });
+            out.exists() && children_running(tether, "child")
+        }
     });
     let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .expect("getrlimit")
