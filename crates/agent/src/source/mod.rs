@@ -2,6 +2,7 @@
 //! keeping its last good entries, and the `notify` watcher that tells the agent to reload.
 
 pub mod dir;
+pub mod keyshade;
 pub mod net;
 pub mod parse;
 pub mod watch;
