@@ -1,4 +1,8 @@
-//! The keyshade source: a keyshade API followed over Socket.IO and REST, its secrets
-//! decrypted the way eccrypto does it.
+//! The keyshade source: follows one keyshade environment (its secrets and variables) over
+//! keyshade's Socket.IO change notifier ([`sio`]), with REST snapshots ([`rest`]) after
+//! every registration and periodically, so that nothing is lost ([`follow`]); its secrets
+//! decrypted the way eccrypto does it ([`crypto`]).
 
 pub mod crypto;
+pub mod rest;
+pub mod sio;
