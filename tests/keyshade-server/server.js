@@ -1,8 +1,7 @@
 #!/usr/bin/env node
 // A keyshade-like API for tether's integration tests and benchmark: the REST calls of
-// `keyshade run` and the Socket.IO v4 gateway `/change-notifier` (see
-// ../../docs/keyshade.md and the protocol reference), with the real `socket.io` 4.8 and
-// `eccrypto` 1.1.6, plus a control API under /_test/ that tests use to change the state and
+// `keyshade run` and the Socket.IO v4 gateway `/change-notifier`, with the real `socket.io`
+// 4.8 and `eccrypto` 1.1.6, plus a control API under /_test/ that tests use to change the state and
 // misbehave on purpose. It prints its port on stdout once listening, then exits when stdin
 // closes or on SIGTERM/SIGINT.
 //
