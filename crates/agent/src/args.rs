@@ -114,6 +114,85 @@ pub struct AgentArgs {
     pub log: LogArgs,
     #[command(flatten)]
     pub once: OnceArgs,
+    #[command(flatten)]
+    pub keyshade: KeyshadeArgs,
+}
+
+/// The keyshade source (`[keyshade]` in the config file). Any of these turns it on; what
+/// they leave unset comes from the config file, then from keyshade's own files
+/// (`./keyshade.json`, `~/.keyshade/profiles.json`, `~/.keyshade/private-keys.json`).
+#[derive(Args, Debug, Default, Clone)]
+#[command(next_help_heading = "keyshade source")]
+pub struct KeyshadeArgs {
+    /// Base URL of the keyshade API (http(s)://; default that of the profile, else
+    /// https://api.keyshade.xyz).
+    #[arg(long = "keyshade-url", value_name = "URL", env = "TETHER_KEYSHADE_URL")]
+    pub url: Option<String>,
+    /// Workspace slug.
+    #[arg(
+        long = "keyshade-workspace",
+        value_name = "SLUG",
+        env = "TETHER_KEYSHADE_WORKSPACE"
+    )]
+    pub workspace: Option<String>,
+    /// Project slug.
+    #[arg(
+        long = "keyshade-project",
+        value_name = "SLUG",
+        env = "TETHER_KEYSHADE_PROJECT"
+    )]
+    pub project: Option<String>,
+    /// Environment slug.
+    #[arg(
+        long = "keyshade-environment",
+        value_name = "SLUG",
+        env = "TETHER_KEYSHADE_ENVIRONMENT"
+    )]
+    pub environment: Option<String>,
+    /// File holding the API token (`ks.pat.…`) (else TETHER_KEYSHADE_TOKEN, else the profile).
+    #[arg(
+        long = "keyshade-token-file",
+        value_name = "PATH",
+        env = "TETHER_KEYSHADE_TOKEN_FILE"
+    )]
+    pub token_file: Option<PathBuf>,
+    /// File holding the project's private key, 64 hex characters (else
+    /// TETHER_KEYSHADE_PRIVATE_KEY, else ~/.keyshade/private-keys.json).
+    #[arg(
+        long = "keyshade-private-key-file",
+        value_name = "PATH",
+        env = "TETHER_KEYSHADE_PRIVATE_KEY_FILE"
+    )]
+    pub private_key_file: Option<PathBuf>,
+    /// Profile of ~/.keyshade/profiles.json to take the token and URL from (default: the
+    /// file's default profile).
+    #[arg(
+        long = "keyshade-profile",
+        value_name = "NAME",
+        env = "TETHER_KEYSHADE_PROFILE"
+    )]
+    pub profile: Option<String>,
+    /// PEM file of the CA that signs the keyshade API's certificate (default: the system's).
+    #[arg(
+        long = "keyshade-ca-file",
+        value_name = "PATH",
+        env = "TETHER_KEYSHADE_CA_FILE"
+    )]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl KeyshadeArgs {
+    /// Whether any keyshade flag (or its variable) was given.
+    pub fn any(&self) -> bool {
+        self.url.is_some()
+            || self.workspace.is_some()
+            || self.project.is_some()
+            || self.environment.is_some()
+            || self.token_file.is_some()
+            || self.private_key_file.is_some()
+            || self.profile.is_some()
+            || self.ca_file.is_some()
+    }
 }
 
 /// One-shot and dry run (`crate::once`). Their variables take 1/0, true/false, yes/no, on/off.

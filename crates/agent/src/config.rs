@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use crate::args::{RunArgs, WatchArgs};
 use crate::output::{EnvSpec, Format, Owner};
+use crate::source::keyshade::config as keyshade;
 use crate::source::{SourceKind, SourceSpec};
 use tether_core::secret::Value;
 use tether_core::signal::Signal;
 
 pub use crate::action::Action;
 pub use crate::output::OutputSpec;
+pub use crate::source::keyshade::config::KeyshadeSpec;
 pub use crate::source::net::NetSpec;
 
 mod parse;
@@ -95,6 +97,8 @@ pub struct WatchTarget {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub net: Option<NetSpec>,
+    /// The keyshade source (`[keyshade]`, `--keyshade-*`, keyshade's own files).
+    pub keyshade: Option<KeyshadeSpec>,
     pub mode: Mode,
     pub command: Vec<OsString>,
     pub sources: Vec<SourceSpec>,
@@ -184,8 +188,18 @@ fn with_once(
     }
 }
 
-/// Validate a raw config for a mode, collecting every problem.
+/// Validate a raw config for a mode, collecting every problem. keyshade's own files are
+/// found through the process's `HOME` and working directory.
 pub fn validate(raw: &RawConfig, mode: Mode) -> Result<Config, ConfigError> {
+    validate_in(raw, mode, &keyshade::Context::from_process())
+}
+
+/// [`validate`], with keyshade's files and variables taken from `ctx`.
+pub fn validate_in(
+    raw: &RawConfig,
+    mode: Mode,
+    ctx: &keyshade::Context,
+) -> Result<Config, ConfigError> {
     let mut p = Problems::default();
 
     let sources: Vec<SourceSpec> = raw
@@ -196,10 +210,15 @@ pub fn validate(raw: &RawConfig, mode: Mode) -> Result<Config, ConfigError> {
         .filter_map(|(i, s)| p.check(&format!("source[{i}]"), parse_source(s)))
         .collect();
     let net = parse_net(raw, &mut p);
-    if sources.is_empty() && net.is_none() {
+    let mut keyshade_problems = Vec::new();
+    let keyshade = keyshade::parse(raw.keyshade.as_ref(), ctx, &mut keyshade_problems);
+    let keyshade_in_use = keyshade::in_use(raw.keyshade.as_ref(), ctx);
+    p.extend(keyshade_problems);
+    if sources.is_empty() && net.is_none() && !keyshade_in_use {
         p.push(
             "source",
-            "at least one source is required (--source file:/etc/app.env, or --server URL --env NAME)",
+            "at least one source is required (--source file:/etc/app.env, --server URL --env \
+             NAME, or --keyshade-project SLUG and the other [keyshade] settings)",
         );
     }
 
@@ -406,6 +425,7 @@ pub fn validate(raw: &RawConfig, mode: Mode) -> Result<Config, ConfigError> {
 
     p.finish(Config {
         net,
+        keyshade,
         mode,
         command,
         sources,
@@ -473,6 +493,9 @@ impl Config {
                 "start_without_server".into(),
                 V::Boolean(net.start_without_server),
             );
+        }
+        if let Some(ks) = &self.keyshade {
+            t.insert("keyshade".into(), V::Table(ks.to_toml()));
         }
         t.insert("on_change".into(), s(self.on_change.to_string()));
         t.insert("stop_signal".into(), s(self.stop_signal.to_string()));

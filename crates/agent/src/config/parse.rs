@@ -14,6 +14,10 @@ impl Problems {
         });
     }
 
+    pub(super) fn extend(&mut self, more: Vec<Problem>) {
+        self.0.extend(more);
+    }
+
     pub(super) fn check<T>(&mut self, key: &str, r: Result<T, String>) -> Option<T> {
         r.map_err(|m| self.push(key, m)).ok()
     }

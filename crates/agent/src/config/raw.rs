@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::ConfigError;
 use crate::args::AgentArgs;
+use crate::source::keyshade::config::RawKeyshade;
 
 /// The file as written. Every field optional; flags fill or override.
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -46,6 +47,8 @@ pub struct RawConfig {
     pub start_without_server: Option<bool>,
     /// Where /healthz, /readyz and /metrics are served: `127.0.0.1:9464` or `unix:PATH`.
     pub listen_metrics: Option<String>,
+    /// The keyshade source (`crate::source::keyshade::config`).
+    pub keyshade: Option<RawKeyshade>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -162,6 +165,7 @@ impl RawConfig {
         set(&mut self.listen_metrics, &a.listen_metrics);
         set(&mut self.log_level, &a.log.log_level);
         set(&mut self.log_format, &a.log.log_format);
+        RawKeyshade::overlay(&mut self.keyshade, &a.keyshade);
         self
     }
 }

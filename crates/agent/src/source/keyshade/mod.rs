@@ -3,6 +3,7 @@
 //! every registration and periodically, so that nothing is lost ([`follow`]); its secrets
 //! decrypted the way eccrypto does it ([`crypto`]).
 
+pub mod config;
 pub mod crypto;
 pub mod rest;
 pub mod sio;
