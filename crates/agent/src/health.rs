@@ -67,6 +67,11 @@ pub struct Stats {
     /// Running on the saved state because no node answered (`start_without_server`).
     saved_state: AtomicBool,
     reconnects: AtomicU64,
+    /// The keyshade environment followed (`W/P/E`), its session, its reconnects.
+    keyshade: Mutex<Option<String>>,
+    ks_connected: AtomicBool,
+    ks_ever_connected: AtomicBool,
+    ks_reconnects: AtomicU64,
     changes: AtomicU64,
     position: Mutex<Option<Position>>,
     last_change: Mutex<Option<Instant>>,
@@ -120,6 +125,10 @@ impl Stats {
             ever_connected: AtomicBool::new(false),
             saved_state: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
+            keyshade: Mutex::new(None),
+            ks_connected: AtomicBool::new(false),
+            ks_ever_connected: AtomicBool::new(false),
+            ks_reconnects: AtomicU64::new(0),
             changes: AtomicU64::new(0),
             position: Mutex::new(None),
             last_change: Mutex::new(None),
@@ -137,8 +146,9 @@ impl Stats {
 
     fn configure(&self, cfg: &Config) {
         *lock(&self.env) = cfg.net.as_ref().map(|n| n.env.clone());
-        self.sources
-            .store(cfg.sources.len() + usize::from(cfg.net.is_some()), Relaxed);
+        *lock(&self.keyshade) = cfg.keyshade.as_ref().map(crate::source::keyshade::label);
+        let remote = usize::from(cfg.net.is_some()) + usize::from(cfg.keyshade.is_some());
+        self.sources.store(cfg.sources.len() + remote, Relaxed);
         self.outputs_n.store(cfg.outputs.len(), Relaxed);
         *lock(&self.beat) = Some(Instant::now());
     }
@@ -177,6 +187,25 @@ impl Stats {
 
     /// One line saying what the agent does (systemd's `STATUS=`, the body of `/readyz`).
     pub fn status_line(&self) -> String {
+        let line = self.net_status_line();
+        let Some(ks) = lock(&self.keyshade).clone() else {
+            return line;
+        };
+        let ks = if self.ks_connected.load(Relaxed) {
+            format!("following keyshade {ks}")
+        } else if !self.ks_ever_connected.load(Relaxed) {
+            format!("waiting for keyshade {ks}")
+        } else {
+            format!("degraded: keyshade connection lost, reconnecting; running on the last state of {ks}")
+        };
+        if lock(&self.env).is_some() {
+            format!("{line}; {ks}")
+        } else {
+            ks
+        }
+    }
+
+    fn net_status_line(&self) -> String {
         let env = lock(&self.env).clone();
         let Some(env) = env else {
             let (s, o) = (self.sources.load(Relaxed), self.outputs_n.load(Relaxed));
@@ -332,6 +361,22 @@ pub fn net_synced() {
 /// The network follower's session ended.
 pub fn net_lost() {
     if STATS.connected.swap(false, Relaxed) {
+        refresh_status();
+    }
+}
+
+/// The keyshade follower registered with keyshade.
+pub fn keyshade_connected() {
+    if STATS.ks_ever_connected.swap(true, Relaxed) {
+        STATS.ks_reconnects.fetch_add(1, Relaxed);
+    }
+    STATS.ks_connected.store(true, Relaxed);
+    refresh_status();
+}
+
+/// The keyshade follower's session ended.
+pub fn keyshade_lost() {
+    if STATS.ks_connected.swap(false, Relaxed) {
         refresh_status();
     }
 }

@@ -11,7 +11,8 @@
 //!
 //! Exit codes (sysexits): 0 rendered (also when degraded: started from the saved state by
 //! `--start-without-server`), 64 bad usage, 66 a source cannot be read, 69 no node
-//! answered in time, 73 an output cannot be written, 128+N stopped by signal N.
+//! answered (or keyshade gave no state) in time, 73 an output cannot be written, 128+N
+//! stopped by signal N.
 
 mod dry;
 
@@ -23,6 +24,7 @@ use crate::args::OnceArgs;
 use crate::config::{Config, Mode};
 use crate::output::{Output, OutputError};
 use crate::run::AgentError;
+use crate::source::keyshade::{self, KeyshadeEvent};
 use crate::source::net::{self, NetSource, NetSpec, NetUpdate};
 use crate::source::{self, SourceError};
 use crate::state::Layers;
@@ -99,6 +101,8 @@ pub enum OnceError {
     Source(#[from] SourceError),
     #[error("no node answered within {}: {why}", humantime::format_duration(*.timeout))]
     NoNode { timeout: Duration, why: String },
+    #[error("no state from keyshade within {} (the log says why)", humantime::format_duration(*.0))]
+    NoKeyshade(Duration),
     #[error("{}", list(.0))]
     Outputs(Vec<OutputError>),
 }
@@ -112,7 +116,7 @@ impl OnceError {
     pub fn exit_code(&self) -> i32 {
         match self {
             OnceError::Source(_) => EXIT_NOINPUT,
-            OnceError::NoNode { .. } => EXIT_UNAVAILABLE,
+            OnceError::NoNode { .. } | OnceError::NoKeyshade(_) => EXIT_UNAVAILABLE,
             OnceError::Outputs(_) => EXIT_CANTCREAT,
         }
     }
@@ -120,7 +124,7 @@ impl OnceError {
 
 /// Render once (or report, in a dry run) and return the exit code.
 pub(crate) async fn run(cfg: Config, spec: OnceSpec, tasks: &Tasks) -> Result<i32, AgentError> {
-    let mut layers = Layers::new(cfg.sources.len() + usize::from(cfg.net.is_some()));
+    let mut layers = Layers::new(keyshade::layer(&cfg) + usize::from(cfg.keyshade.is_some()));
     for (i, s) in cfg.sources.iter().enumerate() {
         layers.set(i, source::load(s).map_err(OnceError::from)?);
     }
@@ -142,6 +146,16 @@ pub(crate) async fn run(cfg: Config, spec: OnceSpec, tasks: &Tasks) -> Result<i3
         let net_keys = first.entries.keys().cloned().collect();
         layers.set(cfg.sources.len(), first.entries);
         followed = Some((n, first.position, first.degraded, net_keys));
+    }
+    if let Some(ks) = &cfg.keyshade {
+        let mut k = keyshade::start_spec(ks, tasks).map_err(AgentError::Keyshade)?;
+        tracing::info!(timeout = %humantime::format_duration(spec.timeout), "waiting for the first state from keyshade");
+        match tokio::time::timeout(spec.timeout, k.updates.recv()).await {
+            Ok(Some(KeyshadeEvent::State(e))) => layers.set(keyshade::layer(&cfg), e),
+            Ok(Some(KeyshadeEvent::Fatal(m))) => return Err(AgentError::Keyshade(m)),
+            Ok(None) => return Err(AgentError::Keyshade("the follower stopped".into())),
+            Err(_) => return Err(OnceError::NoKeyshade(spec.timeout).into()),
+        };
     }
     let merged = layers.merged();
 

@@ -5,9 +5,9 @@
 //! A configuration with any problem is refused whole, every problem logged with its key,
 //! and the running one stays. Otherwise only what changed is touched: outputs (matched by
 //! path; a removed one's file removed unless `keep_outputs`, an added one written at once),
-//! actions, file sources, the network source (a new follower only when what it follows
-//! changed), debounce, the supervisor's timings, forwarded signals, the environment's
-//! rules, the log level. The child is restarted only when its environment changes. The
+//! actions, file sources, the network and keyshade sources (a new follower only when what
+//! it follows changed), debounce, the supervisor's timings, forwarded signals, the
+//! environment's rules, the log level. The child is restarted only when its environment changes. The
 //! command and the log format take a restart of tether; that is logged.
 
 mod plan;
@@ -20,6 +20,7 @@ use tokio::time::{Instant, sleep_until};
 use crate::config::{Config, Origin, Problem};
 use crate::output::{Format, Output};
 use crate::run::{Agent, Sink, supervisor_options};
+use crate::source::keyshade::{self, KeyshadeSource};
 use crate::source::net::NetSource;
 use crate::source::watch::SourceWatcher;
 use crate::source::{self, SourceKind, SourceSpec};
@@ -103,6 +104,8 @@ struct Prepared {
     )>,
     /// The network source's replacement (`Some(None)`: removed).
     net: Option<Option<NetSource>>,
+    /// The keyshade source's replacement (`Some(None)`: removed).
+    keyshade: Option<Option<KeyshadeSource>>,
 }
 
 fn problem(key: &str, message: impl Into<String>) -> Problem {
@@ -202,13 +205,30 @@ impl Agent {
             (NetChange::Stop, _) => Some(None),
             _ => None,
         };
+        let ks = match (plan.keyshade, &new.keyshade) {
+            (NetChange::Start | NetChange::Restart, Some(spec)) => {
+                match keyshade::start_spec(spec, &self.tasks) {
+                    Ok(k) => Some(Some(k)),
+                    Err(e) => {
+                        problems.push(problem("keyshade", e));
+                        None
+                    }
+                }
+            }
+            (NetChange::Stop, _) => Some(None),
+            _ => None,
+        };
         if problems.is_empty() && plan.log_level {
             if let Err(e) = self.log.set(new.log_level.as_deref()) {
                 problems.push(problem("log_level", e));
             }
         }
         if problems.is_empty() {
-            Ok(Prepared { sources, net })
+            Ok(Prepared {
+                sources,
+                net,
+                keyshade: ks,
+            })
         } else {
             Err(problems)
         }
@@ -265,7 +285,13 @@ impl Agent {
                 .map(|i| self.layers.get(i).cloned())
                 .collect(),
         };
-        let mut layers = Layers::new(new.sources.len() + usize::from(new.net.is_some()));
+        let ks_entries = self
+            .cfg
+            .keyshade
+            .as_ref()
+            .and_then(|_| self.layers.get(keyshade::layer(&self.cfg)).cloned());
+        let mut layers =
+            Layers::new(keyshade::layer(&new) + usize::from(new.keyshade.is_some()));
         for (i, entries) in file_entries.into_iter().enumerate() {
             if let Some(e) = entries {
                 layers.set(i, e);
@@ -276,7 +302,20 @@ impl Agent {
         {
             layers.set(new.sources.len(), e);
         }
+        if let (Some(_), Some(e), NetChange::Same | NetChange::Restart) =
+            (&new.keyshade, ks_entries, plan.keyshade)
+        {
+            layers.set(keyshade::layer(&new), e);
+        }
         self.layers = layers;
+        if let Some(ks) = prepared.keyshade {
+            if plan.keyshade == NetChange::Restart {
+                tracing::info!(
+                    "keyshade source restarted; its values stay until the new one's first state"
+                );
+            }
+            self.keyshade = ks;
+        }
         if let Some(net) = prepared.net {
             if plan.net == NetChange::Restart {
                 tracing::info!(

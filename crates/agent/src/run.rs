@@ -13,6 +13,7 @@ use crate::debounce::Debouncer;
 use crate::output::{EnvVars, Output};
 use crate::reload::ConfigWatch;
 use crate::signals::Signals;
+use crate::source::keyshade::{self, KeyshadeEvent, KeyshadeSource};
 use crate::source::net::{NetSource, NetUpdate};
 use crate::source::{self, SourceError, watch::SourceWatcher};
 use crate::state::{Entries, Layers, changed_keys};
@@ -37,6 +38,8 @@ pub enum AgentError {
     Signals(std::io::Error),
     #[error("network source: {0}")]
     Net(String),
+    #[error("keyshade source: {0}")]
+    Keyshade(String),
     #[error(transparent)]
     Endpoints(#[from] crate::health::ListenError),
     #[error(transparent)]
@@ -78,6 +81,8 @@ pub(crate) struct Agent {
     /// The network source (the last layer) and the position still to acknowledge.
     pub(crate) net: Option<NetSource>,
     pub(crate) net_pending: Option<Position>,
+    /// The keyshade source (the layer after the network source's).
+    pub(crate) keyshade: Option<KeyshadeSource>,
     /// An output failed to update: try again then (doubling up to a minute).
     pub(crate) retry: Option<(Instant, std::time::Duration)>,
     pub(crate) tasks: Tasks,
@@ -123,10 +128,15 @@ async fn run_with(cfg: Config, log: LogControl, tasks: &Tasks) -> Result<i32, Ag
     // Watch before the first read so no change can fall between the two.
     let (source_tx, source_rx) = mpsc::unbounded_channel();
     let watcher = source::watch::watch(&cfg.sources, source_tx)?;
-    let mut layers = Layers::new(cfg.sources.len() + usize::from(cfg.net.is_some()));
+    let mut layers = Layers::new(keyshade::layer(&cfg) + usize::from(cfg.keyshade.is_some()));
     for (i, spec) in cfg.sources.iter().enumerate() {
         layers.set(i, source::load(spec)?);
     }
+    // keyshade's layer is the last: it starts now and is waited for after the nodes.
+    let mut ks = match &cfg.keyshade {
+        Some(spec) => Some(keyshade::start_spec(spec, tasks).map_err(AgentError::Keyshade)?),
+        None => None,
+    };
 
     // The network source is the last layer; the first render waits for its first state.
     let mut net = match &cfg.net {
@@ -162,6 +172,12 @@ async fn run_with(cfg: Config, log: LogControl, tasks: &Tasks) -> Result<i32, Ag
         net_pending = Some(first.position);
         layers.set(cfg.sources.len(), first.entries);
     }
+    if let Some(k) = ks.as_mut() {
+        match first_keyshade(k, &cfg, &mut signal_rx, &mut reload_asked).await? {
+            Ok(entries) => layers.set(keyshade::layer(&cfg), entries),
+            Err(code) => return Ok(code),
+        };
+    }
 
     let applied = layers.merged();
     let mut outputs: Vec<Output> = cfg.outputs.iter().cloned().map(Output::new).collect();
@@ -194,6 +210,7 @@ async fn run_with(cfg: Config, log: LogControl, tasks: &Tasks) -> Result<i32, Ag
         source_rx,
         net,
         net_pending,
+        keyshade: ks,
         retry: None,
         tasks: tasks.clone(),
         signals,
@@ -218,6 +235,37 @@ pub(crate) fn supervisor_options(cfg: &Config) -> supervisor::Options {
         stop_timeout: cfg.stop_timeout,
         restart_on_exit: cfg.restart_on_exit,
         reload_grace: cfg.reload_grace,
+    }
+}
+
+/// keyshade's first state (its first snapshot), or `Err(code)` when TERM or INT came first.
+async fn first_keyshade(
+    k: &mut KeyshadeSource,
+    cfg: &Config,
+    signal_rx: &mut mpsc::UnboundedReceiver<Signal>,
+    reload_asked: &mut bool,
+) -> Result<Result<crate::state::Entries, i32>, AgentError> {
+    tracing::info!("waiting for the first state from keyshade (registration, then its snapshot)");
+    let mut pulse = crate::health::Pulse::start();
+    loop {
+        tokio::select! {
+            _ = pulse.tick() => {}
+            event = k.updates.recv() => match event {
+                Some(KeyshadeEvent::State(entries)) => return Ok(Ok(entries)),
+                Some(KeyshadeEvent::Fatal(m)) => return Err(AgentError::Keyshade(m)),
+                None => return Err(AgentError::Keyshade("the keyshade follower stopped".into())),
+            },
+            Some(sig) = signal_rx.recv() => {
+                if sig == Signal::TERM || sig == Signal::INT {
+                    tracing::info!(signal = %sig, "stopped before the first state from keyshade arrived");
+                    return Ok(Err(128 + sig.number()));
+                }
+                if sig == Signal::HUP && cfg.sighup == Sighup::Reload {
+                    tracing::info!("reload asked before the first state arrived; it runs once the agent does");
+                    *reload_asked = true;
+                }
+            }
+        }
     }
 }
 
@@ -324,6 +372,24 @@ impl Agent {
                     } else if self.debouncer.deadline().is_none() {
                         // Nothing this agent renders changed: applied as it stands.
                         self.ack(Ok(()));
+                    }
+                }
+                Some(event) = async { self.keyshade.as_mut().expect("guarded").updates.recv().await }, if self.keyshade.is_some() => {
+                    match event {
+                        KeyshadeEvent::State(entries) => {
+                            if self.layers.set(keyshade::layer(&self.cfg), entries) && self.layers.merged() != self.applied {
+                                self.kick(&sink);
+                            }
+                        }
+                        KeyshadeEvent::Fatal(message) => {
+                            // The child goes first: tether never leaves it running.
+                            if let (Sink::Child(sup), Some(done)) = (&sink, done.as_mut()) {
+                                tracing::info!("stopping the child");
+                                sup.send(Control::Terminate(self.cfg.stop_signal));
+                                let _ = done.await;
+                            }
+                            return Err(AgentError::Keyshade(message));
+                        }
                     }
                 }
                 _ = sleep_until(self.retry.map_or_else(Instant::now, |r| r.0)), if self.retry.is_some() => {

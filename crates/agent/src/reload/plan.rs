@@ -31,6 +31,8 @@ pub(crate) struct Plan {
     pub need_restart: Vec<&'static str>,
     pub sources: bool,
     pub net: NetChange,
+    /// What happens to the keyshade source (same rules as the network source's).
+    pub keyshade: NetChange,
     pub outputs: bool,
     pub env: bool,
     pub supervisor: bool,
@@ -72,6 +74,15 @@ impl Plan {
                 }
             }
         };
+
+        let keyshade = match (&old.keyshade, &new.keyshade) {
+            (None, None) => NetChange::Same,
+            (None, Some(_)) => NetChange::Start,
+            (Some(_), None) => NetChange::Stop,
+            (Some(a), Some(b)) if crate::source::keyshade::same(a, b) => NetChange::Same,
+            (Some(_), Some(_)) => NetChange::Restart,
+        };
+        key(keyshade != NetChange::Same, "keyshade");
 
         key(old.on_change != new.on_change, "on_change");
         let mut outputs = false;
@@ -127,6 +138,7 @@ impl Plan {
             need_restart,
             sources,
             net,
+            keyshade,
             outputs,
             env,
             supervisor: so != sn,

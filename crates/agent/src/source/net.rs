@@ -22,7 +22,7 @@ use tether_core::protocol::{
     ClientMsg, Position, ServerMsg, Subscription, Verdict, accept_snapshot, judge_change,
 };
 
-mod backoff;
+pub(crate) mod backoff;
 mod saved;
 mod token;
 mod wire;

@@ -266,6 +266,8 @@ pub struct Socket {
     pub handshake: Handshake,
     /// When the server last pinged (or opened).
     last_ping: Instant,
+    /// A ping is still to be answered (kept across a cancelled read, so none is lost).
+    pong_due: bool,
 }
 
 impl Socket {
@@ -317,6 +319,7 @@ impl Socket {
                 ws,
                 handshake,
                 last_ping: Instant::now(),
+                pong_due: false,
             }),
             _ => Err(malformed("the first frame is not an Engine.IO open packet")),
         }
@@ -376,6 +379,10 @@ impl Socket {
 
     async fn next_packet(&mut self) -> Result<Packet, SioError> {
         loop {
+            if self.pong_due {
+                self.send("3".to_string()).await?;
+                self.pong_due = false;
+            }
             let text = match tokio::time::timeout_at(self.dead_at(), next_text(&mut self.ws)).await
             {
                 Err(_) => return Err(SioError::Silent(self.silence())),
@@ -385,7 +392,7 @@ impl Socket {
                 Frame::Packet(p) => return Ok(p),
                 Frame::Ping => {
                     self.last_ping = Instant::now();
-                    self.send("3".to_string()).await?;
+                    self.pong_due = true;
                 }
                 Frame::Close => return Err(SioError::Closed(" (Engine.IO close)".into())),
                 Frame::Open(_) => return Err(malformed("a second open packet")),

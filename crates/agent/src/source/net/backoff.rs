@@ -16,7 +16,7 @@ use super::SessionError;
 
 /// How a session ended, as far as the next wait is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Outcome {
+pub(crate) enum Outcome {
     /// It got as far as a `synced` and stayed up [`STABLE`] after it.
     Stable,
     /// No answer from the node: could not connect, or the connection timed out.
@@ -44,7 +44,7 @@ impl Outcome {
 }
 
 /// How long a session must stay up past its `synced` to start the waits over.
-pub(super) const STABLE: Duration = Duration::from_secs(10);
+pub(crate) const STABLE: Duration = Duration::from_secs(10);
 /// Between nodes of one round, and after a stable session.
 const QUICK: Duration = Duration::from_millis(50);
 /// After a round of failures: 100 ms doubling to 10 s, full jitter.
@@ -52,7 +52,7 @@ const FAILED: (Duration, Duration) = (Duration::from_millis(100), Duration::from
 /// After a round that ended in a refused token: 5 s doubling to 5 minutes, at least half.
 const REFUSED: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(300));
 
-pub(super) struct Backoff {
+pub(crate) struct Backoff {
     failed: Jitter,
     refused: Jitter,
     /// What the round so far brought: a refused token, a node that answered otherwise.
@@ -61,7 +61,7 @@ pub(super) struct Backoff {
 }
 
 impl Backoff {
-    pub(super) fn new() -> Backoff {
+    pub(crate) fn new() -> Backoff {
         Backoff {
             failed: Jitter::new(FAILED.0, FAILED.1, false),
             refused: Jitter::new(REFUSED.0, REFUSED.1, true),
@@ -73,7 +73,7 @@ impl Backoff {
     /// The wait after a session that ended with `outcome`. Within a round the next node is
     /// tried at once; at the end of a round (`round_done`: every node tried) the wait grows,
     /// the refused token's when the round counts as refused (see the module doc).
-    pub(super) fn after(&mut self, outcome: Outcome, round_done: bool) -> Duration {
+    pub(crate) fn after(&mut self, outcome: Outcome, round_done: bool) -> Duration {
         match outcome {
             Outcome::Stable => {
                 self.failed.reset();
