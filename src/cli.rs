@@ -41,3 +41,14 @@ pub enum Command {
     #[cfg(feature = "node")]
     Status(tether_client::args::StatusArgs),
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks (unique ids, valid flag names) for every verb: a clash
+    /// between flags merged from several crates panics only when the verb is parsed.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -10,6 +10,7 @@ mod files;
 mod follower;
 mod hostile;
 mod keyshade;
+mod keyshade_config;
 mod keyshade_fake;
 mod kubernetes;
 mod oneshot;

@@ -126,11 +126,17 @@ pub struct AgentArgs {
 pub struct KeyshadeArgs {
     /// Base URL of the keyshade API (http(s)://; default that of the profile, else
     /// https://api.keyshade.xyz).
-    #[arg(long = "keyshade-url", value_name = "URL", env = "TETHER_KEYSHADE_URL")]
+    #[arg(
+        long = "keyshade-url",
+        id = "keyshade-url",
+        value_name = "URL",
+        env = "TETHER_KEYSHADE_URL"
+    )]
     pub url: Option<String>,
     /// Workspace slug.
     #[arg(
         long = "keyshade-workspace",
+        id = "keyshade-workspace",
         value_name = "SLUG",
         env = "TETHER_KEYSHADE_WORKSPACE"
     )]
@@ -138,6 +144,7 @@ pub struct KeyshadeArgs {
     /// Project slug.
     #[arg(
         long = "keyshade-project",
+        id = "keyshade-project",
         value_name = "SLUG",
         env = "TETHER_KEYSHADE_PROJECT"
     )]
@@ -145,6 +152,7 @@ pub struct KeyshadeArgs {
     /// Environment slug.
     #[arg(
         long = "keyshade-environment",
+        id = "keyshade-environment",
         value_name = "SLUG",
         env = "TETHER_KEYSHADE_ENVIRONMENT"
     )]
@@ -152,6 +160,7 @@ pub struct KeyshadeArgs {
     /// File holding the API token (`ks.pat.…`) (else TETHER_KEYSHADE_TOKEN, else the profile).
     #[arg(
         long = "keyshade-token-file",
+        id = "keyshade-token-file",
         value_name = "PATH",
         env = "TETHER_KEYSHADE_TOKEN_FILE"
     )]
@@ -160,6 +169,7 @@ pub struct KeyshadeArgs {
     /// TETHER_KEYSHADE_PRIVATE_KEY, else ~/.keyshade/private-keys.json).
     #[arg(
         long = "keyshade-private-key-file",
+        id = "keyshade-private-key-file",
         value_name = "PATH",
         env = "TETHER_KEYSHADE_PRIVATE_KEY_FILE"
     )]
@@ -168,6 +178,7 @@ pub struct KeyshadeArgs {
     /// file's default profile).
     #[arg(
         long = "keyshade-profile",
+        id = "keyshade-profile",
         value_name = "NAME",
         env = "TETHER_KEYSHADE_PROFILE"
     )]
@@ -175,6 +186,7 @@ pub struct KeyshadeArgs {
     /// PEM file of the CA that signs the keyshade API's certificate (default: the system's).
     #[arg(
         long = "keyshade-ca-file",
+        id = "keyshade-ca-file",
         value_name = "PATH",
         env = "TETHER_KEYSHADE_CA_FILE"
     )]
