@@ -165,6 +165,8 @@ async fn rest(state: Shared, mut tcp: TcpStream, head: &str) {
 
 async fn socket(state: Shared, tcp: TcpStream, ping: Duration, timeout: Duration) {
     let tokens = state.clone();
+    // The callback's signature is tungstenite's.
+    #[allow(clippy::result_large_err)]
     let record = move |req: &Request, resp: Response| {
         let token = req
             .headers()
@@ -308,7 +310,11 @@ fn register_refused_then_snapshot_pings_live_events_and_duplicates() {
             s.registers[1],
             serde_json::json!({"workspaceSlug":"W","projectSlug":"P","environmentSlug":"E"})
         );
-        assert!(s.tokens.iter().all(|t| t == "ks.pat.abc123"), "{:?}", s.tokens);
+        assert!(
+            s.tokens.iter().all(|t| t == "ks.pat.abc123"),
+            "{:?}",
+            s.tokens
+        );
     }
     let l = logs(&agent);
     assert!(l.contains("User already connected"), "{l}");
@@ -322,12 +328,13 @@ fn register_refused_then_snapshot_pings_live_events_and_duplicates() {
     });
     // A later change, delivered once: when it is in, the duplicate has long been handled.
     fake.update_variable("MARK", "1", 1);
-    agent.wait_for("the second change", || {
-        w.read("out.env").contains("MARK=1")
-    });
+    agent.wait_for("the second change", || w.read("out.env").contains("MARK=1"));
     agent.wait_for("two signals", || usr1(&w) >= 2);
     assert_eq!(usr1(&w), 2, "one action per change: {:?}", w.signals());
-    assert!(!logs(&agent).contains(&plaintext), "a secret value in the logs");
+    assert!(
+        !logs(&agent).contains(&plaintext),
+        "a secret value in the logs"
+    );
 }
 
 #[test]
@@ -350,7 +357,9 @@ fn a_silent_server_is_left_and_changes_made_meanwhile_are_picked_up() {
         s.variables.insert("A".into(), "2".into());
         s.variables.remove("GONE");
     }
-    agent.wait_for("a second registration", || fake.state().registers.len() >= 2);
+    agent.wait_for("a second registration", || {
+        fake.state().registers.len() >= 2
+    });
     fake.state().silent = false;
     agent.wait_for("the server's state", || {
         let out = w.read("out.env");
@@ -369,10 +378,7 @@ fn a_deletion_converges_at_the_periodic_snapshot() {
         s.variables.insert("KEEP".into(), "1".into());
         s.variables.insert("GONE".into(), "x".into());
     }
-    w.write(
-        "tether.toml",
-        "[keyshade]\nsnapshot_interval = \"200ms\"\n",
-    );
+    w.write("tether.toml", "[keyshade]\nsnapshot_interval = \"200ms\"\n");
     let config = w.path("tether.toml").display().to_string();
     let agent = start_agent(&w, &fake, None, &["--config", &config]);
     agent.wait_for("the first render", || w.read("out.env").contains("GONE=x"));
@@ -404,7 +410,10 @@ fn a_secret_without_a_private_key_names_the_setting_and_can_end_the_agent() {
 
     // With it: the agent ends, non-zero, saying why, and its child is stopped.
     let w2 = Work::new();
-    w2.write("tether.toml", "[keyshade]\nquit_on_decryption_failure = true\n");
+    w2.write(
+        "tether.toml",
+        "[keyshade]\nquit_on_decryption_failure = true\n",
+    );
     let config = w2.path("tether.toml").display().to_string();
     let mut agent = start_agent(&w2, &fake, None, &["--config", &config]);
     let status = agent.wait();

@@ -196,7 +196,9 @@ impl Stats {
         } else if !self.ks_ever_connected.load(Relaxed) {
             format!("waiting for keyshade {ks}")
         } else {
-            format!("degraded: keyshade connection lost, reconnecting; running on the last state of {ks}")
+            format!(
+                "degraded: keyshade connection lost, reconnecting; running on the last state of {ks}"
+            )
         };
         if lock(&self.env).is_some() {
             format!("{line}; {ks}")

@@ -290,8 +290,7 @@ impl Agent {
             .keyshade
             .as_ref()
             .and_then(|_| self.layers.get(keyshade::layer(&self.cfg)).cloned());
-        let mut layers =
-            Layers::new(keyshade::layer(&new) + usize::from(new.keyshade.is_some()));
+        let mut layers = Layers::new(keyshade::layer(&new) + usize::from(new.keyshade.is_some()));
         for (i, entries) in file_entries.into_iter().enumerate() {
             if let Some(e) = entries {
                 layers.set(i, e);

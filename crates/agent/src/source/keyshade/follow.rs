@@ -137,14 +137,11 @@ impl Follower {
                 let _ = self.updates.send(KeyshadeEvent::Fatal(message));
                 return;
             }
-            let stable = self
-                .registered_at
-                .is_some_and(|at| at.elapsed() >= STABLE);
+            let stable = self.registered_at.is_some_and(|at| at.elapsed() >= STABLE);
             let outcome = match &e {
                 _ if stable => Outcome::Stable,
                 SessionError::Socket(SioError::Refused {
-                    status: 401 | 403,
-                    ..
+                    status: 401 | 403, ..
                 }) => Outcome::Refused,
                 SessionError::Socket(SioError::Connect(_) | SioError::Timeout(_)) => {
                     Outcome::Unreachable
@@ -195,8 +192,8 @@ impl Follower {
         let token = self.token()?;
         self.client.token = token.clone();
         let tls = self.s.tls.clone();
-        let mut sock = Socket::connect(&self.url, token.expose_str().unwrap_or_default(), tls)
-            .await?;
+        let mut sock =
+            Socket::connect(&self.url, token.expose_str().unwrap_or_default(), tls).await?;
         let h = &sock.handshake;
         tracing::debug!(ping_interval = ?h.ping_interval, ping_timeout = ?h.ping_timeout, max_payload = h.max_payload, "keyshade socket open");
         let result = self.registered(&mut sock).await;
@@ -214,8 +211,12 @@ impl Follower {
             "projectSlug": self.s.project,
             "environmentSlug": self.s.environment,
         });
-        sock.send(sio::event_frame(NAMESPACE, "register-client-app", &register))
-            .await?;
+        sock.send(sio::event_frame(
+            NAMESPACE,
+            "register-client-app",
+            &register,
+        ))
+        .await?;
         let deadline = Instant::now() + REGISTER_TIMEOUT;
         loop {
             let (name, data) = tokio::time::timeout_at(deadline, sock.next_event(NAMESPACE))
@@ -248,7 +249,10 @@ impl Follower {
     }
 
     /// Registered: snapshots and live events until the connection fails.
-    async fn follow(&mut self, sock: &mut Socket) -> Result<std::convert::Infallible, SessionError> {
+    async fn follow(
+        &mut self,
+        sock: &mut Socket,
+    ) -> Result<std::convert::Infallible, SessionError> {
         let interval = self.s.snapshot_interval.max(Duration::from_millis(100));
         let mut fetch: Option<Fetch> = Some(self.fetch());
         // Events received while a snapshot is fetched: applied again on top of it.
@@ -333,7 +337,10 @@ impl Follower {
         match problems.first() {
             Some(p) if self.s.quit_on_decryption_failure => {
                 let hint = if p.no_key {
-                    format!("no private key for project {:?} (set private_key or private_key_file, or add it to ~/.keyshade/private-keys.json)", self.s.project)
+                    format!(
+                        "no private key for project {:?} (set private_key or private_key_file, or add it to ~/.keyshade/private-keys.json)",
+                        self.s.project
+                    )
                 } else {
                     p.why.clone()
                 };

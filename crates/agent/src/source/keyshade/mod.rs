@@ -70,7 +70,10 @@ impl Settings {
 }
 
 /// Start following what `spec` says.
-pub fn start_spec(spec: &KeyshadeSpec, tasks: &crate::tasks::Tasks) -> Result<KeyshadeSource, String> {
+pub fn start_spec(
+    spec: &KeyshadeSpec,
+    tasks: &crate::tasks::Tasks,
+) -> Result<KeyshadeSource, String> {
     start(Settings::from_spec(spec)?, tasks)
 }
 

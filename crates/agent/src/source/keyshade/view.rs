@@ -31,7 +31,9 @@ impl Update {
             .get("name")
             .and_then(Json::as_str)
             .ok_or("configuration-updated without a \"name\"")?;
-        let value = data.get("value").ok_or("configuration-updated without a \"value\"")?;
+        let value = data
+            .get("value")
+            .ok_or("configuration-updated without a \"value\"")?;
         let value = match value {
             Json::String(s) => s.clone(),
             Json::Null => String::new(),
@@ -139,18 +141,13 @@ impl View {
 
     /// Apply one live event. Returns the problem when its secret newly failed to decrypt
     /// (the name then keeps its last good value).
-    pub(crate) fn update(
-        &mut self,
-        u: &Update,
-        key: Option<&PrivateKey>,
-    ) -> Option<Undecryptable> {
+    pub(crate) fn update(&mut self, u: &Update, key: Option<&PrivateKey>) -> Option<Undecryptable> {
         if u.plaintext {
             // A name known as a secret stays marked secret (a project that lets keyshade
             // keep its key sends secrets in plain text).
             let secret = self.entries.get(&u.name).is_some_and(|e| e.secret);
             self.decrypted.remove(&u.name);
-            self.entries
-                .insert(u.name.clone(), plain(&u.value, secret));
+            self.entries.insert(u.name.clone(), plain(&u.value, secret));
             return None;
         }
         let last_good = self.entries.get(&u.name).filter(|e| e.secret).cloned();

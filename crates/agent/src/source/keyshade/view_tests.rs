@@ -56,7 +56,11 @@ fn snapshot_then_events_on_top_and_deletions_by_resnapshot() {
     let (key, wire, plaintext) = vector("len15");
     let mut v = View::default();
     assert!(!v.is_ready());
-    let p = v.snapshot(&snap(&[("DB", &wire)], &[("PORT", "80"), ("OLD", "x")]), &[], Some(&key));
+    let p = v.snapshot(
+        &snap(&[("DB", &wire)], &[("PORT", "80"), ("OLD", "x")]),
+        &[],
+        Some(&key),
+    );
     assert!(p.is_empty());
     assert!(v.is_ready());
     assert_eq!(value(&v, "DB"), Some((plaintext.clone(), true)));
@@ -177,14 +181,38 @@ fn update_payloads() {
     let u = Update::parse(&json!({"name":"X","value":"c","isPlaintext":false})).unwrap();
     assert!(!u.plaintext);
     // Older servers: isSecret.
-    assert!(!Update::parse(&json!({"name":"X","value":"c","isSecret":true})).unwrap().plaintext);
-    assert!(Update::parse(&json!({"name":"X","value":"c","isSecret":false})).unwrap().plaintext);
+    assert!(
+        !Update::parse(&json!({"name":"X","value":"c","isSecret":true}))
+            .unwrap()
+            .plaintext
+    );
+    assert!(
+        Update::parse(&json!({"name":"X","value":"c","isSecret":false}))
+            .unwrap()
+            .plaintext
+    );
     // Neither: an eccrypto JSON value is a secret.
     let (_, wire, _) = vector("len1");
-    assert!(!Update::parse(&json!({"name":"X","value":wire})).unwrap().plaintext);
-    assert!(Update::parse(&json!({"name":"X","value":"{}"})).unwrap().plaintext);
-    assert_eq!(Update::parse(&json!({"name":"N","value":5})).unwrap().value, "5");
-    for bad in [json!({"value":"v"}), json!({"name":"X"}), json!({"name":"X","value":[1]}), json!(null)] {
+    assert!(
+        !Update::parse(&json!({"name":"X","value":wire}))
+            .unwrap()
+            .plaintext
+    );
+    assert!(
+        Update::parse(&json!({"name":"X","value":"{}"}))
+            .unwrap()
+            .plaintext
+    );
+    assert_eq!(
+        Update::parse(&json!({"name":"N","value":5})).unwrap().value,
+        "5"
+    );
+    for bad in [
+        json!({"value":"v"}),
+        json!({"name":"X"}),
+        json!({"name":"X","value":[1]}),
+        json!(null),
+    ] {
         let e = Update::parse(&bad).unwrap_err();
         assert!(!e.contains("v\""), "{e}");
     }
