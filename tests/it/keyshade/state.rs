@@ -54,7 +54,7 @@ fn a_name_deleted_after_its_event_is_gone_after_the_next_snapshot() {
     let server = KsServer::start(&[]);
     server.variable("STAYS", "1", false, 1);
     let w = Work::new();
-    let agent = follow(&w, &server, "snapshot_interval = \"300ms\"\n");
+    let agent = follow(&w, &server, "snapshot_interval = \"1s\"\n");
     wait_registered(&agent, &w, &server, 1);
     server.variable("GOES", "soon", true, 1);
     server.secret("GOES_TOO", "secret", true);
