@@ -38,6 +38,9 @@ pub const OTHER_KEY: &str = "222222222222222222222222222222222222222222222222222
 pub struct KsServer {
     child: Option<Child>,
     pub port: u16,
+    /// The control API's port: `port`, or a plain-http one beside a TLS server.
+    control_port: u16,
+    tls: bool,
     err: PathBuf,
     _logs: tempfile::TempDir,
 }
@@ -46,6 +49,19 @@ impl KsServer {
     /// A server with the project `app` (environment `dev`, private key [`KEY`]) and the
     /// token [`TOKEN`], plus `args` (e.g. `--ping-interval 100`).
     pub fn start(args: &[&str]) -> KsServer {
+        KsServer::start_with(args, false)
+    }
+
+    /// The same over https/wss, with a certificate for 127.0.0.1 from a test CA whose
+    /// certificate is `ca.pem` in `w`.
+    pub fn start_tls(w: &Work) -> KsServer {
+        crate::tls::make_certs(w.dir.path());
+        let cert = w.path("node.pem").display().to_string();
+        let key = w.path("node.key").display().to_string();
+        KsServer::start_with(&["--cert", &cert, "--key", &key], true)
+    }
+
+    fn start_with(args: &[&str], tls: bool) -> KsServer {
         let modules = Path::new(SERVER_DIR).join("node_modules");
         for pkg in ["socket.io", "eccrypto"] {
             assert!(
@@ -79,29 +95,50 @@ impl KsServer {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Ok(port) = line.trim().parse::<u16>() {
-                    let _ = tx.send(port);
+                let line = line.trim();
+                let (control, port) = match line.strip_prefix("control ") {
+                    Some(p) => (true, p),
+                    None => (false, line),
+                };
+                if let Ok(port) = port.parse::<u16>() {
+                    let _ = tx.send((control, port));
                 }
             }
         });
         let mut server = KsServer {
             child: Some(child),
             port: 0,
+            control_port: 0,
+            tls,
             err,
             _logs: logs,
         };
-        match rx.recv_timeout(DEADLINE) {
-            Ok(port) => server.port = port,
-            Err(_) => {
-                eprintln!("--- keyshade server stderr:\n{}", server.stderr());
-                panic!("the keyshade test server did not print its port within {DEADLINE:?}");
+        while server.port == 0 || server.control_port == 0 {
+            match rx.recv_timeout(DEADLINE) {
+                Ok((true, port)) => server.control_port = port,
+                Ok((false, port)) => {
+                    server.port = port;
+                    if !tls {
+                        server.control_port = port;
+                    }
+                }
+                Err(_) => {
+                    eprintln!("--- keyshade server stderr:\n{}", server.stderr());
+                    panic!("the keyshade test server did not print its port within {DEADLINE:?}");
+                }
             }
         }
         server
     }
 
+    /// The base URL tether is given.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    fn control_url(&self, what: &str) -> String {
+        format!("http://127.0.0.1:{}/_test/{what}", self.control_port)
     }
 
     pub fn stderr(&self) -> String {
@@ -110,8 +147,7 @@ impl KsServer {
 
     /// `POST /_test/{what}` with `body`; panics unless the server answers 200.
     pub fn control(&self, what: &str, body: Value) -> Value {
-        let url = format!("{}/_test/{what}", self.url());
-        let resp = http_request("POST", &url, None, Some(&body));
+        let resp = http_request("POST", &self.control_url(what), None, Some(&body));
         assert_eq!(resp.status, 200, "{what} {body}: {}", resp.text);
         resp.json
     }
@@ -152,7 +188,7 @@ impl KsServer {
     }
 
     pub fn state(&self) -> Value {
-        let resp = http_request("GET", &format!("{}/_test/state", self.url()), None, None);
+        let resp = http_request("GET", &self.control_url("state"), None, None);
         assert_eq!(resp.status, 200, "state: {}", resp.text);
         resp.json
     }

@@ -10,7 +10,7 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsage
 use crate::support::{BIN, Tether, Work, run_to_end};
 
 /// Write ca.pem, node.pem and node.key into `dir`.
-fn make_certs(dir: &Path) {
+pub(crate) fn make_certs(dir: &Path) {
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![

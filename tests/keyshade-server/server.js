@@ -15,7 +15,9 @@
 //                            ks.pat.test=tester); one live registered socket per user
 //   --project SLUG:KEY:ENVS  a project, its private key (hex, the public key is derived) and
 //                            its comma-separated environments (repeatable)
-//   --cert FILE --key FILE   serve https/wss instead of http/ws
+//   --cert FILE --key FILE   serve https/wss instead of http/ws; the control API is then
+//                            also served over plain http on a second port, printed as a
+//                            second line `control PORT`
 //   --keep-stdin             do not exit when stdin closes
 //
 // Control API (JSON bodies, no auth; every answer is JSON):
@@ -413,6 +415,14 @@ io.of(NAMESPACE).on("connection", (socket) => {
 
 server.listen(opts.port, opts.host, () => {
   process.stdout.write(`${server.address().port}\n`);
+  if (opts.cert) {
+    const plain = http.createServer((req, res) => {
+      const url = new URL(req.url, "http://x");
+      if (!url.pathname.startsWith("/_test/")) return sendError(res, 404, "control API only");
+      onRequest(req, res);
+    });
+    plain.listen(0, opts.host, () => process.stdout.write(`control ${plain.address().port}\n`));
+  }
 });
 
 function stop() {

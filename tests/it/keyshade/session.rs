@@ -5,8 +5,8 @@
 use serde_json::json;
 
 use super::{
-    ENVIRONMENT, KsServer, PROJECT, WORKSPACE, follow, logs, map, running, wait_registered,
-    wait_rendered,
+    ENVIRONMENT, Ks, KsServer, PROJECT, WORKSPACE, follow, logs, map, running, start_agent,
+    wait_registered, wait_rendered, write_config,
 };
 use crate::support::Work;
 
@@ -175,4 +175,47 @@ fn a_connection_closed_mid_frame_loses_nothing() {
         server.count("registrations") >= 2
     });
     assert!(running(&mut agent));
+}
+
+/// `https://` base URL: REST over https and the socket over wss, trusting the test CA
+/// through `ca_file`; without it the certificate is refused, and the error says so.
+#[test]
+fn wss_with_the_ca_file_and_a_clear_error_without() {
+    let w = Work::new();
+    let server = KsServer::start_tls(&w);
+    server.secret("OVER_TLS", "sealed", false);
+    let ca = w.path("ca.pem").display().to_string();
+    let extra = format!("ca_file = \"{ca}\"\n");
+    let config = write_config(
+        &w,
+        &server.url(),
+        &Ks {
+            extra: &extra,
+            ..Ks::default()
+        },
+    );
+    let agent = start_agent(&w, &config, &[]);
+    wait_rendered(
+        &agent,
+        &w,
+        "the snapshot over https",
+        &map(&[("OVER_TLS", "sealed")]),
+    );
+    wait_registered(&agent, &w, &server, 1);
+    server.variable("LIVE", "over wss", true, 1);
+    wait_rendered(
+        &agent,
+        &w,
+        "a live event over wss",
+        &map(&[("LIVE", "over wss"), ("OVER_TLS", "sealed")]),
+    );
+    drop(agent);
+
+    let w2 = Work::new();
+    let config = write_config(&w2, &server.url(), &Ks::default());
+    let untrusted = start_agent(&w2, &config, &[]);
+    untrusted.wait_for("an error about the certificate", || {
+        logs(&untrusted).to_lowercase().contains("certificate")
+    });
+    assert!(!w2.path("out.json").exists());
 }
