@@ -207,11 +207,31 @@ impl Follower {
             std::thread::sleep(Duration::from_millis(5));
         }
         for c in children {
-            // Each child leads its own process group; a group still there was left behind.
-            if kill(Pid::from_raw(-(c as i32)), Signal::SIGKILL).is_ok() {
+            // Each child leads its own process group; a live member was left behind (a
+            // zombie is only waiting for its reaper).
+            if group_alive(c) {
+                let _ = kill(Pid::from_raw(-(c as i32)), Signal::SIGKILL);
                 warning.get_or_insert(format!("{} left its child running", self.kind.label()));
             }
         }
         warning
     }
+}
+
+/// Whether a process of group `pgid` is alive and not a zombie.
+fn group_alive(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .any(|stat| {
+            // After `comm)`: state, ppid, pgrp.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest)
+                .split_whitespace()
+                .collect();
+            fields.get(2) == Some(&pgid.to_string().as_str()) && fields.first() != Some(&"Z")
+        })
 }
