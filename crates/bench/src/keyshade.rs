@@ -46,9 +46,10 @@ pub struct KeyshadeBenchArgs {
     /// Also measure tether restarting its child, like for like with keyshade run.
     #[arg(long)]
     pub with_restart: bool,
-    /// The tether binary to measure (default: `tether` beside this one).
+    /// A tether binary to measure (default: `tether` beside this one); repeat it to measure
+    /// several builds in one run. `--with-restart` uses the first.
     #[arg(long, value_name = "PATH")]
-    pub tether: Option<PathBuf>,
+    pub tether: Vec<PathBuf>,
     /// The test server's directory (default: tests/keyshade-server of this source tree).
     #[arg(long)]
     pub server_dir: Option<PathBuf>,
@@ -56,6 +57,7 @@ pub struct KeyshadeBenchArgs {
 
 struct Figures {
     kind: Kind,
+    label: String,
     latencies: Vec<Duration>,
     received: Vec<Duration>,
     busy: Cpu,
@@ -67,15 +69,25 @@ struct Figures {
 }
 
 pub fn run(args: KeyshadeBenchArgs) -> anyhow::Result<i32> {
-    let tether = crate::bins::tether(args.tether.as_deref())?;
+    let binaries = match args.tether.is_empty() {
+        true => vec![crate::bins::tether(None)?],
+        false => args
+            .tether
+            .iter()
+            .map(|p| crate::bins::tether(Some(p)))
+            .collect::<anyhow::Result<_>>()?,
+    };
     let bench = crate::bins::bench()?;
     let server_dir = args.server_dir.clone().unwrap_or_else(server::default_dir);
     let work = tempfile_dir()?;
-    let mut kinds = vec![Kind::TetherSignal];
+    let mut kinds: Vec<(Kind, &std::path::Path)> = binaries
+        .iter()
+        .map(|b| (Kind::TetherSignal, b.as_path()))
+        .collect();
     if args.with_restart {
-        kinds.push(Kind::TetherRestart);
+        kinds.push((Kind::TetherRestart, &binaries[0]));
     }
-    kinds.push(Kind::KeyshadeRun);
+    kinds.push((Kind::KeyshadeRun, &binaries[0]));
 
     // One user per follower: keyshade allows one live session per user.
     let mut server_args: Vec<String> = ["--workspace", WORKSPACE, "--project"]
@@ -93,22 +105,18 @@ pub fn run(args: KeyshadeBenchArgs) -> anyhow::Result<i32> {
                           "emit": false});
         server.control(what, &body)?;
     }
-    print_header(&args, &tether, &server_dir);
+    print_header(&args, &binaries, &server_dir);
 
     let paths = Paths {
-        tether: &tether,
         bench: &bench,
         server_dir: &server_dir,
         work: &work.0,
     };
     let mut all = Vec::new();
-    for (i, kind) in kinds.into_iter().enumerate() {
-        eprintln!(
-            "{}: {} events (+{WARMUP} warm-up)...",
-            kind.label(),
-            args.events
-        );
-        let f = Follower::start(kind, &paths, &server, &format!("ks.pat.bench{i}"))?;
+    for (i, (kind, exe)) in kinds.into_iter().enumerate() {
+        let label = kind.label(exe);
+        eprintln!("{label}: {} events (+{WARMUP} warm-up)...", args.events);
+        let f = Follower::start(kind, exe, &paths, &server, &format!("ks.pat.bench{i}"))?;
         all.push(measure(&args, f, &server)?);
     }
     report(&all);
@@ -156,12 +164,13 @@ fn measure(args: &KeyshadeBenchArgs, mut f: Follower, server: &Server) -> anyhow
     std::thread::sleep(idle_period);
     let idle = Cpu::read(pid)?.since(&idle_from);
     let memory = Memory::read(pid, &f.exe)?;
-    let kind = f.kind;
+    let (kind, label) = (f.kind, f.label.clone());
     let warning = f.stop();
     latencies.sort();
     received.sort();
     Ok(Figures {
         kind,
+        label,
         latencies,
         received,
         busy,
@@ -192,20 +201,22 @@ fn tempfile_dir() -> anyhow::Result<TempDir> {
     Ok(TempDir(dir))
 }
 
-fn print_header(args: &KeyshadeBenchArgs, tether: &std::path::Path, dir: &std::path::Path) {
+fn print_header(args: &KeyshadeBenchArgs, tethers: &[PathBuf], dir: &std::path::Path) {
     let node = std::process::Command::new("node")
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
-    let size = std::fs::metadata(tether).map_or(0, |m| m.len()) as f64 / (1024.0 * 1024.0);
     println!("tether-bench keyshade: tether vs keyshade run following one keyshade test server");
     println!("machine: {}", crate::file::machine());
     println!(
         "load:    {} (1, 5, 15 min) at start",
         crate::file::load_average()
     );
-    println!("tether:  {} ({size:.1} MiB)", tether.display());
+    for t in tethers {
+        let size = std::fs::metadata(t).map_or(0, |m| m.len()) as f64 / (1024.0 * 1024.0);
+        println!("tether:  {} ({size:.1} MiB)", t.display());
+    }
     println!(
         "node:    {node}, {}/keyshade-run.js (socket.io-client 4.7, eccrypto 1.1.6)",
         dir.display()
@@ -246,13 +257,13 @@ fn report(all: &[Figures]) {
     let row = |what: &str, cell: &dyn Fn(&Figures) -> String| {
         print!("  {what:<28}");
         for f in all {
-            print!(" {:>20}", cell(f));
+            print!(" {:>22}", cell(f));
         }
         println!();
     };
     print!("  {:<28}", "");
     for f in all {
-        print!(" {:>20}", f.kind.label());
+        print!(" {:>22}", f.label);
     }
     println!();
     row("peak RSS (VmHWM)", &|f| mib(f.memory.hwm));
@@ -300,25 +311,24 @@ fn report(all: &[Figures]) {
     println!("  (event → child: SIGUSR1 reached the child for signal; a new child announced");
     println!("   itself for restart. keyshade run restarts on every event.)");
     println!();
-    let (Some(t), Some(k)) = (
-        all.iter().find(|f| f.kind == Kind::TetherSignal),
-        all.iter().find(|f| f.kind == Kind::KeyshadeRun),
-    ) else {
+    let Some(k) = all.iter().find(|f| f.kind == Kind::KeyshadeRun) else {
         return;
     };
-    println!("targets (informational), tether (signal) against keyshade run:");
-    let rss = k.memory.hwm as f64 / t.memory.hwm.max(1) as f64;
     let p99 = |f: &Figures| percentile(&f.latencies, 0.99).as_secs_f64();
-    let lat = p99(k) / p99(t).max(1e-9);
     let verdict = |ok: bool| if ok { "PASS" } else { "MISS" };
-    println!(
-        "  peak RSS {rss:>6.1}× smaller   target ≥ {TARGET_RSS_RATIO}×   {}",
-        verdict(rss >= TARGET_RSS_RATIO)
-    );
-    println!(
-        "  p99      {lat:>6.1}× lower     target ≥ {TARGET_P99_RATIO}×    {}",
-        verdict(lat >= TARGET_P99_RATIO)
-    );
+    for t in all.iter().filter(|f| f.kind == Kind::TetherSignal) {
+        println!("targets (informational), {} against keyshade run:", t.label);
+        let rss = k.memory.hwm as f64 / t.memory.hwm.max(1) as f64;
+        let lat = p99(k) / p99(t).max(1e-9);
+        println!(
+            "  peak RSS {rss:>6.1}× smaller   target ≥ {TARGET_RSS_RATIO}×   {}",
+            verdict(rss >= TARGET_RSS_RATIO)
+        );
+        println!(
+            "  p99      {lat:>6.1}× lower     target ≥ {TARGET_P99_RATIO}×    {}",
+            verdict(lat >= TARGET_P99_RATIO)
+        );
+    }
     if let Some(r) = all.iter().find(|f| f.kind == Kind::TetherRestart) {
         println!(
             "  like for like (both restart): p99 {:.1}× lower, peak RSS {:.1}× smaller",

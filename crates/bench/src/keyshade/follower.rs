@@ -27,11 +27,15 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn label(self) -> &'static str {
+    /// How the report names a follower of this kind running `exe`.
+    pub fn label(self, exe: &Path) -> String {
+        let name = exe
+            .file_name()
+            .map_or("tether".into(), |n| n.to_string_lossy());
         match self {
-            Kind::TetherSignal => "tether (signal)",
-            Kind::TetherRestart => "tether (restart)",
-            Kind::KeyshadeRun => "keyshade run (node)",
+            Kind::TetherSignal => format!("{name} (signal)"),
+            Kind::TetherRestart => format!("{name} (restart)"),
+            Kind::KeyshadeRun => "keyshade run (node)".into(),
         }
     }
 
@@ -47,6 +51,7 @@ impl Kind {
 
 pub struct Follower {
     pub kind: Kind,
+    pub label: String,
     proc: Child,
     pub lines: mpsc::Receiver<(Instant, String)>,
     /// The follower's own executable (for memory by mapping).
@@ -54,7 +59,6 @@ pub struct Follower {
 }
 
 pub struct Paths<'a> {
-    pub tether: &'a Path,
     pub bench: &'a Path,
     pub server_dir: &'a Path,
     pub work: &'a Path,
@@ -63,7 +67,15 @@ pub struct Paths<'a> {
 impl Follower {
     /// Start one follower of `server` with `token`; ready once its child has announced
     /// itself and the server counts it registered.
-    pub fn start(kind: Kind, p: &Paths<'_>, server: &Server, token: &str) -> anyhow::Result<Self> {
+    /// `tether` is the binary of the tether kinds.
+    pub fn start(
+        kind: Kind,
+        tether: &Path,
+        p: &Paths<'_>,
+        server: &Server,
+        token: &str,
+    ) -> anyhow::Result<Self> {
+        let label = kind.label(tether);
         let child = [
             p.bench.display().to_string(),
             "child".into(),
@@ -84,7 +96,7 @@ impl Follower {
                 let key_file = p.work.join("key");
                 std::fs::write(&token_file, token).context("cannot write the token file")?;
                 std::fs::write(&key_file, KEY).context("cannot write the key file")?;
-                cmd = Command::new(p.tether);
+                cmd = Command::new(tether);
                 cmd.args(["run", "--keyshade-url", &server.url()])
                     .args(["--keyshade-workspace", WORKSPACE])
                     .args(["--keyshade-project", PROJECT])
@@ -111,7 +123,7 @@ impl Follower {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .with_context(|| format!("cannot start {}", kind.label()))?;
+            .with_context(|| format!("cannot start {label}"))?;
         let stdout = proc.stdout.take().context("the follower's stdout")?;
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -125,6 +137,7 @@ impl Follower {
         let exe = std::fs::read_link(format!("/proc/{}/exe", proc.id())).unwrap_or_default();
         let mut f = Follower {
             kind,
+            label,
             proc,
             lines,
             exe,
@@ -142,7 +155,7 @@ impl Follower {
         let mut started = false;
         loop {
             if let Some(s) = self.proc.try_wait()? {
-                bail!("{} exited during start-up: {s}", self.kind.label());
+                bail!("{} exited during start-up: {s}", self.label);
             }
             started |= self
                 .lines
@@ -153,7 +166,7 @@ impl Follower {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("{} was not following within 30 s", self.kind.label());
+                bail!("{} was not following within 30 s", self.label);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -173,7 +186,7 @@ impl Follower {
                 };
                 bail!(
                     "{}: the child was not told within {limit:?} ({state})",
-                    self.kind.label()
+                    self.label
                 );
             };
             if line.contains("Configuration change received") {
@@ -201,7 +214,7 @@ impl Follower {
             if Instant::now() > deadline {
                 let _ = self.proc.kill();
                 let _ = self.proc.wait();
-                warning = Some(format!("{} did not stop within 10 s", self.kind.label()));
+                warning = Some(format!("{} did not stop within 10 s", self.label));
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -211,7 +224,7 @@ impl Follower {
             // zombie is only waiting for its reaper).
             if group_alive(c) {
                 let _ = kill(Pid::from_raw(-(c as i32)), Signal::SIGKILL);
-                warning.get_or_insert(format!("{} left its child running", self.kind.label()));
+                warning.get_or_insert(format!("{} left its child running", self.label));
             }
         }
         warning
