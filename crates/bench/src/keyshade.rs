@@ -10,6 +10,7 @@
 //! `start` from a new child (restart; keyshade run always restarts, by SIGKILL and a new
 //! shell). `server` runs the test server, `follower` the processes under test.
 
+mod floor;
 mod follower;
 mod server;
 
@@ -94,7 +95,7 @@ pub fn run(args: KeyshadeBenchArgs) -> anyhow::Result<i32> {
         .map(String::from)
         .into();
     server_args.push(format!("{PROJECT}:{KEY}:{ENVIRONMENT}"));
-    for (i, _) in kinds.iter().enumerate() {
+    for i in 0..=kinds.len() {
         server_args.extend(["--token".into(), format!("ks.pat.bench{i}=user{i}")]);
     }
     let server = Server::start(&server_dir, &server_args)?;
@@ -112,6 +113,19 @@ pub fn run(args: KeyshadeBenchArgs) -> anyhow::Result<i32> {
         server_dir: &server_dir,
         work: &work.0,
     };
+    eprintln!("floor (a bare client): {} events...", args.events);
+    let bare = floor::Bare::start(&server, &format!("ks.pat.bench{}", kinds.len()))?;
+    let mut floor = Vec::with_capacity(args.events);
+    for n in 0..WARMUP + args.events {
+        let t0 = emit(&server, args.secrets, n)?;
+        let t1 = bare.wait(Duration::from_secs(10))?;
+        if n >= WARMUP {
+            floor.push(t1.saturating_duration_since(t0));
+        }
+    }
+    drop(bare);
+    floor.sort();
+
     let mut all = Vec::new();
     for (i, (kind, exe)) in kinds.into_iter().enumerate() {
         let label = kind.label(exe);
@@ -119,14 +133,37 @@ pub fn run(args: KeyshadeBenchArgs) -> anyhow::Result<i32> {
         let f = Follower::start(kind, exe, &paths, &server, &format!("ks.pat.bench{i}"))?;
         all.push(measure(&args, f, &server)?);
     }
-    report(&all);
+    report(&all, &floor);
     Ok(0)
+}
+
+/// Store event `n` (untimed), then send it; returns when the send began.
+fn emit(server: &Server, secrets: bool, n: usize) -> anyhow::Result<Instant> {
+    let kind = if secrets { "secret" } else { "variable" };
+    let stored = server.control(
+        kind,
+        &json!({"project": PROJECT, "environment": ENVIRONMENT, "name": "BENCH_VALUE",
+                "value": format!("v{n}-{}", std::process::id()), "emit": false}),
+    )?;
+    let payload = json!({"name": "BENCH_VALUE", "value": stored["value"],
+                         "isPlaintext": !secrets});
+    let call = server.connect()?;
+    let t0 = Instant::now();
+    let sent = call.post(
+        "emit",
+        &json!({"project": PROJECT, "environment": ENVIRONMENT, "payload": payload}),
+    )?;
+    anyhow::ensure!(
+        sent["sent"] == 1,
+        "event {n}: sent to {} sockets",
+        sent["sent"]
+    );
+    Ok(t0)
 }
 
 fn measure(args: &KeyshadeBenchArgs, mut f: Follower, server: &Server) -> anyhow::Result<Figures> {
     let pid = f.pid();
     let start_rss = Memory::read(pid, &f.exe)?.rss;
-    let kind = if args.secrets { "secret" } else { "variable" };
     let mut latencies = Vec::with_capacity(args.events);
     let mut received = Vec::new();
     let mut before = Cpu::read(pid)?;
@@ -134,24 +171,8 @@ fn measure(args: &KeyshadeBenchArgs, mut f: Follower, server: &Server) -> anyhow
         if n == WARMUP {
             before = Cpu::read(pid)?;
         }
-        let stored = server.control(
-            kind,
-            &json!({"project": PROJECT, "environment": ENVIRONMENT, "name": "BENCH_VALUE",
-                    "value": format!("v{n}-{}", f.pid()), "emit": false}),
-        )?;
-        let payload = json!({"name": "BENCH_VALUE", "value": stored["value"],
-                             "isPlaintext": !args.secrets});
-        let call = server.connect()?;
-        let t0 = Instant::now();
-        let sent = call.post(
-            "emit",
-            &json!({"project": PROJECT, "environment": ENVIRONMENT, "payload": payload}),
-        )?;
-        anyhow::ensure!(
-            sent["sent"] == 1,
-            "event {n}: sent to {} sockets",
-            sent["sent"]
-        );
+        // Each event's value differs from the one before (the snapshot's, at the first).
+        let t0 = emit(server, args.secrets, n)?;
         let (t1, got) = f.wait_done(Duration::from_secs(10))?;
         if n >= WARMUP {
             latencies.push(t1.saturating_duration_since(t0));
@@ -253,7 +274,7 @@ fn cpu_ms(c: &Cpu) -> f64 {
         * 1e3
 }
 
-fn report(all: &[Figures]) {
+fn report(all: &[Figures], floor: &[Duration]) {
     let row = |what: &str, cell: &dyn Fn(&Figures) -> String| {
         print!("  {what:<28}");
         for f in all {
@@ -308,6 +329,11 @@ fn report(all: &[Figures]) {
             println!("  WARNING: {w}");
         }
     }
+    println!(
+        "  floor: a bare Socket.IO client in the bench reads the event: p50 {}, p99 {}",
+        ms(percentile(floor, 0.5)),
+        ms(percentile(floor, 0.99))
+    );
     println!("  (event → child: SIGUSR1 reached the child for signal; a new child announced");
     println!("   itself for restart. keyshade run restarts on every event.)");
     println!();

@@ -56,6 +56,7 @@ pub struct Follower {
     pub lines: mpsc::Receiver<(Instant, String)>,
     /// The follower's own executable (for memory by mapping).
     pub exe: PathBuf,
+    stopped: bool,
 }
 
 pub struct Paths<'a> {
@@ -76,6 +77,7 @@ impl Follower {
         token: &str,
     ) -> anyhow::Result<Self> {
         let label = kind.label(tether);
+        let before = server.state()?["registrations"].as_u64().unwrap_or(0);
         let child = [
             p.bench.display().to_string(),
             "child".into(),
@@ -141,8 +143,9 @@ impl Follower {
             proc,
             lines,
             exe,
+            stopped: false,
         };
-        f.wait_ready(server)?;
+        f.wait_ready(server, before)?;
         Ok(f)
     }
 
@@ -150,7 +153,9 @@ impl Follower {
         self.proc.id()
     }
 
-    fn wait_ready(&mut self, server: &Server) -> anyhow::Result<()> {
+    /// Until its child announced itself and the server counts a registration after the
+    /// `before` it had.
+    fn wait_ready(&mut self, server: &Server, before: u64) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut started = false;
         loop {
@@ -161,7 +166,7 @@ impl Follower {
                 .lines
                 .try_iter()
                 .any(|(_, l)| l == "start" || l == "[COMMAND] start");
-            let registered = server.state()?["registered"].as_u64() == Some(1);
+            let registered = server.state()?["registrations"].as_u64() > Some(before);
             if started && registered {
                 return Ok(());
             }
@@ -201,6 +206,11 @@ impl Follower {
     /// Stop it the way its users do (tether: SIGTERM; keyshade run: SIGINT, the only signal
     /// it handles), then make sure no child is left behind. Returns a warning, if any.
     pub fn stop(mut self) -> Option<String> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Option<String> {
+        self.stopped = true;
         let pid = self.pid();
         let children = crate::procfs::children_of(pid);
         let sig = match self.kind {
@@ -228,6 +238,14 @@ impl Follower {
             }
         }
         warning
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.shutdown();
+        }
     }
 }
 
