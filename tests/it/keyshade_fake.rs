@@ -14,7 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http;
 
 use crate::support::{Tether, Work, strip_ansi};
 
@@ -36,6 +37,8 @@ struct State {
     live: Vec<mpsc::UnboundedSender<String>>,
     /// Stop pinging (and so look dead to the client).
     silent: bool,
+    /// Answers to the next upgrades: refused with this status and keyshade's error body.
+    refuse_upgrades: VecDeque<u16>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -174,8 +177,19 @@ async fn socket(state: Shared, tcp: TcpStream, ping: Duration, timeout: Duration
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        lock(&tokens).tokens.push(token);
-        Ok(resp)
+        let mut s = lock(&tokens);
+        s.tokens.push(token);
+        match s.refuse_upgrades.pop_front() {
+            None => Ok(resp),
+            Some(status) => {
+                let body = format!(
+                    r#"{{"message":"Invalid API key","error":"Unauthorized","statusCode":{status}}}"#
+                );
+                let mut e = ErrorResponse::new(Some(body));
+                *e.status_mut() = http::StatusCode::from_u16(status).expect("status");
+                Err(e)
+            }
+        }
     };
     let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, record).await else {
         return;
@@ -262,6 +276,8 @@ fn start_agent(w: &Work, fake: &FakeKeyshade, key: Option<&str>, extra: &[&str])
         "signal:USR1",
         "--debounce",
         "0",
+        "--reload-grace",
+        "0",
     ]
     .map(String::from)
     .into();
@@ -329,8 +345,16 @@ fn register_refused_then_snapshot_pings_live_events_and_duplicates() {
     // A later change, delivered once: when it is in, the duplicate has long been handled.
     fake.update_variable("MARK", "1", 1);
     agent.wait_for("the second change", || w.read("out.env").contains("MARK=1"));
-    agent.wait_for("two signals", || usr1(&w) >= 2);
-    assert_eq!(usr1(&w), 2, "one action per change: {:?}", w.signals());
+    // tether's own count of actions (the child may merge signals that arrive together).
+    let actions = || logs(&agent).matches("signalling the child").count();
+    agent.wait_for("two actions", || actions() >= 2 && usr1(&w) >= 1);
+    assert_eq!(actions(), 2, "one action per change");
+    let l = logs(&agent);
+    assert_eq!(
+        l.matches("configuration changed keys=[PORT]").count(),
+        1,
+        "{l}"
+    );
     assert!(
         !logs(&agent).contains(&plaintext),
         "a secret value in the logs"
@@ -378,7 +402,7 @@ fn a_deletion_converges_at_the_periodic_snapshot() {
         s.variables.insert("KEEP".into(), "1".into());
         s.variables.insert("GONE".into(), "x".into());
     }
-    w.write("tether.toml", "[keyshade]\nsnapshot_interval = \"200ms\"\n");
+    w.write("tether.toml", "[keyshade]\nsnapshot_interval = \"1s\"\n");
     let config = w.path("tether.toml").display().to_string();
     let agent = start_agent(&w, &fake, None, &["--config", &config]);
     agent.wait_for("the first render", || w.read("out.env").contains("GONE=x"));
@@ -421,4 +445,26 @@ fn a_secret_without_a_private_key_names_the_setting_and_can_end_the_agent() {
     let l = logs(&agent);
     assert!(l.contains("quit_on_decryption_failure"), "{l}");
     assert!(!l.contains(&plaintext));
+}
+
+#[test]
+fn a_refused_token_names_its_file_and_is_retried() {
+    let w = Work::new();
+    let fake = FakeKeyshade::start(Duration::from_millis(200), Duration::from_secs(10));
+    {
+        let mut s = fake.state();
+        s.variables.insert("A".into(), "1".into());
+        s.refuse_upgrades.push_back(401);
+    }
+    let agent = start_agent(&w, &fake, None, &[]);
+    agent.wait_for("the report", || logs(&agent).contains("Invalid API key"));
+    let l = logs(&agent);
+    let token_file = w.path("token").display().to_string();
+    assert!(
+        l.contains("refused the token") && l.contains(&token_file),
+        "{l}"
+    );
+    assert!(!l.contains("ks.pat.abc123"), "the token in the logs: {l}");
+    // It heals by itself once the server takes the token (the first wait is a few seconds).
+    agent.wait_for("the first render", || w.read("out.env").contains("A=1"));
 }

@@ -241,7 +241,13 @@ impl Stats {
                     false,
                     format!("waiting for the first state from a node (env {env})"),
                 ),
-                _ => (false, "starting: the first render is not done".into()),
+                _ => match lock(&self.keyshade).as_deref() {
+                    Some(ks) => (
+                        false,
+                        format!("waiting for the first state from keyshade {ks}"),
+                    ),
+                    None => (false, "starting: the first render is not done".into()),
+                },
             };
         }
         let status = self.status_line();

@@ -173,7 +173,9 @@ async fn run_with(cfg: Config, log: LogControl, tasks: &Tasks) -> Result<i32, Ag
         layers.set(cfg.sources.len(), first.entries);
     }
     if let Some(k) = ks.as_mut() {
-        match first_keyshade(k, &cfg, &mut signal_rx, &mut reload_asked).await? {
+        let hup_reloads = cfg.sighup == Sighup::Reload;
+        let first = keyshade::first_state(k, &mut signal_rx, hup_reloads, &mut reload_asked);
+        match first.await.map_err(AgentError::Keyshade)? {
             Ok(entries) => layers.set(keyshade::layer(&cfg), entries),
             Err(code) => return Ok(code),
         };
@@ -235,37 +237,6 @@ pub(crate) fn supervisor_options(cfg: &Config) -> supervisor::Options {
         stop_timeout: cfg.stop_timeout,
         restart_on_exit: cfg.restart_on_exit,
         reload_grace: cfg.reload_grace,
-    }
-}
-
-/// keyshade's first state (its first snapshot), or `Err(code)` when TERM or INT came first.
-async fn first_keyshade(
-    k: &mut KeyshadeSource,
-    cfg: &Config,
-    signal_rx: &mut mpsc::UnboundedReceiver<Signal>,
-    reload_asked: &mut bool,
-) -> Result<Result<crate::state::Entries, i32>, AgentError> {
-    tracing::info!("waiting for the first state from keyshade (registration, then its snapshot)");
-    let mut pulse = crate::health::Pulse::start();
-    loop {
-        tokio::select! {
-            _ = pulse.tick() => {}
-            event = k.updates.recv() => match event {
-                Some(KeyshadeEvent::State(entries)) => return Ok(Ok(entries)),
-                Some(KeyshadeEvent::Fatal(m)) => return Err(AgentError::Keyshade(m)),
-                None => return Err(AgentError::Keyshade("the keyshade follower stopped".into())),
-            },
-            Some(sig) = signal_rx.recv() => {
-                if sig == Signal::TERM || sig == Signal::INT {
-                    tracing::info!(signal = %sig, "stopped before the first state from keyshade arrived");
-                    return Ok(Err(128 + sig.number()));
-                }
-                if sig == Signal::HUP && cfg.sighup == Sighup::Reload {
-                    tracing::info!("reload asked before the first state arrived; it runs once the agent does");
-                    *reload_asked = true;
-                }
-            }
-        }
     }
 }
 

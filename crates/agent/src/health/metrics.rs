@@ -213,6 +213,32 @@ pub fn render(s: &Stats, build: &str, now: Instant) -> String {
             );
         }
     }
+    let keyshade = lock(&s.keyshade).clone();
+    if let Some(ks) = keyshade {
+        let ks = label_value(&ks);
+        head(
+            &mut out,
+            "tether_agent_keyshade_connected",
+            "gauge",
+            "1 while the keyshade session is registered (keyshade=\"workspace/project/environment\").",
+        );
+        let _ = writeln!(
+            out,
+            "tether_agent_keyshade_connected{{keyshade=\"{ks}\"}} {}",
+            u8::from(s.ks_connected.load(Relaxed))
+        );
+        head(
+            &mut out,
+            "tether_agent_keyshade_reconnects_total",
+            "counter",
+            "keyshade sessions registered after the first one.",
+        );
+        let _ = writeln!(
+            out,
+            "tether_agent_keyshade_reconnects_total{{keyshade=\"{ks}\"}} {}",
+            s.ks_reconnects.load(Relaxed)
+        );
+    }
     out
 }
 

@@ -150,3 +150,49 @@ fn no_source_metrics_without_a_network_source() {
     assert!(!text.contains("tether_agent_applied_"), "{text}");
     assert!(text.contains("build=\"full\""), "{text}");
 }
+
+#[test]
+fn the_status_line_follows_the_keyshade_source() {
+    let s = Stats::new();
+    *lock(&s.keyshade) = Some("acme/web/prod".into());
+    assert_eq!(s.status_line(), "waiting for keyshade acme/web/prod");
+    assert_eq!(
+        s.readiness(),
+        (
+            false,
+            "waiting for the first state from keyshade acme/web/prod".into()
+        )
+    );
+    s.ks_connected.store(true, Relaxed);
+    s.ks_ever_connected.store(true, Relaxed);
+    s.started.store(true, Relaxed);
+    assert_eq!(
+        s.readiness(),
+        (true, "ready: following keyshade acme/web/prod".into())
+    );
+    s.ks_connected.store(false, Relaxed);
+    let (ok, why) = s.readiness();
+    assert!(ok);
+    assert!(
+        why.starts_with("degraded: keyshade connection lost"),
+        "{why}"
+    );
+    // With tether nodes too: both are told.
+    *lock(&s.env) = Some("prod".into());
+    s.connected.store(true, Relaxed);
+    s.ks_connected.store(true, Relaxed);
+    assert_eq!(
+        s.status_line(),
+        "following env prod; following keyshade acme/web/prod"
+    );
+    s.ks_reconnects.fetch_add(2, Relaxed);
+    let m = metrics::render(&s, "agent", Instant::now());
+    assert!(
+        m.contains("tether_agent_keyshade_connected{keyshade=\"acme/web/prod\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("tether_agent_keyshade_reconnects_total{keyshade=\"acme/web/prod\"} 2"),
+        "{m}"
+    );
+}

@@ -293,6 +293,39 @@ mod tests {
     }
 
     #[test]
+    fn the_keyshade_source_restarts_only_when_what_it_follows_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "ks.pat.0").unwrap();
+        let ks = |env: &str, extra: &str| {
+            let text = format!(
+                "[[output]]\npath = \"/run/a.env\"\n[keyshade]\nbase_url = \"http://127.0.0.1:1\"\nworkspace = \"w\"\nproject = \"p\"\nenvironment = \"{env}\"\ntoken_file = {:?}\n{extra}\n",
+                token.display().to_string()
+            );
+            let raw: RawConfig = toml::from_str(&text).expect("valid toml");
+            let ctx = crate::source::keyshade::config::Context::default();
+            crate::config::validate_in(&raw, Mode::Watch, &ctx).expect("valid config")
+        };
+        let a = ks("prod", "");
+        // The token file's content: read by the follower itself at each attempt.
+        std::fs::write(&token, "ks.pat.1").unwrap();
+        assert!(Plan::between(&a, &ks("prod", "")).is_empty());
+        let p = Plan::between(&a, &ks("staging", ""));
+        assert_eq!(
+            (p.keyshade, p.changed.clone()),
+            (NetChange::Restart, vec!["keyshade".to_string()])
+        );
+        let p = Plan::between(&a, &ks("prod", "snapshot_interval = \"5m\""));
+        assert_eq!(p.keyshade, NetChange::Restart);
+        let p = Plan::between(&a, &ks("prod", "quit_on_decryption_failure = true"));
+        assert_eq!(p.keyshade, NetChange::Restart);
+        let none = cfg(Mode::Watch, BASE);
+        assert_eq!(Plan::between(&none, &a).keyshade, NetChange::Start);
+        assert_eq!(Plan::between(&a, &none).keyshade, NetChange::Stop);
+        assert_eq!(Plan::between(&none, &none).keyshade, NetChange::Same);
+    }
+
+    #[test]
     fn run_mode_keys_sort_into_their_parts() {
         let base = "source = [\"file:/a.env\"]\ncommand = [\"app\"]\n";
         let a = cfg(Mode::Run, base);

@@ -93,6 +93,20 @@ pub(crate) struct Follower {
     registered_at: Option<Instant>,
 }
 
+/// How a session's end weighs on the next wait: a refused token waits longest (only an
+/// operator fixes it); a refused registration ("already connected") is a failure that
+/// heals by itself, retried sooner.
+fn outcome(e: &SessionError, stable: bool) -> Outcome {
+    match e {
+        _ if stable => Outcome::Stable,
+        SessionError::Socket(SioError::Refused {
+            status: 401 | 403, ..
+        }) => Outcome::Refused,
+        SessionError::Socket(SioError::Connect(_) | SioError::Timeout(_)) => Outcome::Unreachable,
+        _ => Outcome::Failed,
+    }
+}
+
 impl Follower {
     pub(crate) fn new(
         s: Settings,
@@ -138,16 +152,7 @@ impl Follower {
                 return;
             }
             let stable = self.registered_at.is_some_and(|at| at.elapsed() >= STABLE);
-            let outcome = match &e {
-                _ if stable => Outcome::Stable,
-                SessionError::Socket(SioError::Refused {
-                    status: 401 | 403, ..
-                }) => Outcome::Refused,
-                SessionError::Socket(SioError::Connect(_) | SioError::Timeout(_)) => {
-                    Outcome::Unreachable
-                }
-                _ => Outcome::Failed,
-            };
+            let outcome = outcome(&e, stable);
             let delay = backoff.after(outcome, true);
             let base = &self.s.base_url;
             match (&e, outcome) {
@@ -361,5 +366,36 @@ impl Follower {
         let entries = self.view.entries().clone();
         self.sent = Some(entries.clone());
         let _ = self.updates.send(KeyshadeEvent::State(entries));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_weighed_by_what_can_heal() {
+        let token = SessionError::Socket(SioError::Refused {
+            status: 401,
+            message: "Invalid token".into(),
+        });
+        assert_eq!(outcome(&token, false), Outcome::Refused);
+        let busy = SessionError::Registration("User already connected".into());
+        assert_eq!(outcome(&busy, false), Outcome::Failed);
+        let down = SessionError::Socket(SioError::Connect("connection refused".into()));
+        assert_eq!(outcome(&down, false), Outcome::Unreachable);
+        let gone = SessionError::Socket(SioError::Silent(Duration::from_secs(45)));
+        assert_eq!(outcome(&gone, false), Outcome::Failed);
+        assert_eq!(outcome(&gone, true), Outcome::Stable);
+        // A refused registration is retried within seconds, a refused token in minutes.
+        let mut b = Backoff::new();
+        let busy_waits: Duration = (0..6).map(|_| b.after(outcome(&busy, false), true)).sum();
+        let mut b = Backoff::new();
+        let token_wait = (0..6).map(|_| b.after(outcome(&token, false), true)).last();
+        assert!(busy_waits < Duration::from_secs(7), "{busy_waits:?}");
+        assert!(
+            token_wait.unwrap() >= Duration::from_secs(60),
+            "{token_wait:?}"
+        );
     }
 }

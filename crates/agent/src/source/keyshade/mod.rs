@@ -17,6 +17,9 @@ mod view;
 
 use tokio::sync::mpsc;
 
+use crate::state::Entries;
+use tether_core::signal::Signal;
+
 pub use config::KeyshadeSpec;
 pub use follow::{KeyshadeEvent, Settings};
 
@@ -104,4 +107,37 @@ pub fn start(settings: Settings, tasks: &crate::tasks::Tasks) -> Result<Keyshade
         updates: rx,
         _stop: stop.drop_guard(),
     })
+}
+
+/// keyshade's first state (its first snapshot), for the agent's first render; `Ok(Err(code))`
+/// when TERM or INT came first. A SIGHUP that reloads is noted in `reload_asked` and runs
+/// once the agent does.
+pub(crate) async fn first_state(
+    k: &mut KeyshadeSource,
+    signals: &mut mpsc::UnboundedReceiver<Signal>,
+    hup_reloads: bool,
+    reload_asked: &mut bool,
+) -> Result<Result<Entries, i32>, String> {
+    tracing::info!("waiting for the first state from keyshade (registration, then its snapshot)");
+    let mut pulse = crate::health::Pulse::start();
+    loop {
+        tokio::select! {
+            _ = pulse.tick() => {}
+            event = k.updates.recv() => return match event {
+                Some(KeyshadeEvent::State(entries)) => Ok(Ok(entries)),
+                Some(KeyshadeEvent::Fatal(m)) => Err(m),
+                None => Err("the keyshade follower stopped".into()),
+            },
+            Some(sig) = signals.recv() => {
+                if sig == Signal::TERM || sig == Signal::INT {
+                    tracing::info!(signal = %sig, "stopped before the first state from keyshade arrived");
+                    return Ok(Err(128 + sig.number()));
+                }
+                if sig == Signal::HUP && hup_reloads {
+                    tracing::info!("reload asked before the first state arrived; it runs once the agent does");
+                    *reload_asked = true;
+                }
+            }
+        }
+    }
 }

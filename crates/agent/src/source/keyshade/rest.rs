@@ -71,18 +71,30 @@ pub struct Client {
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-/// A secret as listed: its value is eccrypto's JSON ciphertext.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+/// A secret as listed: its value is eccrypto's JSON ciphertext. `Debug` shows its name only.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 pub struct WireSecret {
     pub name: String,
     pub value: String,
 }
 
-/// A variable as listed: its value in plain text.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+/// A variable as listed: its value in plain text. `Debug` shows its name only.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 pub struct WireVariable {
     pub name: String,
     pub value: String,
+}
+
+impl std::fmt::Debug for WireSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WireSecret({:?}, <redacted>)", self.name)
+    }
+}
+
+impl std::fmt::Debug for WireVariable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WireVariable({:?}, <redacted>)", self.name)
+    }
 }
 
 /// The environment as keyshade has it now.

@@ -70,8 +70,9 @@ pub enum Frame {
     Packet(Packet),
 }
 
-/// A Socket.IO packet (inside an Engine.IO message, type `4`).
-#[derive(Clone, Debug, PartialEq)]
+/// A Socket.IO packet (inside an Engine.IO message, type `4`). `Debug` never shows an
+/// event's data (it carries values).
+#[derive(Clone, PartialEq)]
 pub enum Packet {
     Connect {
         nsp: String,
@@ -95,6 +96,20 @@ pub enum Packet {
         nsp: String,
         kind: char,
     },
+}
+
+impl std::fmt::Debug for Packet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Packet::Connect { nsp, sid } => write!(f, "Connect({nsp}, {sid:?})"),
+            Packet::Disconnect { nsp } => write!(f, "Disconnect({nsp})"),
+            Packet::Event { nsp, id, name, .. } => {
+                write!(f, "Event({nsp}, {id:?}, {name:?}, <data>)")
+            }
+            Packet::ConnectError { nsp, message } => write!(f, "ConnectError({nsp}, {message:?})"),
+            Packet::Other { nsp, kind } => write!(f, "Other({nsp}, {kind})"),
+        }
+    }
 }
 
 fn malformed(what: impl Into<String>) -> SioError {

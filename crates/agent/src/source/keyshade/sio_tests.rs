@@ -173,3 +173,14 @@ fn error_bodies() {
     assert_eq!(error_message(b"  "), "no message");
     assert_eq!(error_message(b"Bad Gateway"), "Bad Gateway");
 }
+
+#[test]
+fn debug_never_shows_event_data() {
+    let f = parse(r#"42/change-notifier,["configuration-updated",{"name":"X","value":"hunter2"}]"#)
+        .unwrap();
+    let text = format!("{f:?}");
+    assert!(
+        text.contains("configuration-updated") && !text.contains("hunter2"),
+        "{text}"
+    );
+}

@@ -14,8 +14,8 @@ use super::rest::Snapshot;
 use crate::state::{Entries, Entry};
 use tether_core::secret::Value;
 
-/// One `configuration-updated` event.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One `configuration-updated` event. `Debug` shows no value.
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Update {
     pub name: String,
     /// Plain text, or eccrypto's JSON ciphertext when `!plaintext`.
@@ -53,6 +53,16 @@ impl Update {
             value,
             plaintext,
         })
+    }
+}
+
+impl std::fmt::Debug for Update {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Update")
+            .field("name", &self.name)
+            .field("value", &"<redacted>")
+            .field("plaintext", &self.plaintext)
+            .finish()
     }
 }
 
