@@ -96,3 +96,19 @@ fn the_cluster_bench_prints_its_figures() {
         ],
     );
 }
+
+/// tether and keyshade-run.js (Node.js) following the keyshade test server, and the floor.
+#[test]
+fn the_keyshade_bench_prints_its_figures() {
+    assert_ran(
+        &["keyshade", "--events", "3", "--idle-secs", "1"],
+        &[
+            "tether (signal)",
+            "keyshade run (node)",
+            "peak RSS (VmHWM)",
+            "event → child p99",
+            "floor: a bare Socket.IO client",
+            "peak RSS",
+        ],
+    );
+}

@@ -9,6 +9,7 @@ mod fake_node;
 mod files;
 mod follower;
 mod hostile;
+mod keyshade;
 mod keyshade_config;
 mod keyshade_fake;
 mod kubernetes;

@@ -23,6 +23,9 @@ pub enum BenchCommand {
     /// Load a node with light protocol clients: memory per connection, fan-out time,
     /// put → signal latency.
     Agents(crate::agents::AgentsBenchArgs),
+    /// tether and `keyshade run` (socket.io-client, emulated) following one keyshade test
+    /// server: peak RSS, CPU, event → child latency, and the ratios against the targets.
+    Keyshade(crate::keyshade::KeyshadeBenchArgs),
     /// Internal: the child process that the benchmarks and the tests supervise.
     #[command(hide = true)]
     Child(BenchChildArgs),
@@ -66,6 +69,10 @@ pub struct BenchChildArgs {
     /// Ignore SIGTERM (for grace-period tests).
     #[arg(long)]
     pub ignore_term: bool,
+    /// Print `start` on stdout once the signal handlers are in place (the keyshade bench
+    /// times restarts by it).
+    #[arg(long)]
+    pub announce: bool,
     /// Exit with this code after this many milliseconds.
     #[arg(long, num_args = 2, value_names = ["MS", "CODE"])]
     pub exit_after: Vec<u64>,

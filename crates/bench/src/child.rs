@@ -65,6 +65,11 @@ pub async fn run(args: BenchChildArgs) -> std::io::Result<i32> {
         std::fs::rename(&tmp, path)?;
     }
     append(args.record.as_deref(), &format!("start {pid}"));
+    let mut stdout = std::io::stdout();
+    if args.announce {
+        let _ = writeln!(stdout, "start");
+        let _ = stdout.flush();
+    }
     let exit_after = match args.exit_after.as_slice() {
         [ms, code] => Some((std::time::Duration::from_millis(*ms), *code as i32)),
         _ => None,
@@ -75,7 +80,6 @@ pub async fn run(args: BenchChildArgs) -> std::io::Result<i32> {
             .unwrap_or(std::time::Duration::MAX / 4),
     );
     tokio::pin!(sleep);
-    let mut stdout = std::io::stdout();
     loop {
         tokio::select! {
             Some(sig) = rx.recv() => {

@@ -160,7 +160,8 @@ fn source_text(entries: usize, version: usize) -> String {
     s
 }
 
-fn print_header(dir: &Path, entries: usize) {
+/// `N cores (CPU model), Linux RELEASE`.
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -174,13 +175,17 @@ fn print_header(dir: &Path, entries: usize) {
         .map(|s| format!("Linux {}", s.trim()))
         .unwrap_or_else(|_| "unknown kernel".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores ({cpu}), {kernel}")
+}
+
+fn print_header(dir: &Path, entries: usize) {
     let fs = if tether_agent::atomic::is_tmpfs(dir) {
         "tmpfs: fsync is nearly free"
     } else {
         "NOT tmpfs: every change pays for real fsyncs"
     };
     println!("tether-bench file: `tether run` supervising `tether-bench child`");
-    println!("machine: {cores} cores ({cpu}), {kernel}");
+    println!("machine: {}", machine());
     println!("load:    {} (1, 5, 15 min) at start", load_average());
     println!("files:   {} ({fs})", dir.display());
     println!(
@@ -192,7 +197,7 @@ fn print_header(dir: &Path, entries: usize) {
     println!();
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
@@ -341,7 +346,7 @@ fn wait_ready(tether: &mut Tether, out: &Path) -> anyhow::Result<()> {
 }
 
 /// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

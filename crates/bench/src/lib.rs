@@ -6,6 +6,7 @@
 //! - [`file`]: `tether run` following a file source (edit → signal, memory, idle CPU).
 //! - [`agents`]: a node (or three over Redis) loaded with light protocol clients, with the
 //!   machine's floor for the fan-out figure (`agents/floor.rs`).
+//! - [`keyshade`]: tether and `keyshade run` (Node.js) following one keyshade test server.
 //! - [`child`]: the supervised child that records the signals and environment it gets.
 //! - `template`: `file --template`'s 200-line template and its figure.
 //! - `procfs`, `bins`: /proc readers; where the binaries under test are.
@@ -18,6 +19,7 @@ pub mod args;
 mod bins;
 pub mod child;
 pub mod file;
+pub mod keyshade;
 mod procfs;
 mod template;
 
@@ -28,6 +30,7 @@ pub fn main(cli: BenchCli) -> i32 {
     let result = match cli.command {
         BenchCommand::File(args) => block_on(file::run(args)),
         BenchCommand::Agents(args) => agents::run(args),
+        BenchCommand::Keyshade(args) => keyshade::run(args),
         BenchCommand::Child(args) => block_on(async { Ok(child::run(args).await?) }),
         BenchCommand::BareNode(args) => agents::bare_node(&args).map(|()| 0),
     };
