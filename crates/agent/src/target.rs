@@ -91,8 +91,7 @@ pub async fn run_hook(
 ) -> Option<Exit> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
-        .env("TETHER_CHANGED", changed.join(","))
-        .env_remove("TETHER_TOKEN");
+        .env("TETHER_CHANGED", changed.join(","));
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let (pid, exit) = match reaper.spawn(&mut cmd) {
         Ok(x) => x,

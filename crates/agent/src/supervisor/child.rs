@@ -37,8 +37,13 @@ impl std::fmt::Debug for ChildSpec {
     }
 }
 
-/// Variables tether reads that the child must not see.
-const PRIVATE_VARS: &[&str] = &["TETHER_TOKEN"];
+/// Variables tether reads that no program it starts may see: credentials (the node token,
+/// keyshade's token and the project's private key, which decrypts every secret).
+const PRIVATE_VARS: &[&str] = &[
+    "TETHER_TOKEN",
+    crate::source::keyshade::config::TOKEN_VAR,
+    crate::source::keyshade::config::PRIVATE_KEY_VAR,
+];
 
 impl ChildSpec {
     pub fn new(argv: Vec<OsString>) -> Self {
@@ -86,11 +91,15 @@ impl ChildSpec {
     }
 }
 
-/// What every program tether starts (the child, hooks) is kept from: systemd's notification
-/// variables (only tether speaks for its unit), and the open-file limit tether raised for
-/// itself (it gets the soft limit tether was started with back).
+/// What every program tether starts (the child, hooks, checks) is kept from: tether's
+/// credentials, systemd's notification variables (only tether speaks for its unit), and the
+/// open-file limit tether raised for itself (it gets the soft limit tether was started with
+/// back).
 pub fn isolate(cmd: &mut Command) {
-    for var in tether_core::notify::CHILD_ENV_REMOVE {
+    for var in PRIVATE_VARS
+        .iter()
+        .chain(&tether_core::notify::CHILD_ENV_REMOVE)
+    {
         cmd.env_remove(var);
     }
     let Some(soft) = tether_core::fdlimit::original_soft() else {
@@ -174,6 +183,32 @@ impl Spawner for OsSpawner {
     fn group_gone(&self, pgid: Pid) {
         if self.spec.terminal {
             tty::child_gone(pgid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_program_tether_starts_inherits_its_credentials_or_systemd_variables() {
+        let mut cmd = Command::new("true");
+        isolate(&mut cmd);
+        let removed: Vec<String> = cmd
+            .get_envs()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        for var in [
+            "TETHER_TOKEN",
+            "TETHER_KEYSHADE_TOKEN",
+            "TETHER_KEYSHADE_PRIVATE_KEY",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+        ] {
+            assert!(removed.iter().any(|r| r == var), "{var} kept: {removed:?}");
         }
     }
 }

@@ -189,6 +189,14 @@ impl Follower {
                 path.display()
             )));
         }
+        // It goes into a request header as it is: a CR, LF or other control character
+        // would end the header (and the same check as at start, which saw the old file).
+        if !token.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            return Err(SessionError::Token(format!(
+                "token_file {} holds a character a token cannot have (a control character or non-ASCII)",
+                path.display()
+            )));
+        }
         Ok(Value::from(token))
     }
 
