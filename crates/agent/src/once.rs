@@ -16,6 +16,7 @@
 
 mod dry;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -129,6 +130,8 @@ pub(crate) async fn run(cfg: Config, spec: OnceSpec, tasks: &Tasks) -> Result<i3
         layers.set(i, source::load(s).map_err(OnceError::from)?);
     }
     let mut followed = None;
+    // Names whose value came from a node or keyshade: their secrets are never shown.
+    let mut remote = BTreeSet::new();
     if let Some(ns) = &cfg.net {
         let mode = if spec.dry_run {
             net::Mode::DryRun
@@ -143,7 +146,8 @@ pub(crate) async fn run(cfg: Config, spec: OnceSpec, tasks: &Tasks) -> Result<i3
         if first.degraded {
             tracing::warn!(position = %first.position, "DEGRADED: no node answered; rendering the saved state");
         }
-        let net_keys = first.entries.keys().cloned().collect();
+        let net_keys: BTreeSet<String> = first.entries.keys().cloned().collect();
+        remote.extend(net_keys.iter().cloned());
         layers.set(cfg.sources.len(), first.entries);
         followed = Some((n, first.position, first.degraded, net_keys));
     }
@@ -151,7 +155,10 @@ pub(crate) async fn run(cfg: Config, spec: OnceSpec, tasks: &Tasks) -> Result<i3
         let mut k = keyshade::start_spec(ks, tasks).map_err(AgentError::Keyshade)?;
         tracing::info!(timeout = %humantime::format_duration(spec.timeout), "waiting for the first state from keyshade");
         match tokio::time::timeout(spec.timeout, k.updates.recv()).await {
-            Ok(Some(KeyshadeEvent::State(e))) => layers.set(keyshade::layer(&cfg), e),
+            Ok(Some(KeyshadeEvent::State(e))) => {
+                remote.extend(e.keys().cloned());
+                layers.set(keyshade::layer(&cfg), e)
+            }
             Ok(Some(KeyshadeEvent::Fatal(m))) => return Err(AgentError::Keyshade(m)),
             Ok(None) => return Err(AgentError::Keyshade("the follower stopped".into())),
             Err(_) => return Err(OnceError::NoKeyshade(spec.timeout).into()),
@@ -167,7 +174,7 @@ pub(crate) async fn run(cfg: Config, spec: OnceSpec, tasks: &Tasks) -> Result<i3
         });
         print!(
             "{}",
-            dry::report(&cfg, &merged, from_net, spec.show_file_values)
+            dry::report(&cfg, &merged, from_net, &remote, spec.show_file_values)
         );
         return Ok(0);
     }

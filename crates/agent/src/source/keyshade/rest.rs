@@ -130,7 +130,13 @@ impl Client {
         match status {
             200 => serde_json::from_slice(&body).map_err(|e| RestError::Malformed {
                 path: path.into(),
-                why: format!("not the expected list: {e}"),
+                // serde's message may quote the value it choked on: say only where.
+                why: format!(
+                    "not the expected list (line {}, column {}, {:?})",
+                    e.line(),
+                    e.column(),
+                    e.classify()
+                ),
             }),
             401 | 403 => Err(RestError::Token {
                 status,
