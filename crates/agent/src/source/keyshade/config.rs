@@ -396,7 +396,7 @@ pub fn parse(
                 "keyshade.token",
                 format!("the token from {source} is empty"),
             );
-        } else if !t.expose().iter().all(|b| (0x20..0x7f).contains(b)) {
+        } else if !header_safe(t.expose()) {
             push(
                 "keyshade.token",
                 format!(
@@ -463,6 +463,12 @@ pub fn parse(
         ca_file: raw.ca_file.clone(),
         profile: profile.map(|p| p.name),
     })
+}
+
+/// Whether `token` can go in an HTTP header as it is: printable ASCII and spaces only (a CR
+/// or LF would end the header). Checked at start and on every re-read of `token_file`.
+pub(crate) fn header_safe(token: &[u8]) -> bool {
+    token.iter().all(|b| (0x20..0x7f).contains(b))
 }
 
 #[cfg(test)]

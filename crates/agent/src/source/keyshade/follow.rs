@@ -191,7 +191,7 @@ impl Follower {
         }
         // It goes into a request header as it is: a CR, LF or other control character
         // would end the header (and the same check as at start, which saw the old file).
-        if !token.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        if !super::config::header_safe(token.as_bytes()) {
             return Err(SessionError::Token(format!(
                 "token_file {} holds a character a token cannot have (a control character or non-ASCII)",
                 path.display()
