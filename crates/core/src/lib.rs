@@ -15,6 +15,7 @@
 //! - [`endpoint`]: node URLs (`http(s)`/`ws(s)`) and the TLS client config with a CA file.
 //! - [`notify`]: systemd's service notifications (`READY=1`, `STATUS=`, the watchdog).
 //! - [`fdlimit`]: the open-file limit, raised at start.
+//! - [`rollout`]: rollout policies (slots, waves, bake, failures) and health states.
 //! - [`prom`]: Prometheus' text format (`# HELP`/`# TYPE`, samples, escaped labels).
 
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod logname;
 pub mod notify;
 pub mod prom;
 pub mod protocol;
+pub mod rollout;
 pub mod secret;
 pub mod settings;
 pub mod signal;

@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rollout::{HealthState, Policy};
 use crate::secret::Value;
 
 /// Largest frame an agent accepts from a node. The node's limits on change sets and
@@ -161,6 +162,25 @@ pub enum ClientMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// After an `ok` ack: whether the app stayed healthy for its bake time with `position`
+    /// applied. Gives back a slot the agent held for it. `rolled_back`: the agent went back
+    /// to the last healthy values.
+    Health {
+        env: String,
+        position: Position,
+        state: HealthState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        rolled_back: bool,
+    },
+    /// Under a rollout policy: the agent asks to act (restart or signal) on `position`. The
+    /// node answers `grant` now or later, or `hold` with why it waits. Sent again after a
+    /// reconnect while the agent waits or holds the slot.
+    Slot { env: String, position: Position },
+    /// Gives back a slot (or a request for one) without a health report: the agent found
+    /// nothing to act on, or stops.
+    Release { env: String },
 }
 
 /// Node → agent.
@@ -191,6 +211,25 @@ pub enum ServerMsg {
     /// Current positions of the subscribed environments.
     Heartbeat {
         positions: Vec<EnvPosition>,
+    },
+    /// The environment's rollout policy (`null`: none), after `synced` and whenever it
+    /// changes. Under a policy the agent asks for a slot before it acts.
+    Policy {
+        env: String,
+        policy: Option<Policy>,
+    },
+    /// A slot is the agent's: it may act on `position` (or any newer version) now.
+    Grant {
+        env: String,
+        position: Position,
+    },
+    /// The agent's slot request waits: every slot is taken, the wave is full or baking, or
+    /// the rollout is `halted` (then it waits for a fix or a resume).
+    Hold {
+        env: String,
+        reason: String,
+        #[serde(default, skip_serializing_if = "is_false")]
+        halted: bool,
     },
     /// A problem with the agent's last frame; the connection stays unless said otherwise.
     Error {
@@ -418,6 +457,71 @@ mod tests {
                 message: "unknown message type \"bogus\"".into(),
             },
             r#"{"type":"error","code":"unknown_type","message":"unknown message type \"bogus\""}"#,
+        );
+    }
+
+    #[test]
+    fn rollout_frames() {
+        use crate::rollout::Amount;
+        golden(
+            ClientMsg::Health {
+                env: "prod".into(),
+                position: pos(1, 42),
+                state: HealthState::Healthy,
+                error: None,
+                rolled_back: false,
+            },
+            r#"{"type":"health","env":"prod","position":{"epoch":"0000000000000001","version":42},"state":"healthy"}"#,
+        );
+        golden(
+            ClientMsg::Health {
+                env: "prod".into(),
+                position: pos(1, 42),
+                state: HealthState::Failed,
+                error: Some("the child exited with status 3 within the bake time".into()),
+                rolled_back: true,
+            },
+            r#"{"type":"health","env":"prod","position":{"epoch":"0000000000000001","version":42},"state":"failed","error":"the child exited with status 3 within the bake time","rolled_back":true}"#,
+        );
+        golden(
+            ClientMsg::Slot {
+                env: "prod".into(),
+                position: pos(1, 42),
+            },
+            r#"{"type":"slot","env":"prod","position":{"epoch":"0000000000000001","version":42}}"#,
+        );
+        golden(
+            ClientMsg::Release { env: "prod".into() },
+            r#"{"type":"release","env":"prod"}"#,
+        );
+        golden(
+            ServerMsg::Policy {
+                env: "prod".into(),
+                policy: Some(Policy::new(Amount::Count(5))),
+            },
+            r#"{"type":"policy","env":"prod","policy":{"max_unavailable":5,"bake_ms":0,"max_failures":1}}"#,
+        );
+        golden(
+            ServerMsg::Policy {
+                env: "prod".into(),
+                policy: None,
+            },
+            r#"{"type":"policy","env":"prod","policy":null}"#,
+        );
+        golden(
+            ServerMsg::Grant {
+                env: "prod".into(),
+                position: pos(1, 42),
+            },
+            r#"{"type":"grant","env":"prod","position":{"epoch":"0000000000000001","version":42}}"#,
+        );
+        golden(
+            ServerMsg::Hold {
+                env: "prod".into(),
+                reason: "halted: 1 agent failed version 42 (max_failures 1)".into(),
+                halted: true,
+            },
+            r#"{"type":"hold","env":"prod","reason":"halted: 1 agent failed version 42 (max_failures 1)","halted":true}"#,
         );
     }
 

@@ -532,6 +532,14 @@ where
                 Counters::inc(&self.node.hub.counters.resyncs);
                 self.catch_up(vec![env], Some(position)).await?;
             }
+            // Rollout frames: answered by the fleet module (issue 16, in progress).
+            ClientMsg::Health { .. } | ClientMsg::Slot { .. } | ClientMsg::Release { .. } => {
+                self.send_msg(&ServerMsg::Error {
+                    code: "unknown_type".into(),
+                    message: "rollout frames are not handled by this node".into(),
+                })
+                .await?;
+            }
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ use crate::state::Entries;
 use tether_core::protocol::{
     ClientMsg, Position, ServerMsg, Subscription, Verdict, accept_snapshot, judge_change,
 };
+use tether_core::rollout::{HealthState, Policy};
 
 pub(crate) mod backoff;
 mod saved;
@@ -69,7 +70,9 @@ pub struct NetUpdate {
 /// connection): a reload that changes the source starts a new one.
 pub struct NetSource {
     pub updates: mpsc::UnboundedReceiver<NetUpdate>,
-    acks: mpsc::UnboundedSender<(Position, Result<(), String>)>,
+    /// What the nodes say of the rollout (policy, slots) and whether one is reachable.
+    pub fleet: mpsc::UnboundedReceiver<FleetEvent>,
+    reports: mpsc::UnboundedSender<Report>,
     _stop: tokio_util::sync::DropGuard,
     /// The last position whose acknowledgement went out on a connection.
     pub acked: watch::Receiver<Option<Position>>,
@@ -82,8 +85,69 @@ pub struct NetSource {
 impl NetSource {
     /// Report that `position` was applied (or failed to apply).
     pub fn ack(&self, position: Position, result: Result<(), String>) {
-        let _ = self.acks.send((position, result));
+        let _ = self.reports.send(Report::Ack(position, result));
     }
+
+    /// Report whether the app stayed healthy with `position` applied (gives back a slot).
+    /// `error` says why it failed; it must hold no value.
+    pub fn health(
+        &self,
+        position: Position,
+        state: HealthState,
+        error: Option<String>,
+        rolled_back: bool,
+    ) {
+        let health = Health {
+            position,
+            state,
+            error,
+            rolled_back,
+        };
+        let _ = self.reports.send(Report::Health(health));
+    }
+
+    /// Ask for a slot to act on `position` (answered by [`FleetEvent::Grant`] or `Hold`).
+    /// Asked again on every new connection until released or reported on.
+    pub fn slot(&self, position: Position) {
+        let _ = self.reports.send(Report::Slot(position));
+    }
+
+    /// Give back a slot, or the request for one, without a health report.
+    pub fn release(&self) {
+        let _ = self.reports.send(Report::Release);
+    }
+}
+
+/// What the agent tells the nodes, through the follower.
+#[derive(Debug)]
+enum Report {
+    Ack(Position, Result<(), String>),
+    Health(Health),
+    Slot(Position),
+    Release,
+}
+
+#[derive(Clone, Debug)]
+struct Health {
+    position: Position,
+    state: HealthState,
+    error: Option<String>,
+    rolled_back: bool,
+}
+
+/// The rollout as the node sees it, and whether a node is there to ask.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FleetEvent {
+    /// A connection is up (welcomed); the policy follows after `synced`.
+    Connected,
+    /// The connection was lost: no node to ask for a slot until `Connected` again.
+    Lost,
+    /// The environment's policy (`None`: none; act at once).
+    Policy(Option<Policy>),
+    /// The slot asked for is this agent's: act on `position` or newer.
+    Grant(Position),
+    /// The slot request waits (`halted`: until a fix or a resume).
+    Hold { reason: String, halted: bool },
 }
 
 /// How a follower treats what it is given: a dry run saves no state and sends no ack.
@@ -123,10 +187,15 @@ struct Follower {
     emitted: bool,
     degraded: bool,
     last_ack: Option<(Position, Result<(), String>)>,
+    /// The last health report, sent again on a new connection.
+    last_health: Option<Health>,
+    /// A slot asked for or held: asked again on a new connection (the node renews a hold).
+    slot: Option<Position>,
     /// When the current session got its `synced`, if it did.
     synced_at: Option<tokio::time::Instant>,
     updates: mpsc::UnboundedSender<NetUpdate>,
-    acks: mpsc::UnboundedReceiver<(Position, Result<(), String>)>,
+    reports: mpsc::UnboundedReceiver<Report>,
+    fleet: mpsc::UnboundedSender<FleetEvent>,
     acked: watch::Sender<Option<Position>>,
     problem: watch::Sender<Option<String>>,
     agent_name: String,
@@ -162,6 +231,7 @@ pub fn start_as(
         .map(|d| d.join(state_file_name(&spec)));
     let (utx, urx) = mpsc::unbounded_channel();
     let (atx, arx) = mpsc::unbounded_channel();
+    let (ftx, frx) = mpsc::unbounded_channel();
     let (acked_tx, acked_rx) = watch::channel(None);
     let (problem_tx, problem_rx) = watch::channel(None);
     let host = nix::unistd::gethostname()
@@ -184,9 +254,12 @@ pub fn start_as(
         emitted: false,
         degraded: false,
         last_ack: None,
+        last_health: None,
+        slot: None,
         synced_at: None,
         updates: utx,
-        acks: arx,
+        reports: arx,
+        fleet: ftx,
     };
     f.load_saved();
     let has_saved = f.position.is_some();
@@ -201,7 +274,8 @@ pub fn start_as(
     });
     Ok(NetSource {
         updates: urx,
-        acks: atx,
+        fleet: frx,
+        reports: atx,
         _stop: stop.drop_guard(),
         acked: acked_rx,
         problem: problem_rx,
@@ -237,6 +311,7 @@ impl Follower {
                 Err(e) => e,
             };
             crate::health::net_lost();
+            let _ = self.fleet.send(FleetEvent::Lost);
             self.problem.send_replace(Some(format!("{url}: {e}")));
             let outcome = Outcome::of(&e, self.synced_at, tokio::time::Instant::now());
             let delay = backoff.after(outcome, round_done);
@@ -385,6 +460,14 @@ impl Follower {
                                 send(&mut ws, &ack_msg(&self.spec.env, pos, result), last_frame + silence).await?;
                                 self.acked.send_replace(Some(pos));
                             }
+                            if let Some(h) = self.last_health.clone() {
+                                send(&mut ws, &health_msg(&self.spec.env, h), last_frame + silence).await?;
+                            }
+                            if let Some(position) = self.slot {
+                                let m = ClientMsg::Slot { env: self.spec.env.clone(), position };
+                                send(&mut ws, &m, last_frame + silence).await?;
+                            }
+                            let _ = self.fleet.send(FleetEvent::Connected);
                         }
                         ServerMsg::Snapshot { env, position, entries } if env == self.spec.env => {
                             resync_pending = false;
@@ -464,17 +547,49 @@ impl Follower {
                                 resync_pending = false;
                             }
                         }
-                        ServerMsg::Snapshot { .. } | ServerMsg::Change { .. } | ServerMsg::Synced { .. } => {}
+                        ServerMsg::Policy { env, policy } if env == self.spec.env => {
+                            let _ = self.fleet.send(FleetEvent::Policy(policy));
+                        }
+                        ServerMsg::Grant { env, position } if env == self.spec.env => {
+                            let _ = self.fleet.send(FleetEvent::Grant(position));
+                        }
+                        ServerMsg::Hold { env, reason, halted } if env == self.spec.env => {
+                            let _ = self.fleet.send(FleetEvent::Hold { reason, halted });
+                        }
+                        ServerMsg::Snapshot { .. } | ServerMsg::Change { .. } | ServerMsg::Synced { .. }
+                        | ServerMsg::Policy { .. } | ServerMsg::Grant { .. } | ServerMsg::Hold { .. } => {}
                     }
                 }
                 _ = self.token.changed() => {
                     tracing::info!(token = %self.spec.token_source, "the token file changed; the new token is used for the next connection (this one stays up)");
                 }
-                Some((pos, result)) = self.acks.recv(), if self.mode == Mode::Follow => {
-                    self.last_ack = Some((pos, result.clone()));
+                Some(report) = self.reports.recv(), if self.mode == Mode::Follow => {
+                    let msg = match report {
+                        Report::Ack(pos, result) => {
+                            self.last_ack = Some((pos, result.clone()));
+                            if welcomed {
+                                send(&mut ws, &ack_msg(&self.spec.env, pos, result), last_frame + silence).await?;
+                                self.acked.send_replace(Some(pos));
+                            }
+                            continue;
+                        }
+                        Report::Health(h) => {
+                            // A health report gives the slot back on the node.
+                            self.slot = None;
+                            self.last_health = Some(h.clone());
+                            health_msg(&self.spec.env, h)
+                        }
+                        Report::Slot(position) => {
+                            self.slot = Some(position);
+                            ClientMsg::Slot { env: self.spec.env.clone(), position }
+                        }
+                        Report::Release => {
+                            self.slot = None;
+                            ClientMsg::Release { env: self.spec.env.clone() }
+                        }
+                    };
                     if welcomed {
-                        send(&mut ws, &ack_msg(&self.spec.env, pos, result), last_frame + silence).await?;
-                        self.acked.send_replace(Some(pos));
+                        send(&mut ws, &msg, last_frame + silence).await?;
                     }
                 }
             }
@@ -489,6 +604,16 @@ impl Follower {
             self.emit();
         }
         self.save();
+    }
+}
+
+fn health_msg(env: &str, h: Health) -> ClientMsg {
+    ClientMsg::Health {
+        env: env.to_string(),
+        position: h.position,
+        state: h.state,
+        error: h.error,
+        rolled_back: h.rolled_back,
     }
 }
 
