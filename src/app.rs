@@ -38,6 +38,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::Rm(args) => return client(tether_client::rm(&args)),
         #[cfg(feature = "node")]
         Command::Status(args) => return client(tether_client::status(&args)),
+        #[cfg(feature = "node")]
+        Command::Policy(args) => return client(tether_client::policy(&args)),
+        #[cfg(feature = "node")]
+        Command::Rollout(args) => return client(tether_client::rollout(&args)),
     };
     let cfg = match result {
         Ok(cfg) => cfg,

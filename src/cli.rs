@@ -37,9 +37,15 @@ pub enum Command {
     /// Delete entries from an environment, as one atomic change set.
     #[cfg(feature = "node")]
     Rm(tether_client::args::RmArgs),
-    /// Rollout status: how many agents are on which version.
+    /// Rollout status: how many agents applied the newest version, are healthy, failed.
     #[cfg(feature = "node")]
     Status(tether_client::args::StatusArgs),
+    /// An environment's rollout policy: how many agents may act on a change at once.
+    #[cfg(feature = "node")]
+    Policy(tether_client::args::PolicyArgs),
+    /// Act on an environment's rollout (resume after a halt).
+    #[cfg(feature = "node")]
+    Rollout(tether_client::args::RolloutArgs),
     /// Print a shell completion script to stdout, e.g. `tether completions bash`.
     Completions(CompletionsArgs),
     /// Print the man page (roff) to stdout, e.g. `tether man | man -l -`.

@@ -76,4 +76,11 @@ pub struct BenchChildArgs {
     /// Exit with this code after this many milliseconds.
     #[arg(long, num_args = 2, value_names = ["MS", "CODE"])]
     pub exit_after: Vec<u64>,
+    /// Exit with status 3 right after starting when the environment variable NAME is VALUE
+    /// (the "bad value" of the rollout tests); repeatable.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub exit_if: Vec<String>,
+    /// Append `start PID UNIX-NANOS` to this file when starting.
+    #[arg(long, value_name = "PATH")]
+    pub stamp: Option<PathBuf>,
 }

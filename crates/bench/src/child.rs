@@ -1,5 +1,6 @@
 //! `tether-bench child` (hidden): the supervised program of the benchmarks and of the
-//! integration tests. It records its start, environment and every signal it receives.
+//! integration tests. It records its start, environment and every signal it receives, and
+//! exits at once on a "bad" value (`--exit-if`).
 
 use std::io::Write;
 use std::path::Path;
@@ -14,6 +15,26 @@ const SIGNALS: &[nix::sys::signal::Signal] = {
         SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT, SIGTERM,
     ]
 };
+
+/// The status `--exit-if` exits with.
+pub const EXIT_BAD: i32 = 3;
+
+/// The first `NAME=VALUE` of `exit_if` whose variable has that value (as `lookup` finds it).
+fn bad_value(
+    exit_if: &[String],
+    lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Option<&str> {
+    exit_if.iter().map(String::as_str).find(|cond| {
+        let (name, value) = cond.split_once('=').unwrap_or((cond, ""));
+        lookup(name).is_some_and(|v| v == value)
+    })
+}
+
+fn unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
 
 fn append(path: Option<&Path>, line: &str) {
     if let Some(p) = path {
@@ -65,6 +86,15 @@ pub async fn run(args: BenchChildArgs) -> std::io::Result<i32> {
         std::fs::rename(&tmp, path)?;
     }
     append(args.record.as_deref(), &format!("start {pid}"));
+    append(
+        args.stamp.as_deref(),
+        &format!("start {pid} {}", unix_nanos()),
+    );
+    if let Some(bad) = bad_value(&args.exit_if, |name| std::env::var_os(name)) {
+        append(args.record.as_deref(), &format!("exit {pid} {EXIT_BAD}"));
+        eprintln!("tether-bench child: {bad} is set: exiting with status {EXIT_BAD}");
+        return Ok(EXIT_BAD);
+    }
     let mut stdout = std::io::stdout();
     if args.announce {
         let _ = writeln!(stdout, "start");
@@ -96,5 +126,24 @@ pub async fn run(args: BenchChildArgs) -> std::io::Result<i32> {
                 return Ok(code);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_value_is_one_equal_to_the_variable() {
+        let env = |name: &str| (name == "MODE").then(|| "bad".into());
+        let conds = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(bad_value(&conds(&["MODE=bad"]), env), Some("MODE=bad"));
+        assert_eq!(bad_value(&conds(&["MODE=good", "OTHER=bad"]), env), None);
+        assert_eq!(bad_value(&conds(&["MODE=ba"]), env), None);
+        assert_eq!(
+            bad_value(&conds(&["OTHER="]), env),
+            None,
+            "unset is not empty"
+        );
     }
 }

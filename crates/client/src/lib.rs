@@ -1,12 +1,18 @@
-//! The admin verbs: `tether put`, `get`, `rm`, `status`, talking to a node's HTTP API.
-//! The first node of `--server` that answers is used. `args` holds their flags; `status`
-//! the rollout status, once or followed live (`--watch`).
+//! The admin verbs: `tether put`, `get`, `rm`, `status`, `policy`, `rollout`, talking to a
+//! node's HTTP API. The first node of `--server` that answers is used. `args` holds their
+//! flags; `status` the rollout status, once or followed live (`--watch`); `rollout` the
+//! node's rollout object as status prints and judges it; `policy` the rollout policy verbs
+//! and `rollout resume`.
 
 #![forbid(unsafe_code)]
 
 pub mod args;
+mod policy;
+mod rollout;
 mod status;
 
+pub use policy::{policy, rollout};
+pub use rollout::EXIT_HALTED;
 pub use status::{EXIT_TIMEOUT, status};
 
 use std::io::Read;
@@ -89,7 +95,6 @@ impl Client {
         })
     }
 
-    /// Send a request to the first node that answers; return the JSON body of a 2xx.
     /// Send a request to the first node that answers; return the JSON body of a 2xx.
     fn call(&self, method: &str, path: &str, body: Option<Json>) -> Result<Json, ClientError> {
         let mut last = String::new();

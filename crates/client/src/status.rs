@@ -1,12 +1,14 @@
 //! `tether status`: rollout status of environments, added up over the `--server` nodes
 //! given (a node of a cluster answers for the whole cluster); and `--watch`, which follows
-//! one environment's rollout until every agent is current or `--timeout` passes.
+//! one environment's rollout until it is done or halted (the node's `"rollout"` object;
+//! for older nodes without one: until every agent is current), or `--timeout` passes.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
 
-use crate::args::StatusArgs;
+use crate::args::{StatusArgs, one_env};
+use crate::rollout::{self, Rollout};
 use crate::{Client, ClientError, seg};
 use tether_core::settings::parse_duration;
 
@@ -25,12 +27,13 @@ struct Status {
 }
 
 pub fn status(args: &StatusArgs) -> Result<i32, ClientError> {
-    let watch = watch_settings(args)?;
+    let env = one_env(args.env_arg.as_deref(), args.env.as_deref()).map_err(ClientError::Usage)?;
+    let watch = watch_settings(args, env.is_some())?;
     let client = Client::new(&args.client)?;
-    if let (Some((timeout, min_agents)), Some(env)) = (watch, &args.env) {
+    if let (Some((timeout, min_agents)), Some(env)) = (watch, &env) {
         return follow(&client, env, timeout, min_agents, args.json);
     }
-    let envs: Vec<String> = match &args.env {
+    let envs: Vec<String> = match &env {
         Some(e) => vec![e.clone()],
         None => client
             .call("GET", "/v1/envs", None)?
@@ -56,7 +59,10 @@ pub fn status(args: &StatusArgs) -> Result<i32, ClientError> {
 
 /// `--watch`'s timeout (None: no limit) and least number of agents, checked with the
 /// flags that only go with it.
-fn watch_settings(args: &StatusArgs) -> Result<Option<(Option<Duration>, u64)>, ClientError> {
+fn watch_settings(
+    args: &StatusArgs,
+    has_env: bool,
+) -> Result<Option<(Option<Duration>, u64)>, ClientError> {
     if !args.watch {
         for (given, flag) in [
             (args.timeout.is_some(), "--timeout"),
@@ -68,9 +74,9 @@ fn watch_settings(args: &StatusArgs) -> Result<Option<(Option<Duration>, u64)>, 
         }
         return Ok(None);
     }
-    if args.env.is_none() {
+    if !has_env {
         return Err(ClientError::Usage(
-            "--watch follows one environment: give --env NAME".into(),
+            "--watch follows one environment: give it (ENV or --env NAME)".into(),
         ));
     }
     let timeout = match &args.timeout {
@@ -90,6 +96,7 @@ fn gather(client: &Client, env: &str) -> Result<Status, ClientError> {
     let path = format!("/v1/envs/{}/status", seg(env));
     let mut total = json!({"env": env, "position": Json::Null, "agents": 0, "current": 0, "failed": 0, "by_version": {}, "connected": [], "nodes": []});
     let mut best: Option<(String, u64)> = None;
+    let mut rollouts: Vec<Json> = Vec::new();
     for base in &client.bases {
         match client.call_one(base, "GET", &path, None) {
             Ok(r) if r["scope"] == "cluster" => {
@@ -147,6 +154,9 @@ fn gather(client: &Client, env: &str) -> Result<Status, ClientError> {
                 if let Some(nodes) = total["nodes"].as_array_mut() {
                     nodes.push(json!({"server": base, "agents": r["agents"]}));
                 }
+                if let Some(r) = r.get("rollout") {
+                    rollouts.push(r.clone());
+                }
             }
             Err(ClientError::Unreachable(why)) => {
                 if let Some(nodes) = total["nodes"].as_array_mut() {
@@ -154,6 +164,12 @@ fn gather(client: &Client, env: &str) -> Result<Status, ClientError> {
                 }
             }
             Err(e) => return Err(e),
+        }
+    }
+    if total.get("scope").is_none() {
+        let merged = rollout::merge(&rollouts);
+        if !merged.is_null() {
+            total["rollout"] = merged;
         }
     }
     let answered = total["nodes"]
@@ -183,6 +199,11 @@ fn print_text(env: &str, s: &Status) {
         s.total["current"],
         s.total["failed"].as_u64().unwrap_or(0),
     );
+    if let Some(r) = s.total.get("rollout").filter(|r| r.is_object()) {
+        for line in Rollout::of(r).lines() {
+            println!("  {line}");
+        }
+    }
     if let Some(map) = s.total["by_version"].as_object() {
         for (v, n) in map {
             println!("  version {v}: {n}");
@@ -220,6 +241,8 @@ struct Progress {
     failed: u64,
     /// Agents per acknowledged version (`"7"`, `"7 (failed)"`, `"none"`), as the node counts.
     by_version: Vec<(String, u64)>,
+    /// The node's rollout; `None` from a node older than rollouts.
+    rollout: Option<Rollout>,
 }
 
 impl Progress {
@@ -236,15 +259,29 @@ impl Progress {
                 .flatten()
                 .map(|(v, c)| (v.clone(), c.as_u64().unwrap_or(0)))
                 .collect(),
+            rollout: total
+                .get("rollout")
+                .filter(|r| r.is_object())
+                .map(Rollout::of),
         }
     }
 
-    /// Every agent applied the current version, and there are at least `min_agents`.
-    fn complete(&self, min_agents: u64) -> bool {
-        self.agents >= min_agents && self.current == self.agents
+    /// The exit code once the rollout is over: the node's verdict (done, halted), or for a
+    /// node without rollouts, 0 once every agent applied the current version; and at least
+    /// `min_agents` agents either way.
+    fn verdict(&self, min_agents: u64) -> Option<i32> {
+        match &self.rollout {
+            Some(r) => r.verdict(min_agents),
+            None => (self.agents >= min_agents && self.current == self.agents).then_some(0),
+        }
     }
 
     fn line(&self, env: &str, min_agents: u64) -> String {
+        if let Some(r) = &self.rollout {
+            if r.agents > 0 || min_agents == 0 {
+                return format!("{env}: {}", r.line());
+            }
+        }
         let version = self.version.map_or("none".to_string(), |v| v.to_string());
         if self.agents == 0 {
             return format!(
@@ -268,7 +305,8 @@ impl Progress {
     }
 }
 
-/// `status --watch`: a line each time the counts change; 0 once every agent is current,
+/// `status --watch`: a line each time the counts change; the verdict once the rollout is
+/// over (0 done; [`rollout::EXIT_HALTED`] halted or done with failed agents), or
 /// [`EXIT_TIMEOUT`] when `timeout` passes first. A node that stops answering meanwhile is
 /// reported and asked again until the timeout; one that never answered is an error.
 fn follow(
@@ -295,11 +333,9 @@ fn follow(
                     }
                     shown = Some(p);
                 }
-                if shown.as_ref().is_some_and(|p| p.complete(min_agents)) {
-                    if !json {
-                        println!("{env}: rollout complete");
-                    }
-                    return Ok(0);
+                if let Some(code) = shown.as_ref().and_then(|p| p.verdict(min_agents)) {
+                    finished(env, &s.total, code, json);
+                    return Ok(code);
                 }
                 last = Some(s);
             }
@@ -330,6 +366,31 @@ fn follow(
             std::thread::sleep(POLL.min(deadline - now));
         } else {
             std::thread::sleep(POLL);
+        }
+    }
+}
+
+/// The last words of a watch that ended: how, and which agents failed.
+fn finished(env: &str, total: &Json, code: i32, json: bool) {
+    let r = total
+        .get("rollout")
+        .filter(|r| r.is_object())
+        .map(Rollout::of);
+    if !json {
+        match &r {
+            Some(r) if r.state == "halted" => println!(
+                "{env}: rollout halted: {}",
+                r.halted_reason.as_deref().unwrap_or("(no reason given)")
+            ),
+            Some(r) if r.failed > 0 => {
+                println!("{env}: rollout done, {} agent(s) failed", r.failed)
+            }
+            _ => println!("{env}: rollout complete"),
+        }
+    }
+    if code != 0 {
+        for line in failures(total).iter().take(FAILURES_SHOWN) {
+            eprintln!("  {line}");
         }
     }
 }
@@ -383,15 +444,43 @@ mod tests {
     #[test]
     fn progress_is_complete_when_every_agent_is_current() {
         let p = Progress::of(&status(7, 2, 1, json!({"7": 1, "6": 1})));
-        assert!(!p.complete(1));
+        assert_eq!(p.verdict(1), None);
         assert_eq!(
             p.line("prod", 1),
             "prod: version 7: 1 of 2 agent(s) current, 0 failed (others at 6: 1)"
         );
-        assert!(Progress::of(&status(7, 2, 2, json!({"7": 2}))).complete(1));
+        assert_eq!(
+            Progress::of(&status(7, 2, 2, json!({"7": 2}))).verdict(1),
+            Some(0)
+        );
         let none = Progress::of(&status(7, 0, 0, json!({})));
-        assert!(!none.complete(1), "no agent is not a finished rollout");
-        assert!(none.complete(0), "unless --min-agents 0");
+        assert_eq!(none.verdict(1), None, "no agent is not a finished rollout");
+        assert_eq!(none.verdict(0), Some(0), "unless --min-agents 0");
         assert!(none.line("prod", 1).contains("no agent connected"));
+    }
+
+    #[test]
+    fn a_rollout_object_decides_over_the_acks() {
+        // Every agent acked the version (current), but they are not healthy yet.
+        let mut s = status(43, 2, 2, json!({"43": 2}));
+        s["rollout"] = json!({"state": "rolling", "version": 43, "agents": 2, "applied": 2,
+                              "healthy": 0, "failed": 0, "pending": 0});
+        let p = Progress::of(&s);
+        assert_eq!(p.verdict(1), None);
+        assert_eq!(
+            p.line("prod", 1),
+            "prod: version 43: 2/2 applied, 0 healthy, 0 failed, 0 pending · rolling"
+        );
+        s["rollout"]["state"] = json!("done");
+        s["rollout"]["healthy"] = json!(2);
+        assert_eq!(Progress::of(&s).verdict(1), Some(0));
+        s["rollout"]["state"] = json!("halted");
+        assert_eq!(Progress::of(&s).verdict(1), Some(rollout::EXIT_HALTED));
+        s["rollout"] = json!(null);
+        assert_eq!(
+            Progress::of(&s).verdict(1),
+            Some(0),
+            "null: an older node's rules"
+        );
     }
 }
