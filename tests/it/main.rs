@@ -16,6 +16,8 @@ mod kubernetes;
 mod oneshot;
 mod package;
 mod reload;
+mod rollout_cli;
+mod rollout_e2e;
 mod run;
 mod serve;
 mod serve_ops;
