@@ -112,3 +112,29 @@ fn the_keyshade_bench_prints_its_figures() {
         ],
     );
 }
+
+/// Six agents under max_unavailable 2 with a short bake: the rollout bench completes and
+/// prints its figures (needs the node's rollout routes and the agents' health reports).
+#[test]
+fn the_rollout_bench_prints_its_figures() {
+    assert_ran(
+        &[
+            "rollout",
+            "--agents",
+            "6",
+            "--max-unavailable",
+            "2",
+            "--bake",
+            "200ms",
+            "--solo-rounds",
+            "1",
+        ],
+        &[
+            "one agent alone, write → healthy (restart + bake)",
+            "6 agents started and healthy",
+            "write → every agent healthy (6 agents, max_unavailable 2)",
+            "ideal (3 rounds × ",
+            "ratio to the ideal",
+        ],
+    );
+}

@@ -62,9 +62,9 @@ pub struct AgentsBenchArgs {
 }
 
 /// A node process started by the bench.
-struct NodeProc {
+pub(crate) struct NodeProc {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Drop for NodeProc {
@@ -117,7 +117,7 @@ fn start_redis(bin: &Path) -> anyhow::Result<(RedisProc, u16)> {
     Ok((RedisProc(child), port))
 }
 
-fn start_node(exe: &Path, data: &Path, redis: Option<u16>) -> anyhow::Result<NodeProc> {
+pub(crate) fn start_node(exe: &Path, data: &Path, redis: Option<u16>) -> anyhow::Result<NodeProc> {
     let mut cmd = Command::new(exe);
     cmd.args([
         "serve",

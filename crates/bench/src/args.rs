@@ -26,6 +26,9 @@ pub enum BenchCommand {
     /// tether and `keyshade run` (socket.io-client, emulated) following one keyshade test
     /// server: peak RSS, CPU, event → child latency, and the ratios against the targets.
     Keyshade(crate::keyshade::KeyshadeBenchArgs),
+    /// A paced rollout: N agents under max_unavailable, one write, time to every agent
+    /// healthy against the ideal.
+    Rollout(crate::rollout::RolloutBenchArgs),
     /// Internal: the child process that the benchmarks and the tests supervise.
     #[command(hide = true)]
     Child(BenchChildArgs),

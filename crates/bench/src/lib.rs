@@ -7,6 +7,7 @@
 //! - [`agents`]: a node (or three over Redis) loaded with light protocol clients, with the
 //!   machine's floor for the fan-out figure (`agents/floor.rs`).
 //! - [`keyshade`]: tether and `keyshade run` (Node.js) following one keyshade test server.
+//! - [`rollout`]: N agents restarting under a rollout policy, against the ideal pace.
 //! - [`child`]: the supervised child that records the signals and environment it gets.
 //! - `template`: `file --template`'s 200-line template and its figure.
 //! - `procfs`, `bins`: /proc readers; where the binaries under test are.
@@ -21,6 +22,7 @@ pub mod child;
 pub mod file;
 pub mod keyshade;
 mod procfs;
+pub mod rollout;
 mod template;
 
 pub use args::{BenchChildArgs, BenchCli, BenchCommand};
@@ -31,6 +33,7 @@ pub fn main(cli: BenchCli) -> i32 {
         BenchCommand::File(args) => block_on(file::run(args)),
         BenchCommand::Agents(args) => agents::run(args),
         BenchCommand::Keyshade(args) => keyshade::run(args),
+        BenchCommand::Rollout(args) => rollout::run(args),
         BenchCommand::Child(args) => block_on(async { Ok(child::run(args).await?) }),
         BenchCommand::BareNode(args) => agents::bare_node(&args).map(|()| 0),
     };
