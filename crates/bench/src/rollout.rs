@@ -179,6 +179,17 @@ pub fn run(args: RolloutBenchArgs) -> anyhow::Result<i32> {
         ))
     });
     std::fs::create_dir_all(&dir)?;
+    let result = measure(&args, &exe, bake, &dir);
+    // Whatever happened, the processes are gone by now (dropped in `measure`).
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn measure(args: &RolloutBenchArgs, exe: &Path, bake: Duration, dir: &Path) -> anyhow::Result<i32> {
+    let exe = exe.to_path_buf();
+    let dir = dir.to_path_buf();
     raise_nofile(args.agents as u64 * 8 + 1024);
     let node = start_node(&exe, &dir.join("data"), None)?;
     let addr = node.addr.clone();
@@ -252,8 +263,5 @@ pub fn run(args: RolloutBenchArgs) -> anyhow::Result<i32> {
     );
     drop(agents);
     drop(node);
-    if args.dir.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
     Ok(0)
 }
