@@ -116,9 +116,11 @@ fn a_bad_value_halts_in_the_first_wave(nodes: usize) {
         f.nodes[i].kill();
         f.nodes[i].restart(&f.work);
     }
-    let r = f.rollout();
+    // Once every agent is back (asking again for the slot it waits for), still halted.
+    let r = f.wait_rollout("every agent back after the restart", v2, |r| {
+        r["agents"].as_u64() == Some(12)
+    });
     assert_eq!(r["state"], "halted", "after the nodes restarted: {r}");
-    // The halt holds: give the others every chance to act (two bakes), then look again.
     let (code, out, err) = f.cli(&["status", ENV, "--watch", "--timeout", "3s"]);
     assert_eq!(code, 65, "status --watch on a halted rollout:\n{out}{err}");
     assert!(out.contains("halted"), "{out}");
@@ -179,12 +181,15 @@ fn a_node_killed_mid_rollout_loses_no_slot_accounting_and_no_halt() {
     let since = now_nanos();
     let v2 = f.write(1, &[("N", "2")]);
     f.wait_rollout("two slots held", v2, |r| slots(r).0 == 2);
-    // Kill the node of an agent that is restarting (agent k lists node k % 3 first).
-    let baking = f
-        .agents
-        .iter()
-        .position(|a| a.starts().iter().any(|&s| s > since))
-        .expect("an agent restarted");
+    // Kill the node of the agent that restarted last, which bakes for 2s holding its slot
+    // (agent k lists node k % 3 first).
+    let baking = (0..f.agents.len())
+        .max_by_key(|&k| f.agents[k].starts().last().copied().unwrap_or(0))
+        .expect("agents");
+    assert!(
+        f.agents[baking].starts().iter().any(|&s| s > since),
+        "an agent restarted"
+    );
     let victim = baking % 3;
     f.nodes[victim].kill();
     let mut most_held = 0;
@@ -218,6 +223,9 @@ fn a_node_killed_mid_rollout_loses_no_slot_accounting_and_no_halt() {
         let r = f.rollout_at(i);
         assert_eq!(r["state"], "halted", "node {i} after the restarts: {r}");
     }
+    f.wait_rollout("every agent back after the restarts", v3, |r| {
+        r["agents"].as_u64() == Some(9)
+    });
     let (code, out, err) = f.cli(&["status", ENV, "--watch", "--timeout", "4s"]);
     assert_eq!(code, 65, "{out}{err}");
     let took: Vec<&str> = f
