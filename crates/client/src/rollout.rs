@@ -44,9 +44,13 @@ impl Rollout {
                 .and_then(Json::as_u64)
                 .zip(r.pointer("/slots/max").and_then(Json::as_u64)),
             // It comes from agents' reports: control characters are shown escaped.
-            halted_reason: r["halted_reason"]
-                .as_str()
-                .map(|s| s.escape_debug().to_string()),
+            // Printed after `halted: `: a reason that starts so already is not said twice.
+            halted_reason: r["halted_reason"].as_str().map(|s| {
+                s.strip_prefix("halted: ")
+                    .unwrap_or(s)
+                    .escape_debug()
+                    .to_string()
+            }),
         }
     }
 
@@ -185,7 +189,7 @@ mod tests {
         j["state"] = json!("halted");
         j["failed"] = json!(2);
         j["rolled_back"] = json!(2);
-        j["halted_reason"] = json!("2 agents failed version 43 (max_failures 2)\n");
+        j["halted_reason"] = json!("halted: 2 agents failed version 43 (max_failures 2)\n");
         let r = Rollout::of(&j);
         assert_eq!(
             r.lines(),
