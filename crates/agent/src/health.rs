@@ -83,6 +83,10 @@ pub struct Stats {
     exits_success: AtomicU64,
     exits_failure: AtomicU64,
     exits_signal: [AtomicU64; NSIG],
+    /// Health reports sent (`crate::bake`): healthy, failed; and rollbacks done.
+    health_healthy: AtomicU64,
+    health_failed: AtomicU64,
+    rollbacks: AtomicU64,
     status_sent: Mutex<String>,
 }
 
@@ -140,6 +144,9 @@ impl Stats {
             exits_success: AtomicU64::new(0),
             exits_failure: AtomicU64::new(0),
             exits_signal: [const { AtomicU64::new(0) }; NSIG],
+            health_healthy: AtomicU64::new(0),
+            health_failed: AtomicU64::new(0),
+            rollbacks: AtomicU64::new(0),
             status_sent: Mutex::new(String::new()),
         }
     }
@@ -354,6 +361,20 @@ pub fn child_restarted(why: Restart) {
 
 pub fn child_exited(exit: Exit) {
     STATS.child_exited(exit);
+}
+
+/// A version's health was reported to the node.
+pub fn health_reported(state: tether_core::rollout::HealthState) {
+    match state {
+        tether_core::rollout::HealthState::Healthy => &STATS.health_healthy,
+        tether_core::rollout::HealthState::Failed => &STATS.health_failed,
+    }
+    .fetch_add(1, Relaxed);
+}
+
+/// A failed version was rolled back to the last healthy values.
+pub fn rolled_back() {
+    STATS.rollbacks.fetch_add(1, Relaxed);
 }
 
 /// The network follower's session was welcomed by a node.

@@ -18,6 +18,8 @@
 //!   of its file) and applied in place.
 //! - `once`: `--once` (render every output once and exit) and `--dry-run` (report, touch
 //!   nothing), which `run()` hands over to.
+//! - `bake`: health after a change: the checks, the bake after each version from the
+//!   nodes, its report, and the rollback to the last healthy values.
 //! - `tasks`: the tracker every spawned task belongs to, stopped within a deadline.
 //! - `health`: what the agent tells about itself: `/healthz`, `/readyz`, `/metrics`
 //!   (`--listen-metrics`) and systemd's notifications, from one-line observation calls.
@@ -28,6 +30,7 @@
 mod action;
 pub mod args;
 pub mod atomic;
+pub mod bake;
 pub mod config;
 mod debounce;
 pub mod health;

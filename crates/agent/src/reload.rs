@@ -307,6 +307,11 @@ impl Agent {
             layers.set(keyshade::layer(&new), e);
         }
         self.layers = layers;
+        if plan.sources || plan.net != NetChange::Same || plan.keyshade != NetChange::Same {
+            // The layers are laid out anew: a bake's values and the last healthy ones no
+            // longer line up with them.
+            self.layout_changed(sink);
+        }
         if let Some(ks) = prepared.keyshade {
             if plan.keyshade == NetChange::Restart {
                 tracing::info!(

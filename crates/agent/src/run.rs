@@ -94,6 +94,12 @@ pub(crate) struct Agent {
     /// A reload changed an output or the environment's rules: the next apply renders
     /// everything even though no value changed.
     pub(crate) stale: bool,
+    /// The version from the nodes being baked (`crate::bake`).
+    pub(crate) baking: Option<crate::bake::Baking>,
+    /// The layers of the last version that was healthy: what a rollback puts back.
+    pub(crate) healthy: Option<Layers>,
+    /// The last version that failed and was rolled back: not applied again.
+    pub(crate) failed: Option<Position>,
 }
 
 /// How long the agent waits for its tasks once it is done.
@@ -223,9 +229,13 @@ async fn run_with(cfg: Config, log: LogControl, tasks: &Tasks) -> Result<i32, Ag
         config_watch,
         templates,
         stale: false,
+        baking: None,
+        healthy: None,
+        failed: None,
     };
-    agent.ack(Ok(()));
-    let code = agent.serve(signal_rx, reload_asked).await;
+    // The first version: acknowledged now, baked once the child runs (`serve`).
+    let first = agent.ack(Ok(()));
+    let code = agent.serve(signal_rx, reload_asked, first).await;
     if !agent.cfg.keep_outputs {
         for o in &agent.outputs {
             o.remove();
@@ -301,6 +311,7 @@ impl Agent {
         &mut self,
         mut signals: mpsc::UnboundedReceiver<Signal>,
         reload_asked: bool,
+        first: Option<Position>,
     ) -> Result<i32, AgentError> {
         let (sink, mut done) = match self.cfg.mode {
             Mode::Run => {
@@ -317,6 +328,8 @@ impl Agent {
             Mode::Watch => (Sink::External, None),
         };
         crate::health::ready();
+        // Starting the child (or the first render, in watch mode) acted on the first version.
+        self.after_first(&sink, first);
         let mut pulse = crate::health::Pulse::start();
         if reload_asked {
             self.reload(&sink, "SIGHUP").await;
@@ -344,6 +357,9 @@ impl Agent {
                 }
                 Some(update) = async { self.net.as_mut().expect("guarded").updates.recv().await }, if self.net.is_some() => {
                     log_net_update(&update);
+                    if self.skip_position(update.position) {
+                        continue;
+                    }
                     self.net_pending = Some(update.position);
                     let layer = self.cfg.sources.len();
                     self.layers.set(layer, update.entries);
@@ -351,7 +367,8 @@ impl Agent {
                         self.kick(&sink).await;
                     } else if self.debouncer.deadline().is_none() {
                         // Nothing this agent renders changed: applied as it stands.
-                        self.ack(Ok(()));
+                        let acked = self.ack(Ok(()));
+                        self.after_ack(&sink, acked, &Ok(()), false);
                     }
                 }
                 Some(event) = async { self.keyshade.as_mut().expect("guarded").updates.recv().await }, if self.keyshade.is_some() => {
@@ -371,6 +388,9 @@ impl Agent {
                             return Err(AgentError::Keyshade(message));
                         }
                     }
+                }
+                verdict = async { self.baking.as_mut().expect("guarded").verdict().await }, if self.baking.is_some() => {
+                    self.bake_done(&sink, verdict).await;
                 }
                 _ = sleep_until(self.retry.map_or_else(Instant::now, |r| r.0)), if self.retry.is_some() => {
                     tracing::info!("retrying the outputs that failed");
@@ -452,32 +472,48 @@ impl Agent {
         }
     }
 
-    /// Acknowledge the network source's latest position, once.
-    pub(crate) fn ack(&mut self, result: Result<(), String>) {
+    /// Acknowledge the network source's latest position, once. Returns the position
+    /// acknowledged, if there was one.
+    pub(crate) fn ack(&mut self, result: Result<(), String>) -> Option<Position> {
         if let (Some(net), Some(p)) = (&self.net, self.net_pending.take()) {
             if result.is_ok() {
                 crate::health::position_applied(p);
             }
             net.ack(p, result);
+            return Some(p);
         }
+        None
     }
 
     /// Render outputs and act on what changed (after a reload, render even when no value
-    /// changed: an output or the environment's rules may have).
+    /// changed: an output or the environment's rules may have), acknowledge the version
+    /// from the nodes, then bake it (`crate::bake`).
     pub(crate) async fn apply(&mut self, sink: &Sink) {
+        let (result, acted) = self.render_and_act(sink, false).await;
+        let acked = self.ack(result.clone());
+        self.after_ack(sink, acked, &result, acted);
+    }
+
+    /// Render outputs and act on what changed; `force_restart` restarts the child even when
+    /// no output asks for it (a rollback after the child exited). Returns whether every
+    /// output was written, and whether anything (a restart, a signal, a hook) fired.
+    pub(crate) async fn render_and_act(
+        &mut self,
+        sink: &Sink,
+        force_restart: bool,
+    ) -> (Result<(), String>, bool) {
         let retry = self.retry.take();
         let merged = self.layers.merged();
         let changed = changed_keys(&self.applied, &merged);
-        if changed.is_empty() && !self.stale {
-            self.ack(Ok(()));
-            return;
+        if changed.is_empty() && !self.stale && !force_restart {
+            return (Ok(()), false);
         }
         let values_changed = !changed.is_empty();
         let mut failures: Vec<String> = Vec::new();
         if values_changed {
             tracing::info!(keys = %tether_core::logname::names(&changed), "configuration changed");
         }
-        let mut restart = false;
+        let mut restart = force_restart;
         let mut signals: Vec<Signal> = Vec::new();
         let mut hooks: Vec<Vec<String>> = Vec::new();
         let all_or_nothing = self.cfg.atomic_outputs;
@@ -516,6 +552,7 @@ impl Agent {
             self.retry = Some((Instant::now() + delay, delay));
         }
 
+        let acted = restart || !signals.is_empty() || !hooks.is_empty();
         match sink {
             Sink::Child(sup) if restart => {
                 tracing::info!("restarting the child");
@@ -538,10 +575,11 @@ impl Agent {
                 .hooks
                 .send((argv, changed.clone(), self.cfg.exec_timeout));
         }
-        self.ack(if failures.is_empty() {
+        let result = if failures.is_empty() {
             Ok(())
         } else {
             Err(failures.join("; "))
-        });
+        };
+        (result, acted)
     }
 }

@@ -76,4 +76,8 @@ pub struct BenchChildArgs {
     /// Exit with this code after this many milliseconds.
     #[arg(long, num_args = 2, value_names = ["MS", "CODE"])]
     pub exit_after: Vec<u64>,
+    /// Exit 3 right after starting (once `start` is recorded) when the environment variable
+    /// NAME holds VALUE: a program that a bad value breaks.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub exit_if: Option<String>,
 }

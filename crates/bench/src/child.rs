@@ -27,6 +27,14 @@ fn append(path: Option<&Path>, line: &str) {
     }
 }
 
+/// `--exit-if NAME=VALUE`: the variable NAME holds VALUE.
+fn bad_value(exit_if: Option<&str>) -> bool {
+    let Some((name, value)) = exit_if.and_then(|s| s.split_once('=')) else {
+        return false;
+    };
+    std::env::var_os(name).is_some_and(|v| v == value)
+}
+
 pub async fn run(args: BenchChildArgs) -> std::io::Result<i32> {
     let pid = std::process::id();
     if args.ignore_term {
@@ -65,6 +73,10 @@ pub async fn run(args: BenchChildArgs) -> std::io::Result<i32> {
         std::fs::rename(&tmp, path)?;
     }
     append(args.record.as_deref(), &format!("start {pid}"));
+    if bad_value(args.exit_if.as_deref()) {
+        append(args.record.as_deref(), &format!("exit {pid} 3"));
+        return Ok(3);
+    }
     let mut stdout = std::io::stdout();
     if args.announce {
         let _ = writeln!(stdout, "start");

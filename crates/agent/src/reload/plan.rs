@@ -113,6 +113,13 @@ impl Plan {
         ]
         .contains(&true);
         key(old.exec_timeout != new.exec_timeout, "exec_timeout");
+        // Health settings apply from the next bake on (one running keeps its own).
+        let (ho, hn) = (&old.health, &new.health);
+        key(ho.check != hn.check, "health check");
+        key(ho.bake != hn.bake, "bake");
+        key(ho.interval != hn.interval, "health_interval");
+        key(ho.timeout != hn.timeout, "health_timeout");
+        key(ho.rollback != hn.rollback, "rollback");
         key(old.keep_outputs != new.keep_outputs, "keep_outputs");
         let signals = [
             key(

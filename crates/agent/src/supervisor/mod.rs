@@ -3,6 +3,11 @@
 //! SIGKILL to the group, wait until the group is gone, respawn) and applies the
 //! restart-on-exit policy; two children never run at once. The task reaches its child only
 //! through a [`Spawner`], so the tests run it against a scripted child with time paused.
+//!
+//! While the agent bakes a change ([`Control::Hold`]), a child that exits on its own under a
+//! policy that would not start it again is not the end: the task waits for the agent to
+//! roll back (a `Restart`) or to give up (`Hold(false)`, then it ends as it would have).
+//! Every exit the child makes on its own is counted on [`Supervisor::exits`].
 
 pub mod child;
 pub mod reaper;
@@ -16,7 +21,7 @@ pub mod tty;
 use std::time::Duration;
 
 use nix::unistd::Pid;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 pub use child::{ChildSpec, OsSpawner};
@@ -51,6 +56,9 @@ pub enum Control {
     Terminate(Signal),
     /// New options (tether's configuration was reloaded); the running child is untouched.
     Configure(Options),
+    /// A change is baking (`true`): a child exit that would end the supervisor waits for a
+    /// `Restart` (a rollback) or for `Hold(false)` instead. `false` ends the bake.
+    Hold(bool),
 }
 
 impl std::fmt::Debug for Control {
@@ -62,6 +70,7 @@ impl std::fmt::Debug for Control {
             Control::Restart(env) => write!(f, "Restart({} variables)", env.len()),
             Control::Terminate(s) => write!(f, "Terminate({s})"),
             Control::Configure(o) => write!(f, "Configure({o:?})"),
+            Control::Hold(h) => write!(f, "Hold({h})"),
         }
     }
 }
@@ -78,6 +87,15 @@ pub struct SpawnError {
 #[derive(Clone)]
 pub struct Supervisor {
     tx: mpsc::UnboundedSender<Control>,
+    exits: watch::Receiver<ChildExits>,
+}
+
+/// The exits the child made on its own (not those the supervisor caused by stopping it):
+/// how many so far, and the last one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChildExits {
+    pub count: u64,
+    pub last: Option<Exit>,
 }
 
 impl Supervisor {
@@ -103,11 +121,14 @@ impl Supervisor {
         let running = spawn(&spawner, &env)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = oneshot::channel();
+        let (exits_tx, exits) = watch::channel(ChildExits::default());
         let actor = Actor {
             spawner,
             env,
             opts,
             rx,
+            exits: exits_tx,
+            hold: false,
         };
         // Not cancelled by the shutdown: it ends when the child is gone for good, which is
         // what ends the agent in `run` mode.
@@ -116,12 +137,17 @@ impl Supervisor {
             let exit = actor.run(running).await;
             let _ = done_tx.send(exit);
         });
-        Ok((Supervisor { tx }, done_rx))
+        Ok((Supervisor { tx, exits }, done_rx))
     }
 
     pub fn send(&self, c: Control) {
         // The task only ends after the child is gone; then there is nothing to control.
         let _ = self.tx.send(c);
+    }
+
+    /// The child's own exits (see [`ChildExits`]); `changed()` wakes at each new one.
+    pub fn exits(&self) -> watch::Receiver<ChildExits> {
+        self.exits.clone()
     }
 }
 
@@ -173,6 +199,9 @@ struct Actor<S> {
     env: EnvVars,
     opts: Options,
     rx: mpsc::UnboundedReceiver<Control>,
+    exits: watch::Sender<ChildExits>,
+    /// A change is baking: see [`Control::Hold`].
+    hold: bool,
 }
 
 impl<S: Spawner> Actor<S> {
@@ -189,6 +218,10 @@ impl<S: Spawner> Actor<S> {
                     let exit = exit.unwrap_or(Exit::Code(1));
                     tracing::info!(pid = child.pid.as_raw(), %exit, "child exited");
                     crate::health::child_exited(exit);
+                    self.exits.send_modify(|e| {
+                        e.count += 1;
+                        e.last = Some(exit);
+                    });
                     // Ctrl-C or Ctrl-\ at the terminal reach the child's group, not tether:
                     // a child they ended is the user stopping the program, not a crash.
                     let interrupted = self.spawner.holds_terminal(child.pid)
@@ -199,8 +232,18 @@ impl<S: Spawner> Actor<S> {
                         RestartPolicy::OnFailure => !exit.success(),
                         RestartPolicy::Always => true,
                     } && !interrupted;
-                    if terminating || !again {
+                    if terminating {
                         return exit;
+                    }
+                    if !again {
+                        held.clear();
+                        match self.wait_held(exit, &mut backoff).await {
+                            Some(next) => {
+                                child = next;
+                                continue;
+                            }
+                            None => return exit,
+                        }
                     }
                     let delay = backoff.next(child.started.elapsed());
                     tracing::warn!(%exit, delay = ?delay, "restarting child after it exited");
@@ -256,6 +299,7 @@ impl<S: Spawner> Actor<S> {
                     }
                     Some(Control::Restart(_)) => {}
                     Some(Control::Configure(opts)) => self.opts = opts,
+                    Some(Control::Hold(hold)) => self.hold = hold,
                     None => {
                         let exit = self.stop(&mut child).await;
                         return exit;
@@ -285,12 +329,42 @@ impl<S: Spawner> Actor<S> {
                 Control::Restart(env) => self.env = env,
                 Control::Terminate(_) => terminate = true,
                 Control::Configure(opts) => self.opts = opts,
+                Control::Hold(hold) => self.hold = hold,
                 Control::Signal(sig) | Control::Reload(sig) => {
                     tracing::debug!(signal = %sig, "signal dropped: child was being replaced")
                 }
             }
         }
         terminate
+    }
+
+    /// The child exited and no policy starts it again. Outside a bake that is the end
+    /// (`None`). During one, wait for the agent: a `Restart` (its rollback) starts the
+    /// child again; `Hold(false)`, a termination or the handle gone end it.
+    async fn wait_held(&mut self, exit: Exit, backoff: &mut Backoff) -> Option<Running> {
+        if !self.hold {
+            return None;
+        }
+        tracing::info!(%exit, "the child exited while a change bakes; waiting for the agent to roll back");
+        loop {
+            match self.rx.recv().await {
+                Some(Control::Restart(env)) => {
+                    self.env = env;
+                    crate::health::child_restarted(crate::health::Restart::Change);
+                    return match spawn(&self.spawner, &self.env) {
+                        Ok(next) => Some(next),
+                        Err(e) => {
+                            tracing::error!(error = %e, "restart failed");
+                            self.respawn_after(backoff.next(Duration::ZERO)).await
+                        }
+                    };
+                }
+                Some(Control::Hold(true)) => {}
+                Some(Control::Configure(opts)) => self.opts = opts,
+                Some(Control::Signal(_) | Control::Reload(_)) => {}
+                Some(Control::Hold(false) | Control::Terminate(_)) | None => return None,
+            }
+        }
     }
 
     /// Wait `delay` then start the child again, unless told to terminate meanwhile.
@@ -303,6 +377,7 @@ impl<S: Spawner> Actor<S> {
                     cmd = self.rx.recv() => match cmd {
                         Some(Control::Restart(env)) => self.env = env,
                         Some(Control::Configure(opts)) => self.opts = opts,
+                        Some(Control::Hold(hold)) => self.hold = hold,
                         Some(Control::Signal(_) | Control::Reload(_)) => {}
                         Some(Control::Terminate(_)) | None => return None,
                     }
