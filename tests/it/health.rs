@@ -307,3 +307,54 @@ fn without_rollback_a_failed_version_keeps_its_values() {
     assert!(w.read("out.env").contains("A=bad"), "{}", w.read("out.env"));
     assert!(logs(&agent).contains("rollback is off"), "{}", logs(&agent));
 }
+
+/// A newer version applied while one bakes ends that bake: only the newer is reported.
+#[test]
+fn a_newer_version_ends_the_bake_of_the_one_before() {
+    let w = Work::new();
+    let fake = FakeNode::start();
+    let ok = w.path("ok").display().to_string();
+    let check = format!("test -f {ok}");
+    let agent = start_agent(
+        &w,
+        &fake,
+        &[
+            "--no-env",
+            "--on-change",
+            "signal:USR1",
+            "--health-cmd",
+            &check,
+            "--bake",
+            "300ms",
+            "--health-interval",
+            "50ms",
+        ],
+    );
+    let (v1, v2, v3) = (pos(E1, 1), pos(E1, 2), pos(E1, 3));
+    w.write("ok", "");
+    let c0 = fake.wait_hello(&agent, 0);
+    c0.sync(LONG_HB, v1, &[("A", "1")]);
+    agent.wait_for("v1 healthy", || health_of(&c0, v1).is_some());
+
+    // v2's check cannot pass (its first pass may take up to the 60s health timeout)...
+    std::fs::remove_file(w.path("ok")).expect("remove ok");
+    c0.send(&change(v2, &[("A", "2")]));
+    agent.wait_for("v2 applied and baking", || {
+        c0.acked(v2) && logs(&agent).matches("baking the change").count() == 2
+    });
+    // ...when v3 arrives: v2's bake ends unreported, v3 is baked and healthy.
+    c0.send(&change(v3, &[("A", "3")]));
+    agent.wait_for("v3 applied", || c0.acked(v3));
+    w.write("ok", "");
+    agent.wait_for("v3 healthy", || health_of(&c0, v3).is_some());
+    assert_eq!(
+        health_of(&c0, v3),
+        Some((HealthState::Healthy, None, false))
+    );
+    assert_eq!(health_of(&c0, v2), None, "{:?}", healths(&c0));
+    assert!(
+        logs(&agent).contains("bake ends unreported"),
+        "{}",
+        logs(&agent)
+    );
+}

@@ -316,12 +316,15 @@ impl Agent {
         let (sink, mut done) = match self.cfg.mode {
             Mode::Run => {
                 let spec = ChildSpec::new(self.cfg.command.clone());
+                // Held from its start when the first version will be baked.
+                let hold = first.is_some() && self.cfg.health.needs_bake(Mode::Run, true);
                 let (sup, done) = Supervisor::start(
                     spec,
                     self.env.clone(),
                     supervisor_options(&self.cfg),
                     self.reaper.clone(),
                     &self.tasks,
+                    hold,
                 )?;
                 (Sink::Child(sup), Some(done))
             }
@@ -489,6 +492,7 @@ impl Agent {
     /// changed: an output or the environment's rules may have), acknowledge the version
     /// from the nodes, then bake it (`crate::bake`).
     pub(crate) async fn apply(&mut self, sink: &Sink) {
+        self.before_act(sink);
         let (result, acted) = self.render_and_act(sink, false).await;
         let acked = self.ack(result.clone());
         self.after_ack(sink, acked, &result, acted);

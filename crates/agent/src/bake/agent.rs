@@ -11,7 +11,6 @@ use tether_core::rollout::HealthState;
 use super::{Failure, HealthSpec, ProbeContext, bake};
 use crate::run::{Agent, Sink};
 use crate::state::Layers;
-use crate::supervisor::Control;
 
 type Verdict = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
 /// The probe of a bake without a check (never called).
@@ -100,6 +99,14 @@ impl Agent {
         });
     }
 
+    /// Before acting on a version from the nodes that may be baked: the supervisor holds
+    /// from now on, so a child that dies at once is waited for (`after_ack` settles it).
+    pub(crate) fn before_act(&self, sink: &Sink) {
+        if self.net_pending.is_some() && self.cfg.health.needs_bake(self.cfg.mode, true) {
+            self.hold(sink, true);
+        }
+    }
+
     /// The bake of `self.baking` ended with `verdict`: report it, and roll back on failure.
     pub(crate) async fn bake_done(&mut self, sink: &Sink, verdict: Result<(), Failure>) {
         let Some(baking) = self.baking.take() else {
@@ -186,7 +193,7 @@ impl Agent {
     /// Tell the supervisor whether a change is baking (run mode).
     fn hold(&self, sink: &Sink, on: bool) {
         if let Sink::Child(sup) = sink {
-            sup.send(Control::Hold(on));
+            sup.hold(on);
         }
     }
 
@@ -239,9 +246,7 @@ fn start(
                 };
                 bake(&spec, Some(probe), exits).await
             }
-            _ => {
-                bake(&spec, None::<NoProbe>, exits).await
-            }
+            _ => bake(&spec, None::<NoProbe>, exits).await,
         }
     })
 }

@@ -253,6 +253,30 @@ mod tests {
     }
 
     #[test]
+    fn health_settings_are_applied_in_place() {
+        let a = cfg(Mode::Watch, BASE);
+        let b = cfg(
+            Mode::Watch,
+            &BASE.replace(
+                "signal_pidfile",
+                "health_tcp = \"127.0.0.1:80\"\nbake = \"5s\"\nhealth_interval = \"2s\"\nhealth_timeout = \"9s\"\nrollback = false\nsignal_pidfile",
+            ),
+        );
+        let p = Plan::between(&a, &b);
+        assert_eq!(
+            p.changed,
+            [
+                "health check",
+                "bake",
+                "health_interval",
+                "health_timeout",
+                "rollback"
+            ]
+        );
+        assert!(p.need_restart.is_empty());
+    }
+
+    #[test]
     fn an_action_change_is_an_output_change() {
         let a = cfg(Mode::Watch, BASE);
         let b = cfg(

@@ -424,7 +424,7 @@ async fn a_held_exit_waits_for_the_rollback_then_ends_as_before_once_released() 
     );
     let (sup, mut done) = start(&spawner, opts(RestartPolicy::Never));
     let mut exits = sup.exits();
-    sup.send(Control::Hold(true));
+    sup.hold(true);
     timeout(secs(60), exits.changed())
         .await
         .expect("exit seen")
@@ -444,7 +444,7 @@ async fn a_held_exit_waits_for_the_rollback_then_ends_as_before_once_released() 
     );
     sup.send(Control::Restart(EnvVars::new()));
     respawned(&spawner, 1).await;
-    sup.send(Control::Hold(false));
+    sup.hold(false);
     assert_eq!(finished(done).await, Exit::Code(4));
     assert_eq!(exits.borrow().count, 2);
 }
@@ -455,14 +455,14 @@ async fn a_held_exit_ends_with_the_childs_status_when_the_hold_is_let_go() {
     let spawner = TestSpawner::new(Behaviour::runs().exits_after(secs(1), Exit::Code(3)));
     let (sup, mut done) = start(&spawner, opts(RestartPolicy::Never));
     let mut exits = sup.exits();
-    sup.send(Control::Hold(true));
+    sup.hold(true);
     timeout(secs(60), exits.changed())
         .await
         .expect("exit seen")
         .unwrap();
     sleep_until(spawner.at(secs(10))).await;
     assert!(done.try_recv().is_err());
-    sup.send(Control::Hold(false));
+    sup.hold(false);
     assert_eq!(finished(done).await, Exit::Code(3));
     assert_eq!(spawns(&spawner.events()).len(), 1, "never started again");
 }
