@@ -84,12 +84,13 @@ pub struct Failure {
 }
 
 fn exited(exit: Exit) -> Failure {
-    let how = match exit {
-        Exit::Code(c) => format!("with status {c}"),
-        Exit::Signaled(_) => exit.to_string(),
+    let what = match exit {
+        Exit::Code(c) => format!("exited with status {c}"),
+        // "killed by SIGKILL"
+        Exit::Signaled(_) => format!("was {exit}"),
     };
     Failure {
-        reason: format!("the child exited {how} within the bake time"),
+        reason: format!("the child {what} within the bake time"),
         child_exited: true,
     }
 }

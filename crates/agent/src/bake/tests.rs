@@ -79,6 +79,16 @@ async fn the_child_exiting_within_the_bake_fails_it_at_once() {
     assert_eq!(start.elapsed(), secs(3));
 }
 
+#[test]
+fn a_child_killed_by_a_signal_is_said_so() {
+    let f = exited(Exit::Signaled(9));
+    assert_eq!(
+        f.reason,
+        "the child was killed by SIGKILL within the bake time"
+    );
+    assert!(f.child_exited);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_check_that_fails_first_then_passes_within_the_timeout_is_healthy() {
     let calls = Arc::new(Mutex::new(0));
