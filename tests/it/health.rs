@@ -358,3 +358,52 @@ fn a_newer_version_ends_the_bake_of_the_one_before() {
         logs(&agent)
     );
 }
+
+/// Watch mode without a check: healthy as soon as it acted, whatever `bake` says (there is
+/// no child to watch).
+#[test]
+fn watch_mode_without_a_check_is_healthy_at_once() {
+    let w = Work::new();
+    let fake = FakeNode::start();
+    let out = w.path("out.env").display().to_string();
+    let state = w.path("state").display().to_string();
+    let hooked = w.path("hooked").display().to_string();
+    let hook = format!("exec:touch {hooked}");
+    let agent = Tether::start(
+        w.dir.path(),
+        [
+            "watch",
+            "--server",
+            &fake.url(),
+            "--env",
+            "prod",
+            "--state-dir",
+            &state,
+            "--output",
+            &out,
+            "--debounce",
+            "0",
+            "--on-change",
+            &hook,
+            "--bake",
+            "1h",
+        ],
+        &[],
+    );
+    let (v1, v2) = (pos(E1, 1), pos(E1, 2));
+    let c0 = fake.wait_hello(&agent, 0);
+    c0.sync(LONG_HB, v1, &[("A", "1")]);
+    agent.wait_for("v1 healthy", || health_of(&c0, v1).is_some());
+    c0.send(&change(v2, &[("A", "2")]));
+    agent.wait_for("v2 healthy", || health_of(&c0, v2).is_some());
+    assert_eq!(
+        health_of(&c0, v2),
+        Some((HealthState::Healthy, None, false))
+    );
+    agent.wait_for("the hook ran for v2", || w.path("hooked").exists());
+    assert!(
+        !logs(&agent).contains("baking the change"),
+        "{}",
+        logs(&agent)
+    );
+}
