@@ -19,7 +19,7 @@ pub struct SlotStats {
     last_wait_ms: AtomicU64,
     ended: AtomicBool,
     /// What the agent waits for now (`waiting for a rollout slot (why)`), if it does.
-    waiting: Mutex<Option<String>>,
+    pub(super) waiting: Mutex<Option<String>>,
 }
 
 impl SlotStats {
@@ -121,4 +121,49 @@ pub fn slot_status(waiting: Option<&str>) {
 /// A change was acted on without a slot: no node was reachable to pace it.
 pub fn unpaced_action() {
     STATS.slot.unpaced.fetch_add(1, Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_figures_render_and_the_wait_is_told() {
+        let s = SlotStats::new();
+        let mut out = String::new();
+        s.render(&mut out);
+        assert!(out.contains("tether_agent_slot_waits_total 0\n"), "{out}");
+        assert!(out.contains("tether_agent_slot_waiting 0\n"), "{out}");
+        assert!(
+            out.contains("tether_agent_unpaced_actions_total 0\n"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("tether_agent_slot_wait_seconds"),
+            "no wait ended yet"
+        );
+        assert_eq!(s.status(), None);
+
+        s.waits.store(2, Relaxed);
+        s.unpaced.store(1, Relaxed);
+        s.last_wait_ms.store(1500, Relaxed);
+        s.ended.store(true, Relaxed);
+        *lock(&s.waiting) = Some("waiting for a rollout slot (5 of 5 slots in use)".into());
+        let mut out = String::new();
+        s.render(&mut out);
+        assert!(out.contains("tether_agent_slot_waits_total 2\n"), "{out}");
+        assert!(out.contains("tether_agent_slot_waiting 1\n"), "{out}");
+        assert!(
+            out.contains("tether_agent_slot_wait_seconds 1.500\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("tether_agent_unpaced_actions_total 1\n"),
+            "{out}"
+        );
+        assert_eq!(
+            s.status().as_deref(),
+            Some("waiting for a rollout slot (5 of 5 slots in use)")
+        );
+    }
 }
