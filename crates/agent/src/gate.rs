@@ -368,9 +368,10 @@ impl Agent {
         tracing::warn!("no node reachable to pace this change; acting on my own now");
         // The request is withdrawn so it is not asked again on the next connection.
         self.give_back();
-        crate::health::unpaced_action();
         self.debouncer.reset();
-        self.act(sink).await;
+        if self.act(sink).await {
+            crate::health::unpaced_action();
+        }
     }
 
     /// A network source update whose values this agent already applied: a wait for it
