@@ -8,6 +8,7 @@ mod examples;
 mod fake_node;
 mod files;
 mod follower;
+mod gate;
 mod health;
 mod hostile;
 mod keyshade;

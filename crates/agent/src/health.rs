@@ -33,8 +33,10 @@ use crate::supervisor::Exit;
 pub mod http;
 mod listen;
 mod metrics;
+mod slot;
 
 pub use listen::{ListenAddr, ListenError};
+pub use slot::{slot_status, slot_wait_ended, slot_wait_started, unpaced_action};
 
 /// How often the loop ticks while there are endpoints to answer (or more often, as a
 /// watchdog asks).
@@ -88,6 +90,8 @@ pub struct Stats {
     health_failed: AtomicU64,
     rollbacks: AtomicU64,
     status_sent: Mutex<String>,
+    /// The rollout slot gate's figures.
+    slot: slot::SlotStats,
 }
 
 /// Writes and failures of one output (by path: bounded by the config).
@@ -148,6 +152,7 @@ impl Stats {
             health_failed: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
             status_sent: Mutex::new(String::new()),
+            slot: slot::SlotStats::new(),
         }
     }
 
@@ -194,7 +199,10 @@ impl Stats {
 
     /// One line saying what the agent does (systemd's `STATUS=`, the body of `/readyz`).
     pub fn status_line(&self) -> String {
-        let line = self.net_status_line();
+        let mut line = self.net_status_line();
+        if let Some(waiting) = self.slot.status() {
+            line = format!("{line}; {waiting}");
+        }
         let Some(ks) = lock(&self.keyshade).clone() else {
             return line;
         };

@@ -10,7 +10,8 @@
 //!   follows an environment on tether nodes (with its saved state and backoff).
 //! - `output`: formats, the `dir` symlink swap, the child's environment, default places;
 //!   [`atomic`]: how bytes reach the disk (outputs and the saved state).
-//! - `debounce`: quiet window, max wait and splay.
+//! - `debounce`: quiet window, max wait and splay; `gate`: under a rollout policy, a change
+//!   that restarts (or signals) waits for a slot from the node.
 //! - `supervisor`: the child's owner task behind a `Spawner`, the reaper, spawning, stopping.
 //! - `target`: watch mode's pidfile/process-name targets and exec hooks.
 //! - `run`: the loop tying sources to outputs and actions ([`run()`]); `signals`: tether's
@@ -33,6 +34,7 @@ pub mod atomic;
 pub mod bake;
 pub mod config;
 mod debounce;
+mod gate;
 pub mod health;
 mod once;
 mod output;

@@ -326,6 +326,8 @@ impl Agent {
                     "network source restarted; its values stay until the new one's first state"
                 );
             }
+            // The old source's slot goes with it, and so does its policy.
+            self.gate_reset();
             self.net = net;
             self.net_pending = None;
         }

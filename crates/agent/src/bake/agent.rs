@@ -182,6 +182,7 @@ impl Agent {
         if let Some(b) = self.baking.take() {
             tracing::warn!(position = %b.position, "the sources changed in a reload; this version's bake ends unreported");
             self.hold(sink, false);
+            self.health_reported();
         }
         if self.healthy.take().is_some() {
             tracing::info!(
@@ -219,7 +220,7 @@ impl Agent {
     }
 
     /// Report a version's health to the node, and count it.
-    fn report(&self, position: Position, verdict: Result<(), String>, rolled_back: bool) {
+    fn report(&mut self, position: Position, verdict: Result<(), String>, rolled_back: bool) {
         let (state, error) = match verdict {
             Ok(()) => (HealthState::Healthy, None),
             Err(e) => (HealthState::Failed, Some(e)),
@@ -228,6 +229,7 @@ impl Agent {
         if let Some(net) = &self.net {
             net.health(position, state, error, rolled_back);
         }
+        self.health_reported();
     }
 }
 

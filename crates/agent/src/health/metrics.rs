@@ -246,6 +246,9 @@ pub fn render(s: &Stats, build: &str, now: Instant) -> String {
             sample(out, "tether_agent_applied_epoch", &env, p.epoch.0);
         }
     }
+    if lock(&s.env).is_some() {
+        s.slot.render(out);
+    }
     let keyshade = lock(&s.keyshade).clone();
     if let Some(ks) = keyshade {
         let ks = [("keyshade", ks.as_str())];
