@@ -149,7 +149,10 @@ pub fn acquire(
         let sizes = policy.wave_sizes(n);
         rec.wave = rec.current_wave(&sizes, policy.bake_ms, now);
         let size = sizes[rec.wave];
-        if rec.granted.len() >= size {
+        // The last wave is everyone, however many the count says (it may lag behind
+        // agents that just connected).
+        let last = rec.wave + 1 == sizes.len();
+        if !last && rec.granted.len() >= size {
             let (k, w) = (rec.wave + 1, sizes.len());
             let reason = if rec.all_reported() {
                 format!("wave {k} of {w} is baking ({} ms)", policy.bake_ms)

@@ -154,6 +154,13 @@ fn waves_advance_only_when_complete_and_baked() {
     assert!(!granted(&acquire(&mut r, &p, 10, "f", at(1), 2999, LEASE)));
     assert!(granted(&acquire(&mut r, &p, 10, "f", at(1), 3000, LEASE)));
     assert_eq!(r.wave, 2);
+    for x in ["g", "h", "i", "j"] {
+        assert!(granted(&acquire(&mut r, &p, 10, x, at(1), 3000, LEASE)));
+    }
+    assert!(
+        granted(&acquire(&mut r, &p, 10, "k", at(1), 3000, LEASE)),
+        "the last wave is everyone, even past the count"
+    );
     assert_eq!(
         r.current_wave(&p.wave_sizes(10), p.bake_ms, 1_000_000),
         2,
@@ -250,5 +257,16 @@ fn the_record_round_trips_as_json() {
     assert_eq!(
         serde_json::from_str::<Record>("{}").unwrap(),
         Record::default()
+    );
+}
+
+#[test]
+fn one_wave_never_holds_past_the_count() {
+    let p = policy(2);
+    let mut r = Record::default();
+    assert!(granted(&acquire(&mut r, &p, 1, "a", at(1), 0, LEASE)));
+    assert!(
+        granted(&acquire(&mut r, &p, 1, "b", at(1), 0, LEASE)),
+        "{r:?}"
     );
 }
