@@ -215,3 +215,15 @@ impl Bot {
         self.send(ClientMsg::Release { env: ENV.into() }).await;
     }
 }
+
+/// The value of the `/metrics` sample that starts with `series` (name and labels).
+pub fn metric(base: &str, series: &str) -> Option<u64> {
+    let r = http_request("GET", &format!("{base}/metrics"), None, None);
+    r.text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value as Json, json};
 use tether_core::protocol::ServerMsg;
 
-use super::bots::{Bot, ENV, http, rollout, runtime, set_policy, write};
+use super::bots::{Bot, ENV, http, metric, rollout, runtime, set_policy, write};
 use crate::support::{Tether, Work, start_node, wait_for};
 
 fn node(w: &Work, extra: &[&str]) -> (Tether, String, u16) {
@@ -82,6 +82,18 @@ fn ten_agents_never_take_more_than_three_slots() {
         let r = rollout(&base);
         assert_eq!(r["slots"], json!({"held": 3, "max": 3}), "{r}");
         assert_eq!(r["state"], "rolling");
+        assert_eq!(
+            metric(&base, r#"tether_rollout_slots_held{env="prod"}"#),
+            Some(3)
+        );
+        assert_eq!(metric(&base, r#"tether_rollout_wave{env="prod"}"#), Some(1));
+        assert_eq!(
+            metric(
+                &base,
+                r#"tether_rollout_agents{env="prod",state="pending"}"#
+            ),
+            Some(10)
+        );
         let (most, _bots) = finish(bots, granted, 3).await;
         assert!(most <= 3, "{most} slots were held at once");
         wait_for("every agent healthy", || {
@@ -91,6 +103,17 @@ fn ten_agents_never_take_more_than_three_slots() {
         let r = rollout(&base);
         assert_eq!(r["slots"]["held"], 0, "{r}");
         assert_eq!(r["applied"], 10, "{r}");
+        assert_eq!(
+            metric(
+                &base,
+                r#"tether_rollout_agents{env="prod",state="healthy"}"#
+            ),
+            Some(10)
+        );
+        assert_eq!(
+            metric(&base, r#"tether_rollout_slots_held{env="prod"}"#),
+            Some(0)
+        );
     });
 }
 
@@ -134,6 +157,15 @@ fn a_failure_halts_resume_lifts_it_and_a_fix_starts_over() {
         let (_, status) = http("GET", &format!("{base}/v1/envs/{ENV}/status"), None, None);
         assert_eq!(status["rollout"]["state"], "halted", "{status}");
         assert_eq!(status["connected"].as_array().map(Vec::len), Some(4));
+        assert_eq!(
+            metric(&base, r#"tether_rollout_halted{env="prod"}"#),
+            Some(1)
+        );
+        assert_eq!(metric(&base, "tether_rollout_halts_total"), Some(1));
+        assert_eq!(
+            metric(&base, r#"tether_rollout_agents{env="prod",state="failed"}"#),
+            Some(1)
+        );
         b[2].slot().await;
         assert!(!b[2].answer(&mut holds).await);
         assert_eq!(holds.last(), Some(&(reason, true)));

@@ -5,7 +5,7 @@
 //!
 //! - `machine`: the rollout record and the one state machine that changes it (pure).
 //! - `status`: the rollout object of `GET /v1/envs/{env}/rollout` and `/metrics`.
-//! - `api`: the HTTP routes (policy, resume, rollout).
+//! - `api`: the HTTP routes (policy, resume, rollout); `metrics`: the `/metrics` series.
 //! - `tick`: the node's background task (retries, renewals, policy polling).
 //!
 //! The record lives in the store and is only changed by compare-and-swap of its JSON
@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod machine;
+pub mod metrics;
 pub mod status;
 mod tick;
 
