@@ -1,6 +1,7 @@
 //! Three nodes over one Redis: slots are counted for the whole cluster, so agents spread
 //! over the nodes never take more than the policy allows; a node killed while its agent
-//! holds a slot loses neither that slot nor the halt.
+//! holds a slot loses neither that slot nor the halt; a policy set through one node
+//! reaches the agents of every node.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -8,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
+use tether_core::protocol::ServerMsg;
 
 use super::bots::{Bot, http, rollout, runtime, set_policy, write};
 use super::single::finish;
@@ -95,11 +97,20 @@ fn agents_on_three_nodes_share_the_slots() {
     let nodes = nodes(&w, &redis);
     let base = nodes[0].1.clone();
     write(&base, "1");
-    set_policy(&nodes[1].1, json!({"max_unavailable": 3}));
     runtime().block_on(async {
         let mut bots = Vec::new();
         for i in 0..12 {
             bots.push(Bot::connect(nodes[i % 3].2, &format!("bot-{i}")).await);
+        }
+        // Set through one node, the policy reaches the agents of every node.
+        set_policy(&nodes[1].1, json!({"max_unavailable": 3}));
+        for bot in &mut bots {
+            match bot.next().await {
+                ServerMsg::Policy {
+                    policy: Some(p), ..
+                } => assert_eq!(p.max_unavailable.of(12), 3),
+                other => panic!("{}: expected the policy, got {other:?}", bot.name),
+            }
         }
         let v = write(&nodes[2].1, "2");
         let (mut granted, mut holds) = (Vec::new(), Vec::new());
