@@ -28,11 +28,6 @@ pub fn start(node: Arc<Node>) {
         let shutdown = node.shutdown.clone();
         let (mut renewed, mut polled) = (Instant::now(), None::<Instant>);
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = node.fleet.wake.notified() => {}
-                _ = tokio::time::sleep(RETRY) => {}
-            }
             if polled.is_none_or(|at| at.elapsed() >= POLL) {
                 poll_policies(&node).await;
                 polled = Some(Instant::now());
@@ -41,6 +36,11 @@ pub fn start(node: Arc<Node>) {
             if renewed.elapsed() >= node.fleet.lease() / 3 {
                 renew(&node).await;
                 renewed = Instant::now();
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = node.fleet.wake.notified() => {}
+                _ = tokio::time::sleep(RETRY) => {}
             }
         }
     };
