@@ -7,6 +7,7 @@ mod cluster;
 mod examples;
 mod fake_node;
 mod files;
+mod fleet;
 mod follower;
 mod gate;
 mod health;
