@@ -28,3 +28,36 @@ impl fmt::Display for Action {
         }
     }
 }
+
+/// What acting on a change does: restart the child, send signals, run exec hooks.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Actions {
+    pub(crate) restart: bool,
+    pub(crate) signals: Vec<Signal>,
+    pub(crate) hooks: Vec<Vec<String>>,
+}
+
+impl Actions {
+    /// The actions of the outputs written (their `on_change`; each signal and hook once).
+    /// A `restart` fires only when a value changed, not for a rewrite after a reload.
+    pub(crate) fn of<'a>(
+        written: impl IntoIterator<Item = &'a Action>,
+        values_changed: bool,
+    ) -> Actions {
+        let mut a = Actions::default();
+        for action in written {
+            match action {
+                Action::Restart => a.restart |= values_changed,
+                Action::Signal(s) if !a.signals.contains(s) => a.signals.push(*s),
+                Action::Exec(argv) if !a.hooks.contains(argv) => a.hooks.push(argv.clone()),
+                Action::Signal(_) | Action::Exec(_) | Action::None => {}
+            }
+        }
+        a
+    }
+
+    /// Whether anything fires.
+    pub(crate) fn any(&self) -> bool {
+        self.restart || !self.signals.is_empty() || !self.hooks.is_empty()
+    }
+}

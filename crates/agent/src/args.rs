@@ -120,6 +120,37 @@ pub struct AgentArgs {
     pub once: OnceArgs,
     #[command(flatten)]
     pub keyshade: KeyshadeArgs,
+    #[command(flatten)]
+    pub health: HealthArgs,
+}
+
+/// Health after a change (`docs/rollouts.md`): at most one check; the bake and its timings.
+#[derive(Args, Debug, Default, Clone)]
+#[command(next_help_heading = "health after a change")]
+pub struct HealthArgs {
+    /// A command that exits 0 while the app is healthy (run without a shell, without
+    /// tether's credentials; killed after its attempt's timeout).
+    #[arg(long, value_name = "CMD", env = "TETHER_HEALTH_CMD")]
+    pub health_cmd: Option<String>,
+    /// An http:// or https:// URL whose GET answers 2xx while the app is healthy.
+    #[arg(long, value_name = "URL", env = "TETHER_HEALTH_HTTP")]
+    pub health_http: Option<String>,
+    /// HOST:PORT that accepts a TCP connection while the app is healthy.
+    #[arg(long, value_name = "ADDR", env = "TETHER_HEALTH_TCP")]
+    pub health_tcp: Option<String>,
+    /// How long the app must stay healthy after a change (default 10s in run, 0 in watch).
+    #[arg(long, value_name = "DURATION", env = "TETHER_BAKE")]
+    pub bake: Option<String>,
+    /// How often the check runs during a bake (default 1s).
+    #[arg(long, value_name = "DURATION", env = "TETHER_HEALTH_INTERVAL")]
+    pub health_interval: Option<String>,
+    /// How long the check may take to pass first after a change (default 60s); one attempt
+    /// takes at most 5s or this, the shorter.
+    #[arg(long, value_name = "DURATION", env = "TETHER_HEALTH_TIMEOUT")]
+    pub health_timeout: Option<String>,
+    /// Report a failed change but keep its values (no rollback).
+    #[arg(long, env = "TETHER_NO_ROLLBACK", value_parser = BoolishValueParser::new())]
+    pub no_rollback: bool,
 }
 
 /// The keyshade source (`[keyshade]` in the config file). Any of these turns it on; what

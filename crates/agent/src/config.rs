@@ -127,6 +127,8 @@ pub struct Config {
     pub listen_metrics: Option<crate::health::ListenAddr>,
     /// `--once` / `--dry-run` (flags only): render once and exit.
     pub once: Option<crate::once::OnceSpec>,
+    /// Health after a change: the check, the bake, rollback.
+    pub health: crate::bake::HealthSpec,
 }
 
 /// Build the config of `tether run` from its flags and optional file.
@@ -429,6 +431,7 @@ pub fn validate_in(
     if max_wait < debounce {
         p.push("max_wait", "must be at least the debounce window");
     }
+    let health = parse::parse_health(raw, mode, &mut p);
 
     p.finish(Config {
         net,
@@ -457,6 +460,7 @@ pub fn validate_in(
         origin: None,
         listen_metrics,
         once: None,
+        health,
     })
 }
 
@@ -534,6 +538,14 @@ impl Config {
         if let Some(addr) = &self.listen_metrics {
             t.insert("listen_metrics".into(), s(addr.to_string()));
         }
+        let h = &self.health;
+        if let Some(c) = &h.check {
+            t.insert(c.key().into(), s(c.to_string()));
+        }
+        t.insert("bake".into(), d(h.bake));
+        t.insert("health_interval".into(), d(h.interval));
+        t.insert("health_timeout".into(), d(h.timeout));
+        t.insert("rollback".into(), V::Boolean(h.rollback));
         if let Some(pf) = &self.target.pidfile {
             t.insert("signal_pidfile".into(), s(pf.display().to_string()));
         }

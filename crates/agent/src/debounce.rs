@@ -38,11 +38,7 @@ impl Debouncer {
         let burst = self.burst.get_or_insert_with(|| Burst {
             first: now,
             last: now,
-            offset: if splay.is_zero() {
-                Duration::ZERO
-            } else {
-                rand::thread_rng().gen_range(Duration::ZERO..splay)
-            },
+            offset: splay_offset(splay),
             deadline: now,
         });
         burst.last = now;
@@ -58,11 +54,7 @@ impl Debouncer {
         self.splay = splay;
         if let Some(b) = self.burst.as_mut() {
             if b.offset >= splay {
-                b.offset = if splay.is_zero() {
-                    Duration::ZERO
-                } else {
-                    rand::thread_rng().gen_range(Duration::ZERO..splay)
-                };
+                b.offset = splay_offset(splay);
             }
             let settle = (b.last + self.quiet).min(b.first + self.max_wait);
             b.deadline = settle + b.offset;
@@ -77,6 +69,16 @@ impl Debouncer {
     /// The action ran: the next change starts a new burst.
     pub fn reset(&mut self) {
         self.burst = None;
+    }
+}
+
+/// A random delay in `[0, splay)` (zero when `splay` is): how far this agent's action is
+/// spread from its peers'. Drawn per burst here, and per unpaced action by the slot gate.
+pub fn splay_offset(splay: Duration) -> Duration {
+    if splay.is_zero() {
+        Duration::ZERO
+    } else {
+        rand::thread_rng().gen_range(Duration::ZERO..splay)
     }
 }
 

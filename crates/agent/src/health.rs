@@ -33,8 +33,10 @@ use crate::supervisor::Exit;
 pub mod http;
 mod listen;
 mod metrics;
+mod slot;
 
 pub use listen::{ListenAddr, ListenError};
+pub use slot::{slot_status, slot_wait_ended, slot_wait_started, unpaced_action};
 
 /// How often the loop ticks while there are endpoints to answer (or more often, as a
 /// watchdog asks).
@@ -83,7 +85,13 @@ pub struct Stats {
     exits_success: AtomicU64,
     exits_failure: AtomicU64,
     exits_signal: [AtomicU64; NSIG],
+    /// Health reports sent (`crate::bake`): healthy, failed; and rollbacks done.
+    health_healthy: AtomicU64,
+    health_failed: AtomicU64,
+    rollbacks: AtomicU64,
     status_sent: Mutex<String>,
+    /// The rollout slot gate's figures.
+    slot: slot::SlotStats,
 }
 
 /// Writes and failures of one output (by path: bounded by the config).
@@ -140,7 +148,11 @@ impl Stats {
             exits_success: AtomicU64::new(0),
             exits_failure: AtomicU64::new(0),
             exits_signal: [const { AtomicU64::new(0) }; NSIG],
+            health_healthy: AtomicU64::new(0),
+            health_failed: AtomicU64::new(0),
+            rollbacks: AtomicU64::new(0),
             status_sent: Mutex::new(String::new()),
+            slot: slot::SlotStats::new(),
         }
     }
 
@@ -187,7 +199,10 @@ impl Stats {
 
     /// One line saying what the agent does (systemd's `STATUS=`, the body of `/readyz`).
     pub fn status_line(&self) -> String {
-        let line = self.net_status_line();
+        let mut line = self.net_status_line();
+        if let Some(waiting) = self.slot.status() {
+            line = format!("{line}; {waiting}");
+        }
         let Some(ks) = lock(&self.keyshade).clone() else {
             return line;
         };
@@ -354,6 +369,20 @@ pub fn child_restarted(why: Restart) {
 
 pub fn child_exited(exit: Exit) {
     STATS.child_exited(exit);
+}
+
+/// A version's health was reported to the node.
+pub fn health_reported(state: tether_core::rollout::HealthState) {
+    match state {
+        tether_core::rollout::HealthState::Healthy => &STATS.health_healthy,
+        tether_core::rollout::HealthState::Failed => &STATS.health_failed,
+    }
+    .fetch_add(1, Relaxed);
+}
+
+/// A failed version was rolled back to the last healthy values.
+pub fn rolled_back() {
+    STATS.rollbacks.fetch_add(1, Relaxed);
 }
 
 /// The network follower's session was welcomed by a node.

@@ -10,7 +10,8 @@
 //!   follows an environment on tether nodes (with its saved state and backoff).
 //! - `output`: formats, the `dir` symlink swap, the child's environment, default places;
 //!   [`atomic`]: how bytes reach the disk (outputs and the saved state).
-//! - `debounce`: quiet window, max wait and splay.
+//! - `debounce`: quiet window, max wait and splay; `gate`: under a rollout policy, a change
+//!   that restarts (or signals) waits for a slot from the node.
 //! - `supervisor`: the child's owner task behind a `Spawner`, the reaper, spawning, stopping.
 //! - `target`: watch mode's pidfile/process-name targets and exec hooks.
 //! - `run`: the loop tying sources to outputs and actions ([`run()`]); `signals`: tether's
@@ -18,6 +19,8 @@
 //!   of its file) and applied in place.
 //! - `once`: `--once` (render every output once and exit) and `--dry-run` (report, touch
 //!   nothing), which `run()` hands over to.
+//! - `bake`: health after a change: the checks, the bake after each version from the
+//!   nodes, its report, and the rollback to the last healthy values.
 //! - `tasks`: the tracker every spawned task belongs to, stopped within a deadline.
 //! - `health`: what the agent tells about itself: `/healthz`, `/readyz`, `/metrics`
 //!   (`--listen-metrics`) and systemd's notifications, from one-line observation calls.
@@ -28,8 +31,10 @@
 mod action;
 pub mod args;
 pub mod atomic;
+pub mod bake;
 pub mod config;
 mod debounce;
+mod gate;
 pub mod health;
 mod once;
 mod output;

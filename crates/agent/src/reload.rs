@@ -307,6 +307,11 @@ impl Agent {
             layers.set(keyshade::layer(&new), e);
         }
         self.layers = layers;
+        if plan.sources || plan.net != NetChange::Same || plan.keyshade != NetChange::Same {
+            // The layers are laid out anew: a bake's values and the last healthy ones no
+            // longer line up with them.
+            self.layout_changed(sink);
+        }
         if let Some(ks) = prepared.keyshade {
             if plan.keyshade == NetChange::Restart {
                 tracing::info!(
@@ -321,6 +326,8 @@ impl Agent {
                     "network source restarted; its values stay until the new one's first state"
                 );
             }
+            // The old source's slot goes with it, and so does its policy.
+            self.gate_reset();
             self.net = net;
             self.net_pending = None;
         }

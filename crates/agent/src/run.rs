@@ -8,13 +8,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
+use crate::action::Actions;
 use crate::config::{Action, Config, Mode, Sighup};
 use crate::debounce::Debouncer;
 use crate::output::{EnvVars, Output};
 use crate::reload::ConfigWatch;
 use crate::signals::Signals;
 use crate::source::keyshade::{self, KeyshadeEvent, KeyshadeSource};
-use crate::source::net::{NetSource, NetUpdate};
+use crate::source::net::{FleetEvent, NetSource, NetUpdate};
 use crate::source::{self, SourceError, watch::SourceWatcher};
 use crate::state::{Entries, Layers, changed_keys};
 use crate::supervisor::{self, ChildSpec, Control, Exit, Reaper, Supervisor};
@@ -56,6 +57,12 @@ impl AgentError {
     }
 }
 
+/// What the network source's channels bring.
+enum NetEvent {
+    Fleet(FleetEvent),
+    Update(NetUpdate),
+}
+
 /// Where actions go.
 pub(crate) enum Sink {
     Child(Supervisor),
@@ -94,10 +101,20 @@ pub(crate) struct Agent {
     /// A reload changed an output or the environment's rules: the next apply renders
     /// everything even though no value changed.
     pub(crate) stale: bool,
+    /// The version from the nodes being baked (`crate::bake`).
+    pub(crate) baking: Option<crate::bake::Baking>,
+    /// The layers of the last version that was healthy: what a rollback puts back.
+    pub(crate) healthy: Option<Layers>,
+    /// The last version that failed and was rolled back: not applied again.
+    pub(crate) failed: Option<Position>,
+    /// The network source's rollout slot: its policy, and a slot asked for or held.
+    pub(crate) gate: crate::gate::Gate,
 }
 
 /// How long the agent waits for its tasks once it is done.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a stopping agent gives its follower to send a slot's release.
+const RELEASE_GRACE: Duration = Duration::from_millis(100);
 
 /// Run the agent until the child exits (run) or TERM/INT (watch). Returns the exit code.
 /// Every task it started has stopped (or the deadline passed) when it returns. `log` changes
@@ -200,7 +217,7 @@ async fn run_with(cfg: Config, log: LogControl, tasks: &Tasks) -> Result<i32, Ag
         "first render complete"
     );
 
-    let hooks = spawn_hook_runner(reaper.clone(), tasks);
+    let hooks = target::spawn_hook_runner(reaper.clone(), tasks);
     let templates = crate::output::TemplateWatch::new(&cfg.outputs);
     let mut agent = Agent {
         debouncer: Debouncer::new(cfg.debounce, cfg.max_wait, cfg.splay),
@@ -223,9 +240,19 @@ async fn run_with(cfg: Config, log: LogControl, tasks: &Tasks) -> Result<i32, Ag
         config_watch,
         templates,
         stale: false,
+        baking: None,
+        healthy: None,
+        failed: None,
+        gate: crate::gate::Gate::default(),
     };
-    agent.ack(Ok(()));
-    let code = agent.serve(signal_rx, reload_asked).await;
+    // The first version: acknowledged now, baked once the child runs (`serve`).
+    let first = agent.ack(Ok(()));
+    let code = agent.serve(signal_rx, reload_asked, first).await;
+    // Best effort: a slot asked for or held goes back before the follower stops (given a
+    // moment to send it).
+    if agent.gate_reset() {
+        tokio::time::sleep(RELEASE_GRACE).await;
+    }
     if !agent.cfg.keep_outputs {
         for o in &agent.outputs {
             o.remove();
@@ -264,59 +291,33 @@ pub(crate) fn render_env(cfg: &Config, entries: &Entries) -> EnvVars {
     vars
 }
 
-/// Hooks run one at a time, in order.
-/// At the shutdown a hook still running is left to itself, as it was before tasks were
-/// stopped: its process group goes on without tether.
-fn spawn_hook_runner(reaper: Reaper, tasks: &Tasks) -> mpsc::UnboundedSender<Hook> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Hook>();
-    tasks.spawn(tracing::info_span!("hooks"), async move {
-        while let Some(first) = rx.recv().await {
-            // Runs that queued up while a hook ran are merged: one run per hook, with every
-            // changed name, so a slow hook never falls further and further behind.
-            // The latest timeout holds (a reload may have changed it).
-            let mut runs: Vec<(Vec<String>, BTreeSet<String>)> = Vec::new();
-            let mut queue = vec![first];
-            while let Ok(more) = rx.try_recv() {
-                queue.push(more);
-            }
-            let mut limit = Duration::ZERO;
-            for (argv, changed, timeout) in queue {
-                limit = timeout;
-                match runs.iter_mut().find(|(a, _)| *a == argv) {
-                    Some((_, names)) => names.extend(changed),
-                    None => runs.push((argv, changed.into_iter().collect())),
-                }
-            }
-            for (argv, names) in runs {
-                let changed: Vec<String> = names.into_iter().collect();
-                target::run_hook(&reaper, &argv, &changed, limit).await;
-            }
-        }
-    });
-    tx
-}
-
 impl Agent {
     async fn serve(
         &mut self,
         mut signals: mpsc::UnboundedReceiver<Signal>,
         reload_asked: bool,
+        first: Option<Position>,
     ) -> Result<i32, AgentError> {
         let (sink, mut done) = match self.cfg.mode {
             Mode::Run => {
                 let spec = ChildSpec::new(self.cfg.command.clone());
+                // Held from its start when the first version will be baked.
+                let hold = first.is_some() && self.cfg.health.needs_bake(Mode::Run, true);
                 let (sup, done) = Supervisor::start(
                     spec,
                     self.env.clone(),
                     supervisor_options(&self.cfg),
                     self.reaper.clone(),
                     &self.tasks,
+                    hold,
                 )?;
                 (Sink::Child(sup), Some(done))
             }
             Mode::Watch => (Sink::External, None),
         };
         crate::health::ready();
+        // Starting the child (or the first render, in watch mode) acted on the first version.
+        self.after_first(&sink, first);
         let mut pulse = crate::health::Pulse::start();
         if reload_asked {
             self.reload(&sink, "SIGHUP").await;
@@ -342,17 +343,23 @@ impl Agent {
                 () = self.config_watch.changed() => {
                     self.reload(&sink, "config file changed").await;
                 }
-                Some(update) = async { self.net.as_mut().expect("guarded").updates.recv().await }, if self.net.is_some() => {
-                    log_net_update(&update);
-                    self.net_pending = Some(update.position);
-                    let layer = self.cfg.sources.len();
-                    self.layers.set(layer, update.entries);
-                    if self.layers.merged() != self.applied {
-                        self.kick(&sink).await;
-                    } else if self.debouncer.deadline().is_none() {
-                        // Nothing this agent renders changed: applied as it stands.
-                        self.ack(Ok(()));
+                // One arm for both of the network source's channels (they borrow it alike);
+                // what the node says of the rollout goes first, so a policy sent before a
+                // change is known when the change is judged.
+                Some(event) = async {
+                    let net = self.net.as_mut().expect("guarded");
+                    tokio::select! {
+                        biased;
+                        Some(e) = net.fleet.recv() => Some(NetEvent::Fleet(e)),
+                        Some(u) = net.updates.recv() => Some(NetEvent::Update(u)),
+                        else => None,
                     }
+                }, if self.net.is_some() => match event {
+                    NetEvent::Fleet(event) => self.on_fleet(event, &sink).await,
+                    NetEvent::Update(update) => self.net_update(update, &sink).await,
+                },
+                _ = sleep_until(self.gate.alone_at().unwrap_or_else(Instant::now)), if self.gate.alone_at().is_some() => {
+                    self.act_alone(&sink).await;
                 }
                 Some(event) = async { self.keyshade.as_mut().expect("guarded").updates.recv().await }, if self.keyshade.is_some() => {
                     match event {
@@ -372,6 +379,9 @@ impl Agent {
                         }
                     }
                 }
+                verdict = async { self.baking.as_mut().expect("guarded").verdict().await }, if self.baking.is_some() => {
+                    self.bake_done(&sink, verdict).await;
+                }
                 _ = sleep_until(self.retry.map_or_else(Instant::now, |r| r.0)), if self.retry.is_some() => {
                     tracing::info!("retrying the outputs that failed");
                     self.apply(&sink).await;
@@ -384,6 +394,10 @@ impl Agent {
                     let terminating = sig == Signal::TERM || sig == Signal::INT;
                     if terminating {
                         crate::health::stopping();
+                        if matches!(sink, Sink::Child(_)) {
+                            // Given back while the child stops, so the follower can send it.
+                            self.gate_reset();
+                        }
                     }
                     match &sink {
                         _ if sig == Signal::HUP && self.cfg.sighup == Sighup::Reload => {
@@ -412,6 +426,25 @@ impl Agent {
                     return Ok(exit.code());
                 }
             }
+        }
+    }
+
+    /// A new state from the network source.
+    async fn net_update(&mut self, update: NetUpdate, sink: &Sink) {
+        log_net_update(&update);
+        if self.skip_position(update.position) {
+            return;
+        }
+        self.net_pending = Some(update.position);
+        let layer = self.cfg.sources.len();
+        self.layers.set(layer, update.entries);
+        if self.layers.merged() != self.applied {
+            self.kick(sink).await;
+        } else if self.debouncer.deadline().is_none() {
+            // Nothing this agent renders changed: applied as it stands.
+            self.gate_nothing_to_do();
+            let acked = self.ack(Ok(()));
+            self.after_ack(sink, acked, &Ok(()), false);
         }
     }
 
@@ -452,49 +485,81 @@ impl Agent {
         }
     }
 
-    /// Acknowledge the network source's latest position, once.
-    pub(crate) fn ack(&mut self, result: Result<(), String>) {
+    /// Acknowledge the network source's latest position, once. Returns the position
+    /// acknowledged, if there was one.
+    pub(crate) fn ack(&mut self, result: Result<(), String>) -> Option<Position> {
         if let (Some(net), Some(p)) = (&self.net, self.net_pending.take()) {
             if result.is_ok() {
                 crate::health::position_applied(p);
             }
             net.ack(p, result);
+            return Some(p);
         }
+        None
     }
 
     /// Render outputs and act on what changed (after a reload, render even when no value
-    /// changed: an output or the environment's rules may have).
+    /// changed: an output or the environment's rules may have). Every apply passes the
+    /// slot gate first (`crate::gate`): under a rollout policy a change from the nodes that
+    /// would restart (or signal) waits there for a slot, and is applied by
+    /// [`Agent::apply_now`] once granted.
     pub(crate) async fn apply(&mut self, sink: &Sink) {
+        if self.gate_holds_back() {
+            return;
+        }
+        self.apply_now(sink).await;
+    }
+
+    /// Render outputs and act on what changed now (the gate passed), acknowledge the
+    /// version from the nodes, then bake it (`crate::bake`). Returns whether an action
+    /// fired (a restart, a signal, an exec hook).
+    pub(crate) async fn apply_now(&mut self, sink: &Sink) -> bool {
+        self.before_act(sink);
+        let (result, acted) = self.render_and_act(sink, false).await;
+        let acked = self.ack(result.clone());
+        self.after_ack(sink, acked, &result, acted);
+        self.gate_acted(acted);
+        acted
+    }
+
+    /// Render outputs and act on what changed; `force_restart` restarts the child even when
+    /// no output asks for it (a rollback after the child exited). Returns whether every
+    /// output was written, and whether anything (a restart, a signal, a hook) fired.
+    pub(crate) async fn render_and_act(
+        &mut self,
+        sink: &Sink,
+        force_restart: bool,
+    ) -> (Result<(), String>, bool) {
         let retry = self.retry.take();
         let merged = self.layers.merged();
         let changed = changed_keys(&self.applied, &merged);
-        if changed.is_empty() && !self.stale {
-            self.ack(Ok(()));
-            return;
+        if changed.is_empty() && !self.stale && !force_restart {
+            return (Ok(()), false);
         }
         let values_changed = !changed.is_empty();
         let mut failures: Vec<String> = Vec::new();
         if values_changed {
             tracing::info!(keys = %tether_core::logname::names(&changed), "configuration changed");
         }
-        let mut restart = false;
-        let mut signals: Vec<Signal> = Vec::new();
-        let mut hooks: Vec<Vec<String>> = Vec::new();
         let all_or_nothing = self.cfg.atomic_outputs;
         let written =
             crate::output::land(&mut self.outputs, &merged, all_or_nothing, &mut failures).await;
-        for i in written {
+        let Actions {
+            mut restart,
+            signals,
+            hooks,
+        } = Actions::of(
+            written.iter().map(|&i| &self.outputs[i].spec.on_change),
+            values_changed,
+        );
+        restart |= force_restart;
+        for &i in written.iter().filter(|_| !values_changed) {
             let o = &self.outputs[i];
-            match &o.spec.on_change {
-                Action::Restart if values_changed => restart = true,
-                Action::Restart => tracing::info!(
+            if o.spec.on_change == Action::Restart {
+                tracing::info!(
                     output = %o.spec.path.display(),
                     "output rewritten after a reload; the child is not restarted for it (only a value or environment change restarts it)"
-                ),
-                Action::Signal(s) if !signals.contains(s) => signals.push(*s),
-                Action::Signal(_) | Action::None => {}
-                Action::Exec(argv) if !hooks.contains(argv) => hooks.push(argv.clone()),
-                Action::Exec(_) => {}
+                );
             }
         }
         let env = render_env(&self.cfg, &merged);
@@ -516,6 +581,7 @@ impl Agent {
             self.retry = Some((Instant::now() + delay, delay));
         }
 
+        let acted = restart || !signals.is_empty() || !hooks.is_empty();
         match sink {
             Sink::Child(sup) if restart => {
                 tracing::info!("restarting the child");
@@ -538,10 +604,11 @@ impl Agent {
                 .hooks
                 .send((argv, changed.clone(), self.cfg.exec_timeout));
         }
-        self.ack(if failures.is_empty() {
+        let result = if failures.is_empty() {
             Ok(())
         } else {
             Err(failures.join("; "))
-        });
+        };
+        (result, acted)
     }
 }

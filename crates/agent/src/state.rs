@@ -18,7 +18,7 @@ pub struct Entry {
 pub type Entries = BTreeMap<String, Entry>;
 
 /// The last good entries of each source, in precedence order (later overrides earlier).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Layers {
     layers: Vec<Option<Entries>>,
 }

@@ -1,16 +1,52 @@
 //! What watch mode acts on: the process named by a pidfile or found by name in /proc, and
 //! exec hooks (run without a shell, with a timeout, exit status logged).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
+use tokio::sync::mpsc;
 
 use crate::config::WatchTarget;
+use crate::run::Hook;
 use crate::supervisor::{Exit, Reaper};
+use crate::tasks::Tasks;
 use tether_core::signal::Signal;
+
+/// Hooks run one at a time, in order.
+/// At the shutdown a hook still running is left to itself, as it was before tasks were
+/// stopped: its process group goes on without tether.
+pub(crate) fn spawn_hook_runner(reaper: Reaper, tasks: &Tasks) -> mpsc::UnboundedSender<Hook> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Hook>();
+    tasks.spawn(tracing::info_span!("hooks"), async move {
+        while let Some(first) = rx.recv().await {
+            // Runs that queued up while a hook ran are merged: one run per hook, with every
+            // changed name, so a slow hook never falls further and further behind.
+            // The latest timeout holds (a reload may have changed it).
+            let mut runs: Vec<(Vec<String>, BTreeSet<String>)> = Vec::new();
+            let mut queue = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                queue.push(more);
+            }
+            let mut limit = Duration::ZERO;
+            for (argv, changed, timeout) in queue {
+                limit = timeout;
+                match runs.iter_mut().find(|(a, _)| *a == argv) {
+                    Some((_, names)) => names.extend(changed),
+                    None => runs.push((argv, changed.into_iter().collect())),
+                }
+            }
+            for (argv, names) in runs {
+                let changed: Vec<String> = names.into_iter().collect();
+                run_hook(&reaper, &argv, &changed, limit).await;
+            }
+        }
+    });
+    tx
+}
 
 /// Signal every target process. Returns how many were signalled.
 pub fn signal_targets(target: &WatchTarget, sig: Signal) -> usize {

@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// How often a cluster node compares its positions with Redis (default 10s).
     #[arg(long, value_name = "DURATION", env = "TETHER_REPAIR_INTERVAL")]
     pub repair_interval: Option<String>,
+    /// How long a rollout slot outlives the last renewal by the node its agent is connected
+    /// to: an agent that vanished holding one gives it back after this (default 30s).
+    #[arg(long, value_name = "DURATION", env = "TETHER_SLOT_LEASE")]
+    pub slot_lease: Option<String>,
     /// Longest a request (headers and body) may take to arrive before its connection is
     /// closed (default 30s).
     #[arg(long, value_name = "DURATION", env = "TETHER_REQUEST_TIMEOUT")]

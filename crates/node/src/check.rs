@@ -57,6 +57,7 @@ fn to_toml(cfg: &ServeConfig, node_id_set: bool) -> String {
         V::Integer(saturating(cfg.max_frame as u64)),
     );
     t.insert("repair_interval".into(), d(cfg.repair_interval));
+    t.insert("slot_lease".into(), d(cfg.slot_lease));
     t.insert("request_timeout".into(), d(cfg.limits.request_timeout));
     t.insert(
         "max_unauthenticated".into(),

@@ -31,6 +31,8 @@ pub struct RawServeConfig {
     pub redis: Option<RedisUrl>,
     /// How often a cluster node compares its positions with Redis (default 10s).
     pub repair_interval: Option<String>,
+    /// How long a rollout slot outlives its last renewal (default 30s, at least 1s).
+    pub slot_lease: Option<String>,
     /// Longest a request (headers and body) may take to arrive (default 30s).
     pub request_timeout: Option<String>,
     /// Most connections at once with no request past the token check (default 1024).
@@ -56,6 +58,8 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     pub redis: Option<RedisUrl>,
     pub repair_interval: Duration,
+    /// A rollout slot's lease (`docs/rollouts.md`).
+    pub slot_lease: Duration,
     /// The front door: request timeout, unauthenticated connections, `/metrics` token.
     pub limits: super::front::Limits,
     /// `--reset-store`: replace a damaged embedded store by what can be read from it.
@@ -177,6 +181,16 @@ pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     if repair_interval < Duration::from_millis(10) {
         push("repair_interval", "must be at least 10ms".into());
     }
+    let slot_lease = match args.slot_lease.as_ref().or(raw.slot_lease.as_ref()) {
+        Some(s) => parse_duration(s)
+            .map_err(|m| push("slot_lease", m))
+            .ok()
+            .unwrap_or(crate::fleet::DEFAULT_LEASE),
+        None => crate::fleet::DEFAULT_LEASE,
+    };
+    if slot_lease < Duration::from_secs(1) {
+        push("slot_lease", "must be at least 1s".into());
+    }
     let defaults = super::front::Limits::default();
     let request_timeout = match args
         .request_timeout
@@ -231,6 +245,7 @@ pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         log_format,
         redis,
         repair_interval,
+        slot_lease,
         limits,
         reset_store: args.reset_store,
     })

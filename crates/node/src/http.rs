@@ -18,6 +18,7 @@ use serde_json::json;
 use super::Node;
 pub(crate) use super::api_error::{ApiError, grant};
 use super::auth::{Grant, Role};
+use super::fleet::api as fleet;
 use super::front::Door;
 use super::store::{MAX_CHANGE_SET, validate_name};
 use tether_core::protocol::{Position, WireChange, WireEntry};
@@ -51,6 +52,14 @@ pub fn router(node: Arc<Node>, door: Arc<Door>) -> Router {
         )
         .route("/v1/envs/{env}/status", get(status))
         .route("/v1/envs/{env}/reset", post(reset))
+        .route(
+            "/v1/envs/{env}/policy",
+            get(fleet::get_policy)
+                .put(fleet::put_policy)
+                .delete(fleet::delete_policy),
+        )
+        .route("/v1/envs/{env}/rollout", get(fleet::get_rollout))
+        .route("/v1/envs/{env}/rollout/resume", post(fleet::resume))
         .route("/v1/ws", get(upgrade))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -78,7 +87,7 @@ async fn panic_for_test() -> Response {
 
 /// The caller's grant. First among a handler's arguments, so the token is checked before
 /// anything else of the request is looked at, and a body is never read without one.
-struct Authed(Grant);
+pub(crate) struct Authed(pub(crate) Grant);
 
 impl FromRequestParts<Arc<Node>> for Authed {
     type Rejection = ApiError;
@@ -89,7 +98,7 @@ impl FromRequestParts<Arc<Node>> for Authed {
 }
 
 /// A path's parameters, refused with the JSON error when they do not parse.
-struct ApiPath<T>(T);
+pub(crate) struct ApiPath<T>(pub(crate) T);
 
 impl<T> FromRequestParts<Arc<Node>> for ApiPath<T>
 where
@@ -104,7 +113,7 @@ where
 }
 
 /// Read a JSON body, once the token and its scope have been checked.
-async fn json_body<T: serde::de::DeserializeOwned>(
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     node: &Arc<Node>,
     request: Request,
 ) -> Result<T, ApiError> {
@@ -116,7 +125,7 @@ fn check_env(env: &str) -> Result<(), ApiError> {
     validate_name("environment", env).map_err(ApiError::from)
 }
 
-fn need_read(g: &Grant, env: &str) -> Result<(), ApiError> {
+pub(crate) fn need_read(g: &Grant, env: &str) -> Result<(), ApiError> {
     check_env(env)?;
     if g.can_read(env) {
         Ok(())
@@ -128,7 +137,7 @@ fn need_read(g: &Grant, env: &str) -> Result<(), ApiError> {
     }
 }
 
-fn need_write(g: &Grant, env: &str) -> Result<(), ApiError> {
+pub(crate) fn need_write(g: &Grant, env: &str) -> Result<(), ApiError> {
     check_env(env)?;
     if g.can_write(env) {
         Ok(())
@@ -322,7 +331,9 @@ async fn status(
             ));
         }
     };
-    let body = super::rollout::summary(&env, current, registry);
+    let rollout = fleet::rollout(&node, &env, current, &registry).await?;
+    let mut body = super::rollout::summary(&env, current, registry);
+    body["rollout"] = rollout;
     Ok(Json(body).into_response())
 }
 

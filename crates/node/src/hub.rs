@@ -20,6 +20,7 @@ use super::histogram::Histogram;
 use super::outlet::Outlet;
 use super::store::{ChangeSet, Snapshot};
 use tether_core::protocol::{Position, ServerMsg, WireChange, WireEntry};
+use tether_core::rollout::HealthState;
 
 /// A change set with its frames ready to send.
 pub struct Published {
@@ -149,13 +150,36 @@ pub fn encode(msg: &ServerMsg) -> Utf8Bytes {
     Utf8Bytes::from(serde_json::to_string(msg).unwrap_or_default())
 }
 
-/// One agent's acknowledgement of an environment.
+/// One agent's acknowledgement of an environment, and its health report of that
+/// version once it made one (agents of older versions never do).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AckState {
     pub position: Position,
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthState>,
+    /// Why the version failed its health check (bounded like `error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_error: Option<String>,
+    /// The agent went back to its last healthy values.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolled_back: bool,
+}
+
+impl AckState {
+    /// An acknowledgement, with no health report yet.
+    pub fn acked(position: Position, ok: bool, error: Option<String>) -> AckState {
+        AckState {
+            position,
+            ok,
+            error,
+            health: None,
+            health_error: None,
+            rolled_back: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -378,6 +402,32 @@ impl Hub {
                 self.generation.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Record connection `id`'s health report of `env` at `position`: on its ack of that
+    /// position, or (a report sent again after a reconnect, with no ack on this
+    /// connection) as an ack that succeeded.
+    pub fn health(
+        &self,
+        id: u64,
+        env: &str,
+        position: Position,
+        state: HealthState,
+        error: Option<String>,
+        rolled_back: bool,
+    ) {
+        let mut agents = self.agents.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(slot) = agents.get_mut(&id).and_then(|a| a.envs.get_mut(env)) else {
+            return;
+        };
+        let ack = match slot {
+            Some(a) if a.position == position => a,
+            _ => slot.insert(AckState::acked(position, true, None)),
+        };
+        ack.health = Some(state);
+        ack.health_error = error;
+        ack.rolled_back = rolled_back;
+        self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn agents(&self) -> Vec<AgentInfo> {

@@ -15,6 +15,7 @@
 //! - `metrics`, `histogram`: `/metrics`, with latency histograms kept in atomics.
 //! - `store`: the store contract, embedded SQLite or Redis; `bus`: Redis Pub/Sub with repair.
 //! - `rollout`: acknowledged positions per agent, aggregated into rollout status.
+//! - `fleet`: paced rollouts: policies, slots, waves, halts (`docs/rollouts.md`).
 //! - `panics`: a panic ends one request or connection, not the node; the panic hook.
 //!
 //! Every task the node spawns belongs to [`Node::tasks`] and watches [`Node::shutdown`]:
@@ -29,6 +30,7 @@ pub mod auth;
 mod bus;
 pub mod check;
 pub mod config;
+mod fleet;
 mod front;
 mod histogram;
 mod http;
@@ -112,6 +114,8 @@ pub struct Node {
     pub tasks: TaskTracker,
     /// Cluster mode: the Redis bus this node's commits and notices go through.
     pub bus: std::sync::OnceLock<bus::Bus>,
+    /// Rollouts: this node's connections' slot requests, held slots and policies.
+    pub fleet: fleet::Fleet,
 }
 
 impl Node {
@@ -124,6 +128,7 @@ impl Node {
             cfg.max_frame,
         );
         node.live.set_repair_interval(cfg.repair_interval);
+        node.fleet.set_lease(cfg.slot_lease);
         node
     }
 
@@ -144,6 +149,7 @@ impl Node {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             bus: std::sync::OnceLock::new(),
+            fleet: fleet::Fleet::default(),
         }
     }
 
@@ -269,6 +275,7 @@ pub async fn run(
             rollout::start(node.clone(), r.clone(), node.shutdown.clone());
         }
     }
+    fleet::start(node.clone());
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: cfg.listen,
         source,

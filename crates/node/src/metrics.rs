@@ -147,5 +147,7 @@ pub async fn metrics(
             );
         }
     }
+    let covers = |env: &str| grant.as_ref().is_none_or(|g| g.covers(env));
+    super::fleet::metrics::render(&node, &mut out, &covers).await;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }

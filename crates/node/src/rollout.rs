@@ -258,10 +258,12 @@ mod tests {
     }
 
     fn agent(name: &str, ack: Option<(Position, bool)>) -> (String, AgentInfo) {
-        let state = ack.map(|(position, ok)| AckState {
-            position,
-            ok,
-            error: (!ok).then(|| "output /run/x: permission denied".to_string()),
+        let state = ack.map(|(position, ok)| {
+            AckState::acked(
+                position,
+                ok,
+                (!ok).then(|| "output /run/x: permission denied".to_string()),
+            )
         });
         let info = AgentInfo {
             agent: name.into(),

@@ -55,6 +55,8 @@ struct Conn<S> {
     plain: Option<Arc<PlainSocket>>,
     /// Set once the agent said hello: where live change sets arrive.
     outlet: Option<Arc<Outlet>>,
+    /// Set once the agent said hello: rollout frames (grants, holds, policies) for it.
+    mailbox: Option<Arc<super::fleet::Mailbox>>,
     id: u64,
     /// The agent's last sign of life: a frame from it (pongs included), or a send that
     /// waited for it to read and then went through.
@@ -83,6 +85,7 @@ pub async fn serve<S, E>(
         grant,
         plain,
         outlet: None,
+        mailbox: None,
         id: 0,
         alive_at: Instant::now(),
         heartbeat_ms,
@@ -149,6 +152,7 @@ impl<S> Conn<S> {
             self.node.hub.detach(&outlet);
         }
         if self.id != 0 {
+            self.node.fleet.leave(self.id);
             self.node.hub.unregister(std::mem::take(&mut self.id));
         }
     }
@@ -330,8 +334,9 @@ where
                 "no environment this token may read".into(),
             ));
         }
+        let agent: String = agent.chars().take(200).collect();
         self.id = self.node.hub.register(AgentInfo {
-            agent: agent.chars().take(200).collect(),
+            agent: agent.clone(),
             token: self.grant.name.clone(),
             envs: subs_ok.iter().map(|s| (s.env.clone(), None)).collect(),
         });
@@ -346,6 +351,8 @@ where
             self.node.hub.deferred_cap(),
             super::BACKLOG_LIMIT,
         ));
+        let mailbox = self.node.fleet.join(self.id, &agent, outlet.envs());
+        self.mailbox = Some(mailbox.clone());
         // Attached (paused) before reading the store, so nothing committed in between is
         // missed: it waits in the outlet until the catch-up is done.
         self.node.hub.attach(&outlet);
@@ -360,6 +367,7 @@ where
         .await?;
         self.catch_up(subs_ok.into_iter().map(|s| s.env).collect(), None)
             .await?;
+        self.send_policies(&outlet).await?;
         let mut heartbeat = tokio::time::interval(self.heartbeat());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
@@ -375,6 +383,11 @@ where
             tokio::select! {
                 _ = &mut cancelled => return Ok(()),
                 _ = outlet.notified() => self.service(&outlet).await?,
+                _ = mailbox.ready() => {
+                    for msg in mailbox.take() {
+                        self.send_msg(&msg).await?;
+                    }
+                }
                 e = backlog(plain.as_deref()) => {
                     if plain.as_ref().is_some_and(|p| p.overflowed()) {
                         tracing::warn!(agent = self.id, "agent stopped reading; dropping its connection");
@@ -511,11 +524,7 @@ where
                 self.node.hub.ack(
                     self.id,
                     &env,
-                    AckState {
-                        position,
-                        ok,
-                        error: error.map(|e| e.chars().take(500).collect()),
-                    },
+                    AckState::acked(position, ok, error.map(|e| e.chars().take(500).collect())),
                 );
             }
             ClientMsg::Resync { env, position } => {
@@ -532,14 +541,18 @@ where
                 Counters::inc(&self.node.hub.counters.resyncs);
                 self.catch_up(vec![env], Some(position)).await?;
             }
-            // Rollout frames: answered by the fleet module (issue 16, in progress).
-            ClientMsg::Health { .. } | ClientMsg::Slot { .. } | ClientMsg::Release { .. } => {
-                self.send_msg(&ServerMsg::Error {
-                    code: "unknown_type".into(),
-                    message: "rollout frames are not handled by this node".into(),
-                })
-                .await?;
+            ClientMsg::Health {
+                env,
+                position,
+                state,
+                error,
+                rolled_back,
+            } => {
+                self.health(env, position, state, error, rolled_back)
+                    .await?
             }
+            ClientMsg::Slot { env, position } => self.slot(env, position).await?,
+            ClientMsg::Release { env } => self.release(env).await?,
         }
         Ok(())
     }
@@ -666,7 +679,10 @@ fn parse(text: &str) -> Result<Parsed, End> {
             "malformed frame: no \"type\"".into(),
         ));
     };
-    if !matches!(kind, "hello" | "resync" | "ack") {
+    if !matches!(
+        kind,
+        "hello" | "resync" | "ack" | "health" | "slot" | "release"
+    ) {
         return Ok(Parsed::Unknown(kind.chars().take(40).collect()));
     }
     let kind = kind.to_string();
@@ -690,6 +706,7 @@ impl Classify for serde_json::Error {
     }
 }
 
+mod fleet;
 #[cfg(test)]
 mod liveness_tests;
 #[cfg(test)]

@@ -4,8 +4,9 @@
 //!
 //! It accepts any number of connections over time (so reconnects and failover can be
 //! observed) and records, per connection, how the upgrade was answered, every frame the
-//! agent sent (hello, acks, resyncs) and how the connection ended. The test scripts each
-//! connection through a [`Conn`] handle: send frames, pump heartbeats, go silent, refuse the
+//! agent sent (hello, acks, resyncs, slot requests, releases) and how the connection
+//! ended. The test scripts each connection through a [`Conn`] handle: send frames (the
+//! rollout's `policy`, `grant` and `hold` too), pump heartbeats, go silent, refuse the
 //! hello, close, or drop the socket. Every wait has a deadline (the agent's `wait_for`, which
 //! prints the agent's output on failure).
 
@@ -290,6 +291,25 @@ impl Conn<'_> {
         self.received()
             .iter()
             .any(|m| matches!(m, ClientMsg::Ack { position, ok: true, .. } if *position == p))
+    }
+
+    /// The positions the agent asked a rollout slot for on this connection, in order.
+    pub fn slots(&self) -> Vec<Position> {
+        self.received()
+            .iter()
+            .filter_map(|m| match m {
+                ClientMsg::Slot { position, .. } => Some(*position),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How many times the agent gave a slot (or its request) back on this connection.
+    pub fn releases(&self) -> usize {
+        self.received()
+            .iter()
+            .filter(|m| matches!(m, ClientMsg::Release { .. }))
+            .count()
     }
 
     /// The positions the agent asked to resync from on this connection, in order.

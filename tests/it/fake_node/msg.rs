@@ -1,6 +1,7 @@
 //! The frames a test's fake node sends, for the environment the follower tests use.
 
 use tether_core::protocol::{EnvPosition, Epoch, Position, ServerMsg, WireChange, WireEntry};
+use tether_core::rollout::Policy;
 use tether_core::secret::Value;
 
 use super::ENV;
@@ -64,5 +65,30 @@ pub fn heartbeat(p: Position) -> ServerMsg {
             env: ENV.into(),
             position: p,
         }],
+    }
+}
+
+/// The environment's rollout policy (`None`: none).
+pub fn policy(policy: Option<Policy>) -> ServerMsg {
+    ServerMsg::Policy {
+        env: ENV.into(),
+        policy,
+    }
+}
+
+/// A slot for `p` is the agent's.
+pub fn grant(p: Position) -> ServerMsg {
+    ServerMsg::Grant {
+        env: ENV.into(),
+        position: p,
+    }
+}
+
+/// The agent's slot request waits, for `reason`.
+pub fn hold(reason: &str, halted: bool) -> ServerMsg {
+    ServerMsg::Hold {
+        env: ENV.into(),
+        reason: reason.into(),
+        halted,
     }
 }

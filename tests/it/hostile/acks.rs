@@ -90,13 +90,19 @@ async fn next(ws: &mut Ws) -> ServerMsg {
     }
 }
 
-/// Hello for `prod` from `position`; every frame up to `synced`, and that position.
+/// Hello for `prod` from `position`; every frame up to `synced` (and the `policy` after
+/// it), and that position.
 async fn hello(ws: &mut Ws, position: Option<Position>) -> (Vec<ServerMsg>, Position) {
     send_msg(ws, &ws::hello("prod", position)).await;
     let mut frames = Vec::new();
     loop {
         match next(ws).await {
-            ServerMsg::Synced { position, .. } => return (frames, position),
+            ServerMsg::Synced { position, .. } => {
+                // The catch-up ends with the environment's rollout policy.
+                let policy = next(ws).await;
+                assert!(matches!(policy, ServerMsg::Policy { .. }), "{policy:?}");
+                return (frames, position);
+            }
             ServerMsg::Welcome { .. } => {}
             ServerMsg::Error { code, message } => panic!("node error {code}: {message}"),
             m => frames.push(m),

@@ -83,12 +83,19 @@ pub async fn next_server_msg(ws: &mut impl Client) -> ServerMsg {
     }
 }
 
-/// Say hello for `env` and read up to `synced`; returns where the node says we are.
+/// Say hello for `env` and read up to `synced` and the `policy` frame after it; returns
+/// where the node says we are.
 pub async fn hello_and_sync(ws: &mut impl Client, env: &str) -> Position {
     send_msg(ws, &hello(env, None)).await;
+    let mut synced = None;
     loop {
         match next_server_msg(ws).await {
-            ServerMsg::Synced { env: e, position } if e == env => return position,
+            ServerMsg::Synced { env: e, position } if e == env => synced = Some(position),
+            ServerMsg::Policy { env: e, .. } if e == env => {
+                if let Some(position) = synced {
+                    return position;
+                }
+            }
             ServerMsg::Error { code, message } => panic!("node error {code}: {message}"),
             _ => {}
         }

@@ -266,3 +266,58 @@ pub(super) fn parse_env(raw: Option<&RawEnv>, mode: Mode, p: &mut Problems) -> O
     }
     p.check("env", EnvSpec::new(include, exclude, prefix))
 }
+
+/// Health after a change: at most one check kind, the bake and its timings.
+pub(super) fn parse_health(
+    raw: &super::RawConfig,
+    mode: super::Mode,
+    p: &mut Problems,
+) -> crate::bake::HealthSpec {
+    use crate::bake::{Check, HealthSpec};
+    let mut spec = HealthSpec::defaults(mode);
+    let given: Vec<(&str, &String)> = [
+        ("health_cmd", &raw.health_cmd),
+        ("health_http", &raw.health_http),
+        ("health_tcp", &raw.health_tcp),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+    .collect();
+    if given.len() > 1 {
+        let keys: Vec<&str> = given.iter().map(|(k, _)| *k).collect();
+        p.push(
+            keys[1],
+            format!(
+                "one health check at most: {} are given (--health-cmd, --health-http, --health-tcp)",
+                keys.join(" and ")
+            ),
+        );
+    } else if let Some((key, v)) = given.first() {
+        let parsed = match *key {
+            "health_cmd" => Check::parse_cmd(v),
+            "health_http" => Check::parse_http(v),
+            _ => Check::parse_tcp(v),
+        };
+        spec.check = p.check(key, parsed);
+    }
+    let mut dur = |key: &str, v: &Option<String>, slot: &mut std::time::Duration| {
+        if let Some(s) = v {
+            if let Some(d) = p.check(key, super::parse_duration(s)) {
+                *slot = d;
+            }
+        }
+    };
+    dur("bake", &raw.bake, &mut spec.bake);
+    dur("health_interval", &raw.health_interval, &mut spec.interval);
+    dur("health_timeout", &raw.health_timeout, &mut spec.timeout);
+    if spec.interval.is_zero() {
+        p.push("health_interval", "must be more than 0");
+    }
+    if spec.timeout.is_zero() {
+        p.push("health_timeout", "must be more than 0");
+    }
+    if let Some(r) = raw.rollback {
+        spec.rollback = r;
+    }
+    spec
+}

@@ -51,6 +51,15 @@ pub struct RawConfig {
     pub listen_metrics: Option<String>,
     /// The keyshade source (`crate::source::keyshade::config`).
     pub keyshade: Option<RawKeyshade>,
+    /// Health after a change (`crate::bake`): at most one of the three checks.
+    pub health_cmd: Option<String>,
+    pub health_http: Option<String>,
+    pub health_tcp: Option<String>,
+    pub bake: Option<String>,
+    pub health_interval: Option<String>,
+    pub health_timeout: Option<String>,
+    /// Go back to the last healthy values when a change fails (default true).
+    pub rollback: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -187,6 +196,19 @@ impl RawConfig {
         set(&mut self.log_level, &a.log.log_level);
         set(&mut self.log_format, &a.log.log_format);
         RawKeyshade::overlay(&mut self.keyshade, &a.keyshade);
+        let h = &a.health;
+        if h.health_cmd.is_some() || h.health_http.is_some() || h.health_tcp.is_some() {
+            // A check given by flag replaces the file's, whatever its kind.
+            self.health_cmd = h.health_cmd.clone();
+            self.health_http = h.health_http.clone();
+            self.health_tcp = h.health_tcp.clone();
+        }
+        set(&mut self.bake, &h.bake);
+        set(&mut self.health_interval, &h.health_interval);
+        set(&mut self.health_timeout, &h.health_timeout);
+        if h.no_rollback {
+            self.rollback = Some(false);
+        }
         self
     }
 }

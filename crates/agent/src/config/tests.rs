@@ -253,3 +253,90 @@ fn the_template_flag_adds_outputs() {
     assert_eq!(c.outputs[2].on_change, Action::Signal(Signal::QUIT));
     assert!(c.atomic_outputs, "all or nothing by default");
 }
+
+#[test]
+fn health_settings_default_per_mode_and_refuse_two_checks() {
+    let run = validate(&raw(r#"source = ["file:/a.env"]"#), Mode::Run).unwrap();
+    assert_eq!(run.health, crate::bake::HealthSpec::defaults(Mode::Run));
+    assert_eq!(run.health.bake, Duration::from_secs(10));
+
+    let c = validate(
+        &raw(r#"
+            source = ["file:/a.env"]
+            health_http = "http://127.0.0.1:8080/healthz"
+            bake = "30s"
+            health_interval = "2s"
+            health_timeout = "90s"
+            rollback = false
+        "#),
+        Mode::Run,
+    )
+    .unwrap();
+    assert_eq!(
+        c.health.check.as_ref().map(|c| c.key()),
+        Some("health_http")
+    );
+    assert_eq!(c.health.bake, Duration::from_secs(30));
+    assert_eq!(c.health.interval, Duration::from_secs(2));
+    assert_eq!(c.health.timeout, Duration::from_secs(90));
+    assert!(!c.health.rollback);
+    let toml = c.to_toml();
+    for line in [
+        "health_http = \"http://127.0.0.1:8080/healthz\"",
+        "bake = \"30s\"",
+        "health_interval = \"2s\"",
+        "health_timeout = \"1m 30s\"",
+        "rollback = false",
+    ] {
+        assert!(toml.contains(line), "{line} missing from\n{toml}");
+    }
+
+    let err = validate(
+        &raw(r#"
+            source = ["file:/a.env"]
+            health_cmd = "true"
+            health_tcp = "127.0.0.1:80"
+            health_interval = "0s"
+            bake = "soon"
+        "#),
+        Mode::Run,
+    )
+    .unwrap_err();
+    let problems: Vec<String> = err
+        .0
+        .iter()
+        .map(|p| format!("{}: {}", p.key, p.message))
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p
+                .starts_with("health_tcp: one health check at most: health_cmd and health_tcp")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.starts_with("health_interval")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.starts_with("bake")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_health_check_flag_replaces_the_files_and_no_rollback_wins() {
+    let file = raw(r#"
+        source = ["file:/a.env"]
+        health_http = "http://127.0.0.1:8080/"
+        rollback = true
+    "#);
+    let mut a = AgentArgs::default();
+    a.health.health_tcp = Some("127.0.0.1:5432".into());
+    a.health.bake = Some("5s".into());
+    a.health.no_rollback = true;
+    let c = validate(&file.overlay(&a), Mode::Run).unwrap();
+    assert_eq!(c.health.check.as_ref().map(|c| c.key()), Some("health_tcp"));
+    assert_eq!(c.health.bake, Duration::from_secs(5));
+    assert!(!c.health.rollback);
+}

@@ -203,6 +203,32 @@ pub fn render(s: &Stats, build: &str, now: Instant) -> String {
             &env,
             s.reconnects.load(Relaxed),
         );
+        head(
+            out,
+            "tether_agent_health_reports_total",
+            Kind::Counter,
+            "Versions from the nodes reported healthy or failed after their bake.",
+        );
+        for (state, n) in [("healthy", &s.health_healthy), ("failed", &s.health_failed)] {
+            sample(
+                out,
+                "tether_agent_health_reports_total",
+                &[env[0], ("state", state)],
+                n.load(Relaxed),
+            );
+        }
+        head(
+            out,
+            "tether_agent_rollbacks_total",
+            Kind::Counter,
+            "Failed versions rolled back to the values of the last healthy one.",
+        );
+        sample(
+            out,
+            "tether_agent_rollbacks_total",
+            &env,
+            s.rollbacks.load(Relaxed),
+        );
         if let Some(p) = *lock(&s.position) {
             head(
                 out,
@@ -219,6 +245,9 @@ pub fn render(s: &Stats, build: &str, now: Instant) -> String {
             );
             sample(out, "tether_agent_applied_epoch", &env, p.epoch.0);
         }
+    }
+    if lock(&s.env).is_some() {
+        s.slot.render(out);
     }
     let keyshade = lock(&s.keyshade).clone();
     if let Some(ks) = keyshade {

@@ -196,3 +196,20 @@ fn the_status_line_follows_the_keyshade_source() {
         "{m}"
     );
 }
+
+#[test]
+fn a_wait_for_a_rollout_slot_is_on_the_status_line() {
+    let s = following("prod");
+    s.connected.store(true, Relaxed);
+    *lock(&s.position) = at(3);
+    s.started.store(true, Relaxed);
+    *lock(&s.slot.waiting) = Some("waiting for a rollout slot (1 of 1 slots in use)".into());
+    assert_eq!(
+        s.readiness(),
+        (
+            true,
+            "ready: following env prod at version 3; waiting for a rollout slot (1 of 1 slots in use)"
+                .into()
+        )
+    );
+}

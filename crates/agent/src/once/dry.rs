@@ -106,7 +106,7 @@ fn output(out: &mut String, cfg: &Config, spec: &OutputSpec, merged: &Entries, s
     }
     let (real, skipped) = render::render(spec.format, merged);
     let there = std::fs::symlink_metadata(&spec.path).is_ok();
-    let same = there && Output::new(spec.clone()).read_existing() == Some(real);
+    let same = there && Output::new(spec.clone()).holds(&real);
     let owner = spec
         .owner
         .map_or_else(|| "tether's user".to_string(), |o| o.to_string());
@@ -192,7 +192,7 @@ fn template_output(
         }
         Ok(real) => {
             let there = std::fs::symlink_metadata(&spec.path).is_ok();
-            let same = there && probe.read_existing() == Some(real);
+            let same = there && probe.holds(&real);
             status_and_action(out, cfg, spec, there, same);
         }
     }

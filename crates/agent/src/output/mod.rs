@@ -108,8 +108,28 @@ impl Output {
         }
     }
 
-    /// The bytes this output would hold for `entries`.
+    /// The bytes this output would hold for `entries` (entries it cannot carry are logged).
     pub fn render(&self, entries: &Entries) -> Result<Rendered, OutputError> {
+        self.rendered(entries, true)
+    }
+
+    /// Whether landing `entries` would write this output (its bytes differ from what it
+    /// holds), found without writing or logging anything. A render that fails writes
+    /// nothing. (The check, run only when it does write, is not run here.)
+    pub(crate) fn would_write(&self, entries: &Entries) -> bool {
+        self.rendered(entries, false).is_ok_and(|r| !self.holds(&r))
+    }
+
+    /// Whether the output holds `r` already: what it last wrote or, before its first
+    /// write, what an earlier run left there.
+    pub(crate) fn holds(&self, r: &Rendered) -> bool {
+        match &self.last {
+            Some(last) => last == r,
+            None => self.read_existing().as_ref() == Some(r),
+        }
+    }
+
+    fn rendered(&self, entries: &Entries, log: bool) -> Result<Rendered, OutputError> {
         if let Some(t) = &self.spec.template {
             let err = |source| OutputError::Template {
                 path: self.spec.path.clone(),
@@ -121,7 +141,7 @@ impl Output {
                 .map_err(err);
         }
         let (rendered, skipped) = render::render(self.spec.format, entries);
-        for s in &skipped {
+        for s in skipped.iter().filter(|_| log) {
             tracing::error!(
                 key = %tether_core::logname::name(&s.name),
                 output = %self.spec.path.display(),

@@ -113,6 +113,13 @@ impl Plan {
         ]
         .contains(&true);
         key(old.exec_timeout != new.exec_timeout, "exec_timeout");
+        // Health settings apply from the next bake on (one running keeps its own).
+        let (ho, hn) = (&old.health, &new.health);
+        key(ho.check != hn.check, "health check");
+        key(ho.bake != hn.bake, "bake");
+        key(ho.interval != hn.interval, "health_interval");
+        key(ho.timeout != hn.timeout, "health_timeout");
+        key(ho.rollback != hn.rollback, "rollback");
         key(old.keep_outputs != new.keep_outputs, "keep_outputs");
         let signals = [
             key(
@@ -243,6 +250,30 @@ mod tests {
             &format!("{two}[[output]]\npath = \"/run/b\"\n[[output]]\npath = \"/run/a\"\n"),
         );
         assert!(Plan::between(&ab, &ba).is_empty());
+    }
+
+    #[test]
+    fn health_settings_are_applied_in_place() {
+        let a = cfg(Mode::Watch, BASE);
+        let b = cfg(
+            Mode::Watch,
+            &BASE.replace(
+                "signal_pidfile",
+                "health_tcp = \"127.0.0.1:80\"\nbake = \"5s\"\nhealth_interval = \"2s\"\nhealth_timeout = \"9s\"\nrollback = false\nsignal_pidfile",
+            ),
+        );
+        let p = Plan::between(&a, &b);
+        assert_eq!(
+            p.changed,
+            [
+                "health check",
+                "bake",
+                "health_interval",
+                "health_timeout",
+                "rollback"
+            ]
+        );
+        assert!(p.need_restart.is_empty());
     }
 
     #[test]

@@ -574,8 +574,9 @@ impl Follower {
                             continue;
                         }
                         Report::Health(h) => {
-                            // A health report gives the slot back on the node.
-                            self.slot = None;
+                            // A health report gives a held slot back on the node; the agent
+                            // then forgets it with `release`. A request still waiting (for a
+                            // newer version) stays.
                             self.last_health = Some(h.clone());
                             health_msg(&self.spec.env, h)
                         }

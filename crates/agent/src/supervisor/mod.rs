@@ -3,6 +3,12 @@
 //! SIGKILL to the group, wait until the group is gone, respawn) and applies the
 //! restart-on-exit policy; two children never run at once. The task reaches its child only
 //! through a [`Spawner`], so the tests run it against a scripted child with time paused.
+//!
+//! While the agent bakes a change ([`Supervisor::hold`]), a child that exits on its own
+//! under a policy that would not start it again is not the end: the task waits for the
+//! agent to roll back (a `Restart`) or to give up (`hold(false)`, then it ends as it would
+//! have).
+//! Every exit the child makes on its own is counted on [`Supervisor::exits`].
 
 pub mod child;
 pub mod reaper;
@@ -13,10 +19,12 @@ mod testchild;
 mod tests;
 pub mod tty;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::unistd::Pid;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 pub use child::{ChildSpec, OsSpawner};
@@ -51,6 +59,8 @@ pub enum Control {
     Terminate(Signal),
     /// New options (tether's configuration was reloaded); the running child is untouched.
     Configure(Options),
+    /// [`Supervisor::hold`] changed: look at it again.
+    HoldChanged,
 }
 
 impl std::fmt::Debug for Control {
@@ -62,6 +72,7 @@ impl std::fmt::Debug for Control {
             Control::Restart(env) => write!(f, "Restart({} variables)", env.len()),
             Control::Terminate(s) => write!(f, "Terminate({s})"),
             Control::Configure(o) => write!(f, "Configure({o:?})"),
+            Control::HoldChanged => write!(f, "HoldChanged"),
         }
     }
 }
@@ -78,36 +89,65 @@ pub struct SpawnError {
 #[derive(Clone)]
 pub struct Supervisor {
     tx: mpsc::UnboundedSender<Control>,
+    exits: watch::Receiver<ChildExits>,
+    /// A change is baking: see [`Supervisor::hold`]. Set by the handle at once, so that a
+    /// child exiting before the task reads its messages is held already.
+    hold: Arc<AtomicBool>,
+}
+
+/// The exits the child made on its own (not those the supervisor caused by stopping it):
+/// how many so far, and the last one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChildExits {
+    pub count: u64,
+    pub last: Option<Exit>,
 }
 
 impl Supervisor {
-    /// Start the child now and the task that owns it. The receiver yields the exit that
-    /// tether should pass through, once the child is gone for good.
+    /// Start the child now and the task that owns it (`hold`: its start is baked, see
+    /// [`Supervisor::hold`]). The receiver yields the exit that tether should pass
+    /// through, once the child is gone for good.
     pub fn start(
         spec: ChildSpec,
         env: EnvVars,
         opts: Options,
         reaper: Reaper,
         tasks: &Tasks,
+        hold: bool,
     ) -> Result<(Supervisor, oneshot::Receiver<Exit>), SpawnError> {
-        Supervisor::start_with(OsSpawner::new(spec, reaper), env, opts, tasks)
+        Supervisor::start_held(OsSpawner::new(spec, reaper), env, opts, tasks, hold)
     }
 
-    /// [`Supervisor::start`] with any [`Spawner`].
+    /// [`Supervisor::start`] with any [`Spawner`] (the tests' scripted child).
+    #[cfg(test)]
     pub fn start_with(
         spawner: impl Spawner,
         env: EnvVars,
         opts: Options,
         tasks: &Tasks,
     ) -> Result<(Supervisor, oneshot::Receiver<Exit>), SpawnError> {
+        Supervisor::start_held(spawner, env, opts, tasks, false)
+    }
+
+    fn start_held(
+        spawner: impl Spawner,
+        env: EnvVars,
+        opts: Options,
+        tasks: &Tasks,
+        hold: bool,
+    ) -> Result<(Supervisor, oneshot::Receiver<Exit>), SpawnError> {
+        let hold = Arc::new(AtomicBool::new(hold));
         let running = spawn(&spawner, &env)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = oneshot::channel();
+        let (exits_tx, exits) = watch::channel(ChildExits::default());
         let actor = Actor {
             spawner,
             env,
             opts,
             rx,
+            exits: exits_tx,
+            hold: hold.clone(),
         };
         // Not cancelled by the shutdown: it ends when the child is gone for good, which is
         // what ends the agent in `run` mode.
@@ -116,12 +156,24 @@ impl Supervisor {
             let exit = actor.run(running).await;
             let _ = done_tx.send(exit);
         });
-        Ok((Supervisor { tx }, done_rx))
+        Ok((Supervisor { tx, exits, hold }, done_rx))
     }
 
     pub fn send(&self, c: Control) {
         // The task only ends after the child is gone; then there is nothing to control.
         let _ = self.tx.send(c);
+    }
+
+    /// A change is baking (`true`): a child exit that would end the supervisor waits for a
+    /// `Restart` (the agent's rollback) or for `hold(false)` instead. `false` ends the bake.
+    pub fn hold(&self, on: bool) {
+        self.hold.store(on, Ordering::SeqCst);
+        self.send(Control::HoldChanged);
+    }
+
+    /// The child's own exits (see [`ChildExits`]); `changed()` wakes at each new one.
+    pub fn exits(&self) -> watch::Receiver<ChildExits> {
+        self.exits.clone()
     }
 }
 
@@ -173,6 +225,9 @@ struct Actor<S> {
     env: EnvVars,
     opts: Options,
     rx: mpsc::UnboundedReceiver<Control>,
+    exits: watch::Sender<ChildExits>,
+    /// A change is baking: see [`Supervisor::hold`].
+    hold: Arc<AtomicBool>,
 }
 
 impl<S: Spawner> Actor<S> {
@@ -189,6 +244,10 @@ impl<S: Spawner> Actor<S> {
                     let exit = exit.unwrap_or(Exit::Code(1));
                     tracing::info!(pid = child.pid.as_raw(), %exit, "child exited");
                     crate::health::child_exited(exit);
+                    self.exits.send_modify(|e| {
+                        e.count += 1;
+                        e.last = Some(exit);
+                    });
                     // Ctrl-C or Ctrl-\ at the terminal reach the child's group, not tether:
                     // a child they ended is the user stopping the program, not a crash.
                     let interrupted = self.spawner.holds_terminal(child.pid)
@@ -199,8 +258,18 @@ impl<S: Spawner> Actor<S> {
                         RestartPolicy::OnFailure => !exit.success(),
                         RestartPolicy::Always => true,
                     } && !interrupted;
-                    if terminating || !again {
+                    if terminating {
                         return exit;
+                    }
+                    if !again {
+                        held.clear();
+                        match self.wait_held(exit, &mut backoff).await {
+                            Some(next) => {
+                                child = next;
+                                continue;
+                            }
+                            None => return exit,
+                        }
                     }
                     let delay = backoff.next(child.started.elapsed());
                     tracing::warn!(%exit, delay = ?delay, "restarting child after it exited");
@@ -256,6 +325,7 @@ impl<S: Spawner> Actor<S> {
                     }
                     Some(Control::Restart(_)) => {}
                     Some(Control::Configure(opts)) => self.opts = opts,
+                    Some(Control::HoldChanged) => {}
                     None => {
                         let exit = self.stop(&mut child).await;
                         return exit;
@@ -285,12 +355,43 @@ impl<S: Spawner> Actor<S> {
                 Control::Restart(env) => self.env = env,
                 Control::Terminate(_) => terminate = true,
                 Control::Configure(opts) => self.opts = opts,
+                Control::HoldChanged => {}
                 Control::Signal(sig) | Control::Reload(sig) => {
                     tracing::debug!(signal = %sig, "signal dropped: child was being replaced")
                 }
             }
         }
         terminate
+    }
+
+    /// The child exited and no policy starts it again. Outside a bake that is the end
+    /// (`None`). During one, wait for the agent: a `Restart` (its rollback) starts the
+    /// child again; `hold(false)`, a termination or the handle gone end it.
+    async fn wait_held(&mut self, exit: Exit, backoff: &mut Backoff) -> Option<Running> {
+        if !self.hold.load(Ordering::SeqCst) {
+            return None;
+        }
+        tracing::info!(%exit, "the child exited while a change bakes; waiting for the agent to roll back");
+        loop {
+            let cmd = self.rx.recv().await;
+            match cmd {
+                Some(Control::Restart(env)) => {
+                    self.env = env;
+                    crate::health::child_restarted(crate::health::Restart::Change);
+                    return match spawn(&self.spawner, &self.env) {
+                        Ok(next) => Some(next),
+                        Err(e) => {
+                            tracing::error!(error = %e, "restart failed");
+                            self.respawn_after(backoff.next(Duration::ZERO)).await
+                        }
+                    };
+                }
+                Some(Control::HoldChanged) if self.hold.load(Ordering::SeqCst) => {}
+                Some(Control::Configure(opts)) => self.opts = opts,
+                Some(Control::Signal(_) | Control::Reload(_)) => {}
+                Some(Control::HoldChanged | Control::Terminate(_)) | None => return None,
+            }
+        }
     }
 
     /// Wait `delay` then start the child again, unless told to terminate meanwhile.
@@ -303,7 +404,7 @@ impl<S: Spawner> Actor<S> {
                     cmd = self.rx.recv() => match cmd {
                         Some(Control::Restart(env)) => self.env = env,
                         Some(Control::Configure(opts)) => self.opts = opts,
-                        Some(Control::Signal(_) | Control::Reload(_)) => {}
+                        Some(Control::HoldChanged | Control::Signal(_) | Control::Reload(_)) => {}
                         Some(Control::Terminate(_)) | None => return None,
                     }
                 }

@@ -409,3 +409,60 @@ async fn new_options_apply_to_the_next_stop_and_leave_the_child_running() {
         ]
     );
 }
+
+// ---- hold: a bake keeps the supervisor for a rollback ----
+
+/// While a change bakes, a child that exits under `never` is counted on `exits` and waits
+/// for the agent: a restart (its rollback) starts it again; once the hold ends, the next
+/// exit ends the supervisor as before.
+#[tokio::test(start_paused = true)]
+async fn a_held_exit_waits_for_the_rollback_then_ends_as_before_once_released() {
+    let script = [Behaviour::runs().exits_after(secs(1), Exit::Code(3))];
+    let spawner = TestSpawner::scripted(
+        script,
+        Behaviour::runs().exits_after(secs(5), Exit::Code(4)),
+    );
+    let (sup, mut done) = start(&spawner, opts(RestartPolicy::Never));
+    let mut exits = sup.exits();
+    sup.hold(true);
+    timeout(secs(60), exits.changed())
+        .await
+        .expect("exit seen")
+        .unwrap();
+    assert_eq!(
+        *exits.borrow_and_update(),
+        ChildExits {
+            count: 1,
+            last: Some(Exit::Code(3))
+        }
+    );
+    // Held: not finished, however long the agent takes.
+    sleep_until(spawner.at(secs(30))).await;
+    assert!(
+        done.try_recv().is_err(),
+        "a held exit does not end the supervisor"
+    );
+    sup.send(Control::Restart(EnvVars::new()));
+    respawned(&spawner, 1).await;
+    sup.hold(false);
+    assert_eq!(finished(done).await, Exit::Code(4));
+    assert_eq!(exits.borrow().count, 2);
+}
+
+/// A held exit ends the supervisor with the child's status once the hold is let go.
+#[tokio::test(start_paused = true)]
+async fn a_held_exit_ends_with_the_childs_status_when_the_hold_is_let_go() {
+    let spawner = TestSpawner::new(Behaviour::runs().exits_after(secs(1), Exit::Code(3)));
+    let (sup, mut done) = start(&spawner, opts(RestartPolicy::Never));
+    let mut exits = sup.exits();
+    sup.hold(true);
+    timeout(secs(60), exits.changed())
+        .await
+        .expect("exit seen")
+        .unwrap();
+    sleep_until(spawner.at(secs(10))).await;
+    assert!(done.try_recv().is_err());
+    sup.hold(false);
+    assert_eq!(finished(done).await, Exit::Code(3));
+    assert_eq!(spawns(&spawner.events()).len(), 1, "never started again");
+}

@@ -44,6 +44,7 @@ fn node(dir: &std::path::Path) -> Arc<Node> {
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         bus: std::sync::OnceLock::new(),
+        fleet: crate::fleet::Fleet::default(),
     })
 }
 
@@ -101,10 +102,16 @@ async fn next(ws: &mut Ws) -> Message {
     }
 }
 
+/// The next frame but `policy` frames.
 async fn next_msg(ws: &mut Ws) -> ServerMsg {
-    match next(ws).await {
-        Message::Text(t) => serde_json::from_str(&t).unwrap(),
-        other => panic!("expected a text frame, got {other:?}"),
+    loop {
+        match next(ws).await {
+            Message::Text(t) => match serde_json::from_str(&t).unwrap() {
+                ServerMsg::Policy { .. } => continue,
+                m => return m,
+            },
+            other => panic!("expected a text frame, got {other:?}"),
+        }
     }
 }
 
@@ -121,6 +128,8 @@ async fn agent(addr: std::net::SocketAddr) -> Ws {
         ServerMsg::Snapshot { .. }
     ));
     assert!(matches!(next_msg(&mut ws).await, ServerMsg::Synced { .. }));
+    // The catch-up ends with the environment's policy.
+    assert!(matches!(next(&mut ws).await, Message::Text(t) if t.contains(r#""type":"policy""#)));
     ws
 }
 

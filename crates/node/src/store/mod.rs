@@ -3,6 +3,7 @@
 //! The embedded default is SQLite; cluster mode puts the same contract in Redis.
 
 pub mod files;
+mod fleet;
 pub mod redis;
 pub mod size;
 pub mod sqlite;

@@ -37,6 +37,7 @@ fn wire_key(env: &str) -> String {
 
 mod agents;
 mod errors;
+mod fleet;
 mod scripts;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+mod fleet;
+
 use super::files::{self, OpenError};
 use super::{CatchUp, ChangeSet, Damage, EnvInfo, Plan, Snapshot, StoreError, damage};
 use tether_core::protocol::{Epoch, Position, WireChange, WireEntry};
@@ -53,6 +55,14 @@ CREATE TABLE IF NOT EXISTS history (
     version INTEGER NOT NULL,
     changes TEXT NOT NULL,
     PRIMARY KEY (env, version)
+);
+CREATE TABLE IF NOT EXISTS policies (
+    env    TEXT PRIMARY KEY,
+    policy TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rollouts (
+    env    TEXT PRIMARY KEY,
+    record TEXT NOT NULL
 );
 ";
 

@@ -34,6 +34,7 @@ async fn synced_agent() -> Agent {
         shutdown: CancellationToken::new(),
         tasks: tokio_util::task::TaskTracker::new(),
         bus: std::sync::OnceLock::new(),
+        fleet: crate::fleet::Fleet::default(),
     });
     let (to_node, rx) = mpsc::unbounded_channel();
     let (tx, mut from_node) = mpsc::unbounded_channel();
@@ -59,7 +60,8 @@ async fn synced_agent() -> Agent {
             .expect("a frame within the deadline")
             .expect("socket open");
         if let Message::Text(t) = m {
-            if matches!(serde_json::from_str(&t), Ok(ServerMsg::Synced { .. })) {
+            // The policy frame is the last of the catch-up.
+            if matches!(serde_json::from_str(&t), Ok(ServerMsg::Policy { .. })) {
                 break;
             }
         }

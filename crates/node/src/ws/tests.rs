@@ -63,6 +63,7 @@ fn node(dir: &std::path::Path) -> Arc<Node> {
         shutdown: CancellationToken::new(),
         tasks: tokio_util::task::TaskTracker::new(),
         bus: std::sync::OnceLock::new(),
+        fleet: crate::fleet::Fleet::default(),
     })
 }
 
@@ -100,7 +101,18 @@ impl Harness {
             .expect("socket open")
     }
 
+    /// The next frame but the `policy` frames (`policy_follows_synced_and_its_changes`
+    /// has those).
     async fn recv_msg(&mut self) -> ServerMsg {
+        loop {
+            match self.recv_any().await {
+                ServerMsg::Policy { .. } => continue,
+                m => return m,
+            }
+        }
+    }
+
+    async fn recv_any(&mut self) -> ServerMsg {
         match self.recv().await {
             Message::Text(t) => serde_json::from_str(&t).unwrap(),
             other => panic!("expected a text frame, got {other:?}"),
@@ -294,8 +306,9 @@ async fn connection_state_is_small() {
 async fn shutdown_closes_with_going_away() {
     let mut h = start(Grant::dev());
     h.send(&hello("prod", None));
-    for _ in 0..3 {
-        h.recv_msg().await;
+    // Welcome, snapshot, synced, policy.
+    for _ in 0..4 {
+        h.recv_any().await;
     }
     h.node.shutdown.cancel();
     assert!(matches!(h.recv().await, Message::Close(Some(c)) if c.code == close_code::AWAY));
@@ -510,9 +523,64 @@ async fn each_frame_sent_counts_once() {
     // The task counts a frame once its send returned, which may be just after it arrived.
     let sent = &h.node.hub.counters.frames_sent;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sent.load(Ordering::Relaxed) < 6 && tokio::time::Instant::now() < deadline {
+    while sent.load(Ordering::Relaxed) < 7 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let counted = sent.load(Ordering::Relaxed);
-    assert_eq!(counted, 6, "welcome, snapshot, synced and three changes");
+    assert_eq!(
+        counted, 7,
+        "welcome, snapshot, synced, policy and three changes"
+    );
+}
+
+/// After `synced` the agent hears its environment's policy (`null`: none), and later
+/// every change of it; a slot without a policy is granted at once.
+#[tokio::test]
+async fn policy_follows_synced_and_its_changes() {
+    use tether_core::rollout::{Amount, Policy};
+    let mut h = start(Grant::dev());
+    h.commit("prod", "A", "1", false).await;
+    h.send(&hello("prod", None));
+    assert!(matches!(h.recv_any().await, ServerMsg::Welcome { .. }));
+    assert!(matches!(h.recv_any().await, ServerMsg::Snapshot { .. }));
+    let ServerMsg::Synced { position, .. } = h.recv_any().await else {
+        panic!("synced")
+    };
+    assert_eq!(
+        h.recv_any().await,
+        ServerMsg::Policy {
+            env: "prod".into(),
+            policy: None
+        }
+    );
+    let slot = ClientMsg::Slot {
+        env: "prod".into(),
+        position,
+    };
+    h.send(&serde_json::to_string(&slot).unwrap());
+    assert_eq!(
+        h.recv_any().await,
+        ServerMsg::Grant {
+            env: "prod".into(),
+            position
+        }
+    );
+    let policy = Policy::new(Amount::Count(2));
+    h.node.fleet.policy_changed("prod", Some(policy.clone()));
+    h.node.fleet.policy_changed("other", Some(policy.clone()));
+    assert_eq!(
+        h.recv_any().await,
+        ServerMsg::Policy {
+            env: "prod".into(),
+            policy: Some(policy)
+        }
+    );
+    h.node.fleet.policy_changed("prod", None);
+    assert_eq!(
+        h.recv_any().await,
+        ServerMsg::Policy {
+            env: "prod".into(),
+            policy: None
+        }
+    );
 }

@@ -18,16 +18,19 @@ pub enum Op {
     Registry,
     /// The Pub/Sub subscriber: it could not subscribe, or lost its connection.
     Subscribe,
+    /// Rollout policies and rollout records (slots, waves, halts).
+    Rollout,
 }
 
 impl Op {
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 7] = [
         Op::Connect,
         Op::Commit,
         Op::Read,
         Op::Reset,
         Op::Registry,
         Op::Subscribe,
+        Op::Rollout,
     ];
 
     /// The `op` label.
@@ -39,6 +42,7 @@ impl Op {
             Op::Reset => "reset",
             Op::Registry => "registry",
             Op::Subscribe => "subscribe",
+            Op::Rollout => "rollout",
         }
     }
 }
@@ -76,7 +80,8 @@ mod tests {
                 ("read", 2),
                 ("reset", 0),
                 ("registry", 0),
-                ("subscribe", 1)
+                ("subscribe", 1),
+                ("rollout", 0)
             ]
         );
     }
