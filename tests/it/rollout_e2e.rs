@@ -4,12 +4,13 @@
 //! the stamps of the agents' health commands, never from what tether says of itself.
 
 pub mod fleet;
+mod reconnect;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value as Json;
 
-use fleet::{ENV, Fleet, ROLLOUT_DEADLINE, most_at_once, now_nanos};
+use fleet::{ENV, Fleet, ROLLOUT_DEADLINE, most_at_once, now_nanos, timeline};
 
 use crate::support::wait_for_within;
 
@@ -50,7 +51,8 @@ fn fifty_agents_five_at_a_time(nodes: usize) {
     let most = most_at_once(&f.agents, since);
     assert!(
         (1..=5).contains(&most),
-        "{most} children were restarting at once (max_unavailable 5)"
+        "{most} children were restarting at once (max_unavailable 5):\n{}",
+        timeline(&f.agents, since)
     );
 }
 
@@ -86,7 +88,10 @@ fn a_bad_value_halts_in_the_first_wave(nodes: usize) {
 
     let since = now_nanos();
     let v2 = f.write(nodes - 1, &[("MODE", "bad")]);
-    let halted = f.wait_rollout("the rollout to halt", v2, |r| r["state"] == "halted");
+    // In a cluster the agents' reports reach the status a moment after the halt.
+    let halted = f.wait_rollout("the rollout to halt", v2, |r| {
+        r["state"] == "halted" && r["failed"].as_u64() >= Some(1)
+    });
     assert_eq!(halted["failed"].as_u64(), Some(1), "{halted}");
     assert!(
         halted["halted_reason"]
@@ -111,16 +116,6 @@ fn a_bad_value_halts_in_the_first_wave(nodes: usize) {
         ROLLOUT_DEADLINE,
         &mut || bad.child_env("MODE").as_deref() == Some("good") && bad.starts().len() >= 3,
     );
-    // The halt survives the node (every node) being killed and started again.
-    for i in 0..nodes {
-        f.nodes[i].kill();
-        f.nodes[i].restart(&f.work);
-    }
-    // Once every agent is back (asking again for the slot it waits for), still halted.
-    let r = f.wait_rollout("every agent back after the restart", v2, |r| {
-        r["agents"].as_u64() == Some(12)
-    });
-    assert_eq!(r["state"], "halted", "after the nodes restarted: {r}");
     let (code, out, err) = f.cli(&["status", ENV, "--watch", "--timeout", "3s"]);
     assert_eq!(code, 65, "status --watch on a halted rollout:\n{out}{err}");
     assert!(out.contains("halted"), "{out}");
@@ -181,8 +176,7 @@ fn a_node_killed_mid_rollout_loses_no_slot_accounting_and_no_halt() {
     let since = now_nanos();
     let v2 = f.write(1, &[("N", "2")]);
     f.wait_rollout("two slots held", v2, |r| slots(r).0 == 2);
-    // Kill the node of the agent that restarted last, which bakes for 2s holding its slot
-    // (agent k lists node k % 3 first).
+    // Kill the node of the agent that restarted last, which bakes for 2s holding its slot.
     let baking = (0..f.agents.len())
         .max_by_key(|&k| f.agents[k].starts().last().copied().unwrap_or(0))
         .expect("agents");
@@ -190,7 +184,7 @@ fn a_node_killed_mid_rollout_loses_no_slot_accounting_and_no_halt() {
         f.agents[baking].starts().iter().any(|&s| s > since),
         "an agent restarted"
     );
-    let victim = baking % 3;
+    let victim = f.node_of(baking).expect("the baking agent's node");
     f.nodes[victim].kill();
     let mut most_held = 0;
     let done = f.wait_rollout("the rollout to complete after the kill", v2, |r| {
@@ -201,7 +195,8 @@ fn a_node_killed_mid_rollout_loses_no_slot_accounting_and_no_halt() {
     let most = most_at_once(&f.agents, since);
     assert!(
         most <= 2,
-        "{most} children restarting at once (max_unavailable 2)"
+        "{most} children restarting at once (max_unavailable 2):\n{}",
+        timeline(&f.agents, since)
     );
 
     // A halt, then two nodes are killed (their agents fail over to the third) and restarted.
@@ -255,8 +250,10 @@ fn an_agent_that_dies_holding_a_slot_gives_it_back_after_the_lease() {
         "an agent to restart holding the slot",
         ROLLOUT_DEADLINE,
         &mut || {
+            // Its child started, and a check passed after that start.
             holder = f.agents.iter().position(|a| {
-                a.starts().iter().any(|&s| s > since) && a.healthy().iter().any(|&h| h > since)
+                let last = a.starts().last().copied().unwrap_or(0);
+                last > since && a.healthy().iter().any(|&h| h > last)
             });
             holder.is_some()
         },
@@ -283,6 +280,7 @@ fn an_agent_that_dies_holding_a_slot_gives_it_back_after_the_lease() {
     let most = most_at_once(&f.agents, since);
     assert!(
         most <= 1,
-        "{most} children restarting at once (max_unavailable 1)"
+        "{most} children restarting at once (max_unavailable 1):\n{}",
+        timeline(&f.agents, since)
     );
 }

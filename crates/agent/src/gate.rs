@@ -13,8 +13,9 @@
 //!   arrive while waiting are asked for again under the same request.
 //! - `hold` keeps the agent waiting; a policy cleared (or no longer pacing the change)
 //!   applies at once.
-//! - With no node reachable (the connection lost while waiting, or before asking) the agent
-//!   acts on its own after a random splay in `[0, splay)`, unless a node comes back first.
+//! - With no node reachable (every node failed in a row while waiting, or none up before
+//!   asking) the agent acts on its own after a random splay in `[0, splay)`, unless a node
+//!   comes back first.
 
 use std::time::Duration;
 

@@ -109,7 +109,7 @@ fn status_watch_follows_the_rollout_until_every_agent_is_current() {
     assert_eq!(status.code(), Some(0), "{}", watch.stderr());
     let stdout = watch.stdout();
     assert!(
-        stdout.contains("prod: version 1: 1 of 1 agent(s) current"),
+        stdout.contains("prod: version 1: 1/1 applied, 1 healthy, 0 failed, 0 pending · done"),
         "{stdout}"
     );
     assert!(stdout.ends_with("prod: rollout complete\n"), "{stdout}");

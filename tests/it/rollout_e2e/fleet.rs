@@ -209,8 +209,8 @@ impl Fleet {
             .expect("a node is up")
     }
 
-    /// Start `n` agents, agent `k` listing the nodes from `k % nodes` on (so they spread
-    /// and fail over), each baking `bake` after a restart with a health command that stamps
+    /// Start `n` agents, each listing every node (it picks one at random, and fails over),
+    /// each baking `bake` after a restart with a health command that stamps
     /// its file, and a child that exits 3 when `MODE=bad`.
     pub fn start_agents(&mut self, n: usize, bake: &str, extra: &[&str]) {
         for _ in 0..n {
@@ -325,6 +325,26 @@ impl Fleet {
         self.rollout_at(i)
     }
 
+    /// The index of the node agent `k` is connected to, as the nodes' status says
+    /// (agents name themselves `HOST/PID`; an agent picks its first node at random).
+    pub fn node_of(&self, k: usize) -> Option<usize> {
+        let live = self.nodes.iter().position(|n| n.proc.is_some())?;
+        let r = http_request(
+            "GET",
+            &format!("{}/v1/envs/{ENV}/status", self.url(live)),
+            None,
+            None,
+        );
+        let me = format!("/{}", self.agents[k].proc.pid());
+        let node = r.json["connected"]
+            .as_array()?
+            .iter()
+            .find(|a| a["agent"].as_str().is_some_and(|n| n.ends_with(&me)))?["node"]
+            .as_str()?
+            .to_string();
+        self.nodes.iter().position(|n| n.id == node)
+    }
+
     /// Wait until the rollout of `version` satisfies `cond`; the rollout seen last.
     pub fn wait_rollout(
         &self,
@@ -370,6 +390,15 @@ impl Drop for Fleet {
                     }
                 }
             }
+            // Every agent's log is kept beside its files; the first few are printed.
+            for a in &self.agents {
+                let _ = fs::write(self.work.path(&format!("{}.log", a.name)), a.proc.stderr());
+            }
+            for (i, n) in self.nodes.iter().enumerate() {
+                if let Some(p) = &n.proc {
+                    let _ = fs::write(self.work.path(&format!("node{i}.log")), p.stderr());
+                }
+            }
             for a in self.agents.iter().take(3) {
                 eprintln!("--- agent {}:", a.name);
                 a.proc.dump();
@@ -384,16 +413,24 @@ impl Drop for Fleet {
     }
 }
 
-/// The most children that were restarting at once after `since`: each child start after
-/// `since` opens an interval that its agent's next passing health check closes (a start
-/// never followed by one stays open to the end).
+/// The most children that were restarting at once after `since`. Each child start after
+/// `since` opens an interval; the last of its agent's passing health checks before the
+/// agent's next start closes it (the checks run while the agent bakes, holding its slot,
+/// and stop when it reports). A start with no check after it stays open to the end.
 pub fn most_at_once(agents: &[Agent], since: u128) -> usize {
     let mut events: Vec<(u128, i32)> = Vec::new();
     for a in agents {
         let healthy = a.healthy();
-        for s in a.starts().into_iter().filter(|&s| s > since) {
+        let starts = a.starts();
+        for (i, &s) in starts.iter().enumerate().filter(|(_, s)| **s > since) {
             events.push((s, 1));
-            if let Some(h) = healthy.iter().copied().filter(|&h| h >= s).min() {
+            let next = starts.get(i + 1).copied().unwrap_or(u128::MAX);
+            if let Some(h) = healthy
+                .iter()
+                .copied()
+                .filter(|&h| h >= s && h < next)
+                .max()
+            {
                 events.push((h, -1));
             }
         }
@@ -406,4 +443,27 @@ pub fn most_at_once(agents: &[Agent], since: u128) -> usize {
         most = most.max(now);
     }
     most as usize
+}
+
+/// Each agent's child starts and passing checks after `since`, in ms from it, for a
+/// failure's message.
+pub fn timeline(agents: &[Agent], since: u128) -> String {
+    let ms = |v: Vec<u128>| -> Vec<u128> {
+        v.into_iter()
+            .filter(|&t| t > since)
+            .map(|t| (t - since) / 1_000_000)
+            .collect()
+    };
+    agents
+        .iter()
+        .map(|a| {
+            format!(
+                "{} (pid {}): starts {:?} checks {:?}\n",
+                a.name,
+                a.proc.pid(),
+                ms(a.starts()),
+                ms(a.healthy())
+            )
+        })
+        .collect()
 }

@@ -301,6 +301,9 @@ impl Follower {
         order.shuffle(&mut rand::thread_rng());
         let mut backoff = Backoff::new();
         let mut attempt = 0usize;
+        // Sessions that ended in a row (the lost one counted), to tell a node lost from
+        // no node reachable: only once every node failed does the slot gate act alone.
+        let mut failed_in_a_row = 0usize;
         loop {
             let url = self.urls[order[attempt % order.len()]].clone();
             attempt += 1;
@@ -311,7 +314,14 @@ impl Follower {
                 Err(e) => e,
             };
             crate::health::net_lost();
-            let _ = self.fleet.send(FleetEvent::Lost);
+            failed_in_a_row = if self.synced_at.is_some() {
+                1
+            } else {
+                failed_in_a_row + 1
+            };
+            if failed_in_a_row >= self.urls.len() {
+                let _ = self.fleet.send(FleetEvent::Lost);
+            }
             self.problem.send_replace(Some(format!("{url}: {e}")));
             let outcome = Outcome::of(&e, self.synced_at, tokio::time::Instant::now());
             let delay = backoff.after(outcome, round_done);
@@ -582,6 +592,12 @@ impl Follower {
                         }
                         Report::Slot(position) => {
                             self.slot = Some(position);
+                            // A report of an older version is not re-sent after a reconnect
+                            // any more: the node would take it as giving back the slot now
+                            // asked for (or held) for this newer one.
+                            if self.last_health.as_ref().is_some_and(|h| h.position != position) {
+                                self.last_health = None;
+                            }
                             ClientMsg::Slot { env: self.spec.env.clone(), position }
                         }
                         Report::Release => {
