@@ -150,7 +150,10 @@ fn status_watch_times_out_with_its_own_code_on_an_agent_that_never_acks() {
         ],
     );
     assert_eq!(code, 75, "{out}{err}");
-    assert!(out.contains("0 of 1 agent(s) current"), "{out}");
+    assert!(
+        out.contains("prod: version 1: 0/1 applied, 0 healthy, 0 failed, 1 pending · rolling"),
+        "{out}"
+    );
     assert!(err.contains("rollout not complete after 2s"), "{err}");
 
     // A node that is not there is an error at once, not a timeout.
