@@ -349,7 +349,14 @@ impl Fleet {
         position: Position,
         healthy: bool,
     ) {
-        self.forget_request(conn, env);
+        // A request for a newer version stays: the agent reports a version it acted on
+        // without a slot while the next one waits for one.
+        if let Some(w) = lock(&self.waiters).get_mut(env) {
+            w.retain(|_, w| {
+                w.conn != conn
+                    || (w.position.epoch, w.position.version) > (position.epoch, position.version)
+            });
+        }
         self.forget_slot(conn, env);
         let Some(agent) = self.agent(conn) else {
             return;
