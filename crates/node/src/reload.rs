@@ -5,7 +5,7 @@
 //! token or a password) and the running configuration stays. Otherwise what can change at
 //! runtime does (tokens, TLS certificate, log level, heartbeat and max_frame for new agent
 //! connections, request_timeout, max_unauthenticated, metrics_require_token, history,
-//! repair_interval), and what cannot (listen, data, redis, node_id, log_format, TLS on or
+//! repair_interval, slot_lease), and what cannot (listen, data, redis, node_id, log_format, TLS on or
 //! off) is logged as taking effect at restart. systemd hears `RELOADING=1` before and
 //! `READY=1` after, applied or refused.
 
@@ -268,6 +268,10 @@ impl Reloader {
         if cfg.repair_interval != old.repair_interval {
             node.live.set_repair_interval(cfg.repair_interval);
             applied.push("repair_interval");
+        }
+        if cfg.slot_lease != old.slot_lease {
+            node.fleet.set_lease(cfg.slot_lease);
+            applied.push("slot_lease");
         }
         for key in &restart {
             tracing::warn!(

@@ -89,19 +89,26 @@ impl Bot {
             at: Position::default(),
             pending: Vec::new(),
         };
+        let start = std::time::Instant::now();
         loop {
-            match bot.read(DEADLINE).await.expect("a frame") {
-                ServerMsg::Policy { .. } => return bot,
-                ServerMsg::Error { code, message } => panic!("node error {code}: {message}"),
-                _ => {}
+            let left = DEADLINE.saturating_sub(start.elapsed());
+            match bot.read(left).await {
+                Some(ServerMsg::Policy { .. }) => return bot,
+                Some(ServerMsg::Error { code, message }) => {
+                    panic!("node error {code}: {message}")
+                }
+                Some(_) => {}
+                None => panic!("{name}: no policy frame after the catch-up within {DEADLINE:?}"),
             }
         }
     }
 
-    /// The next frame within `wait` (heartbeats skipped; positions noted).
+    /// The next frame within `wait` (heartbeats skipped, within the same `wait`;
+    /// positions noted).
     async fn read(&mut self, wait: Duration) -> Option<ServerMsg> {
+        let until = tokio::time::Instant::now() + wait;
         loop {
-            let frame = tokio::time::timeout(wait, self.ws.next()).await.ok()?;
+            let frame = tokio::time::timeout_at(until, self.ws.next()).await.ok()?;
             let msg: ServerMsg = match frame {
                 Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str())
                     .unwrap_or_else(|e| panic!("not a server frame ({e}): {t}")),
@@ -119,15 +126,20 @@ impl Bot {
         }
     }
 
+    /// The next frame from the socket, within the deadline.
+    async fn fresh(&mut self) -> ServerMsg {
+        match self.read(DEADLINE).await {
+            Some(m) => m,
+            None => panic!("{}: no frame from the node within {DEADLINE:?}", self.name),
+        }
+    }
+
     /// The next frame (kept ones first), within the deadline.
     pub async fn next(&mut self) -> ServerMsg {
         if !self.pending.is_empty() {
             return self.pending.remove(0);
         }
-        match self.read(DEADLINE).await {
-            Some(m) => m,
-            None => panic!("{}: no frame from the node within {DEADLINE:?}", self.name),
-        }
+        self.fresh().await
     }
 
     /// Frames already sent by the node, without waiting for more than a moment.
@@ -139,10 +151,16 @@ impl Bot {
         out
     }
 
-    /// Read until the node sent `version` of `prod`.
+    /// Read until the node sent `version` of `prod`; other frames are kept.
     pub async fn until_version(&mut self, version: u64) {
+        let start = std::time::Instant::now();
         while self.at.version < version {
-            let m = self.next().await;
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{}: version {version} never came",
+                self.name
+            );
+            let m = self.fresh().await;
             if !matches!(m, ServerMsg::Change { .. } | ServerMsg::Snapshot { .. }) {
                 self.pending.push(m);
             }
@@ -165,8 +183,23 @@ impl Bot {
     /// The answer to a slot request: true for a grant, false for a hold (its reason and
     /// whether halted in `holds`). Other frames are kept for later.
     pub async fn answer(&mut self, holds: &mut Vec<(String, bool)>) -> bool {
+        let kept = self
+            .pending
+            .iter()
+            .position(|m| matches!(m, ServerMsg::Grant { .. } | ServerMsg::Hold { .. }));
+        let start = std::time::Instant::now();
+        let mut first = kept.map(|i| self.pending.remove(i));
         loop {
-            match self.next().await {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{}: no answer to its slot request",
+                self.name
+            );
+            let m = match first.take() {
+                Some(m) => m,
+                None => self.fresh().await,
+            };
+            match m {
                 ServerMsg::Grant { .. } => return true,
                 ServerMsg::Hold { reason, halted, .. } => {
                     holds.push((reason, halted));
@@ -183,7 +216,14 @@ impl Bot {
     /// Wait for a grant, answering nothing; the holds seen meanwhile.
     pub async fn granted(&mut self) -> Vec<(String, bool)> {
         let mut holds = Vec::new();
-        while !self.answer(&mut holds).await {}
+        let start = std::time::Instant::now();
+        while !self.answer(&mut holds).await {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{}: never granted: {holds:?}",
+                self.name
+            );
+        }
         holds
     }
 

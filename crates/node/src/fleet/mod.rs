@@ -186,7 +186,14 @@ impl Fleet {
         Ok(out)
     }
 
-    /// `env`'s policy as this node knows it (read from the store the first time).
+    /// `env`'s policy as the store has it now: slots are counted under the policy every
+    /// node sees, not one this node has not heard of yet.
+    pub async fn current_policy(store: &Store, env: &str) -> Result<Option<Policy>, StoreError> {
+        Ok(Fleet::read_policies(store).await?.remove(env))
+    }
+
+    /// `env`'s policy as this node knows it, for the `policy` frames (read from the store
+    /// the first time, then every second by the rollout task).
     pub async fn policy(&self, store: &Store, env: &str) -> Result<Option<Policy>, StoreError> {
         if let Some(all) = &*lock(&self.policies) {
             return Ok(all.get(env).cloned());
@@ -273,7 +280,7 @@ impl Fleet {
             env: env.to_string(),
             position,
         };
-        let policy = match self.policy(&node.store, env).await {
+        let policy = match Fleet::current_policy(&node.store, env).await {
             Ok(None) => return grant,
             Ok(Some(p)) => p,
             Err(e) => return self.wait(conn, agent, env, position, unavailable(&e), false),
@@ -342,12 +349,19 @@ impl Fleet {
         position: Position,
         healthy: bool,
     ) {
-        self.forget_request(conn, env);
+        // A request for a newer version stays: the agent reports a version it acted on
+        // without a slot while the next one waits for one.
+        if let Some(w) = lock(&self.waiters).get_mut(env) {
+            w.retain(|_, w| {
+                w.conn != conn
+                    || (w.position.epoch, w.position.version) > (position.epoch, position.version)
+            });
+        }
         self.forget_slot(conn, env);
         let Some(agent) = self.agent(conn) else {
             return;
         };
-        let policy = match self.policy(&node.store, env).await {
+        let policy = match Fleet::current_policy(&node.store, env).await {
             Ok(Some(p)) => p,
             Ok(None) => return,
             Err(e) => {
@@ -380,7 +394,7 @@ impl Fleet {
         let Some(agent) = self.agent(conn) else {
             return;
         };
-        if !matches!(self.policy(&node.store, env).await, Ok(Some(_))) {
+        if !matches!(Fleet::current_policy(&node.store, env).await, Ok(Some(_))) {
             return;
         }
         if let Err(e) = update(&node.store, env, |rec| machine::release(rec, &agent)).await {

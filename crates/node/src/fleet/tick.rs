@@ -76,7 +76,7 @@ async fn retry(node: &Node) {
     let fleet = &node.fleet;
     let pending: HashMap<String, BTreeMap<u64, Waiter>> = lock(&fleet.waiters).clone();
     for (env, waiters) in pending {
-        let policy = match fleet.policy(&node.store, &env).await {
+        let policy = match Fleet::current_policy(&node.store, &env).await {
             Ok(Some(p)) => p,
             // Cleared: its agents were told (`policy` null) and act on their own.
             Ok(None) => {
