@@ -4,6 +4,7 @@
 use serde_json::Value as Json;
 
 use crate::rollout_e2e::fleet::{ENV, Fleet};
+use crate::support::strip_ansi;
 
 fn ok(f: &Fleet, args: &[&str]) -> String {
     let (code, out, err) = f.cli(args);
@@ -130,6 +131,11 @@ fn status_follows_a_rollout_to_done_and_to_halted() {
     );
 
     f.set_policy(&["--max-unavailable", "1", "--max-failures", "1"]);
+    // The node tells its agents within a second; the bad value must meet the policy.
+    let agent = &f.agents[0].proc;
+    agent.wait_for("the agent to hear of the policy", || {
+        strip_ansi(&agent.stderr()).contains("the environment has a rollout policy")
+    });
     let v2 = f.write(0, &[("MODE", "bad")]);
     let (code, out, err) = f.cli(&["status", "--env", ENV, "--watch", "--timeout", "2m"]);
     assert_eq!(code, 65, "{out}{err}");
