@@ -6,6 +6,8 @@
 pub mod fleet;
 mod reconnect;
 
+use std::sync::{Mutex, PoisonError};
+
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value as Json;
@@ -25,6 +27,9 @@ fn slots(r: &Json) -> (u64, u64) {
 /// 50 agents, `max_unavailable = 5`: one write restarts every child, never more than 5 at
 /// once, and the nodes never count more than 5 slots held.
 fn fifty_agents_five_at_a_time(nodes: usize) {
+    // One fleet of fifty at a time: each agent holds an inotify instance, 128 per user.
+    static FIFTY: Mutex<()> = Mutex::new(());
+    let _one = FIFTY.lock().unwrap_or_else(PoisonError::into_inner);
     let mut f = Fleet::start(nodes, &[]);
     let v1 = f.write(0, &[("MODE", "good"), ("N", "1")]);
     f.set_policy(&["--max-unavailable", "5"]);

@@ -42,18 +42,43 @@ pub struct RolloutBenchArgs {
 /// How long any one phase may take before the bench gives up.
 const PHASE: Duration = Duration::from_secs(600);
 
-/// The agents the bench started; SIGTERMed (then reaped) on drop, children with them.
-struct Agents(Vec<Child>);
+/// The agents the bench started (each with its log file); SIGTERMed (then reaped) on drop,
+/// children with them.
+struct Agents(Vec<(Child, PathBuf)>);
+
+impl Agents {
+    /// An agent that exited, with the end of its log: the bench cannot go on without it.
+    fn check(&mut self) -> anyhow::Result<()> {
+        for (c, log) in &mut self.0 {
+            if let Ok(Some(status)) = c.try_wait() {
+                let text = std::fs::read_to_string(&*log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(3).collect();
+                let hint = if text.contains("inotify") || text.contains("Too many open files") {
+                    " (each agent takes an inotify instance: raise fs.inotify.max_user_instances, \
+                     128 by default, or run fewer --agents)"
+                } else {
+                    ""
+                };
+                bail!(
+                    "an agent exited ({status}){hint}; its log ({}) ends:\n{}",
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        Ok(())
+    }
+}
 
 impl Drop for Agents {
     fn drop(&mut self) {
-        for c in &self.0 {
+        for (c, _) in &self.0 {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(c.id() as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
-        for c in &mut self.0 {
+        for (c, _) in &mut self.0 {
             let deadline = Instant::now() + Duration::from_secs(10);
             while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
@@ -107,11 +132,19 @@ fn write(addr: &str, env: &str, value: &str) -> anyhow::Result<u64> {
         .context("the node sent no version")
 }
 
-/// Wait until `agents` agents are healthy at `version` of `env`; when that was seen.
-fn healthy(addr: &str, env: &str, version: u64, agents: usize) -> anyhow::Result<Instant> {
+/// Wait until `agents` agents are healthy at `version` of `env`; when that was seen. Every
+/// agent started must live meanwhile.
+fn healthy(
+    addr: &str,
+    env: &str,
+    version: u64,
+    agents: usize,
+    started: &mut Agents,
+) -> anyhow::Result<Instant> {
     let start = Instant::now();
     let mut last = Json::Null;
     while start.elapsed() < PHASE {
+        started.check()?;
         let (status, r) = http(addr, "GET", &format!("/v1/envs/{env}/rollout"), None)?;
         if status == 404 && r.pointer("/error/message") == Some(&json!("no such endpoint")) {
             bail!("this node has no rollouts (GET /v1/envs/{env}/rollout is not there)");
@@ -141,6 +174,7 @@ fn start_agents(
     let bench = crate::bins::bench()?;
     for k in 0..n {
         let name = format!("{env}-{k}");
+        let log = dir.join(format!("{name}.log"));
         let child = Command::new(exe)
             .args(["run", "--server", &format!("http://{addr}"), "--env", env])
             .arg("--state-dir")
@@ -153,10 +187,10 @@ fn start_agents(
             .arg("child")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting an agent")?;
-        into.0.push(child);
+        into.0.push((child, log));
     }
     Ok(())
 }
@@ -171,6 +205,22 @@ pub fn run(args: RolloutBenchArgs) -> anyhow::Result<i32> {
     }
     let bake = tether_core::settings::parse_duration(&args.bake)
         .map_err(|e| anyhow::anyhow!("--bake: {e}"))?;
+    // Each agent holds an inotify instance (its source watcher), and the kernel's per-user
+    // limit is 128 by default: say so now rather than after starting the first hundred.
+    let inotify = "/proc/sys/fs/inotify/max_user_instances";
+    if let Some(max) = std::fs::read_to_string(inotify)
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+    {
+        if max < args.agents + 8 {
+            bail!(
+                "{} agents need as many inotify instances, and {inotify} is {max}: raise it \
+                 (sysctl fs.inotify.max_user_instances={}) or run fewer --agents",
+                args.agents + 1,
+                args.agents + 64
+            );
+        }
+    }
     let exe = crate::bins::tether(args.tether.as_deref())?;
     let dir = args.dir.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
@@ -203,12 +253,12 @@ fn measure(args: &RolloutBenchArgs, exe: &Path, bake: Duration, dir: &Path) -> a
     let solo = "bench-solo";
     let v = write(&addr, solo, "0")?;
     start_agents(&exe, &addr, solo, 1, &args.bake, &dir, &mut agents)?;
-    healthy(&addr, solo, v, 1)?;
+    healthy(&addr, solo, v, 1, &mut agents)?;
     let mut rounds = Vec::new();
     for i in 1..=args.solo_rounds.max(1) {
         let at = Instant::now();
         let v = write(&addr, solo, &i.to_string())?;
-        rounds.push(healthy(&addr, solo, v, 1)? - at);
+        rounds.push(healthy(&addr, solo, v, 1, &mut agents)? - at);
     }
     rounds.sort();
     let one = rounds[rounds.len() / 2];
@@ -234,7 +284,7 @@ fn measure(args: &RolloutBenchArgs, exe: &Path, bake: Duration, dir: &Path) -> a
     let v = write(&addr, env, "0")?;
     let started = Instant::now();
     start_agents(&exe, &addr, env, args.agents, &args.bake, &dir, &mut agents)?;
-    healthy(&addr, env, v, args.agents)?;
+    healthy(&addr, env, v, args.agents, &mut agents)?;
     println!(
         "{} agents started and healthy in {}",
         args.agents,
@@ -243,7 +293,7 @@ fn measure(args: &RolloutBenchArgs, exe: &Path, bake: Duration, dir: &Path) -> a
 
     let at = Instant::now();
     let v = write(&addr, env, "1")?;
-    let took = healthy(&addr, env, v, args.agents)? - at;
+    let took = healthy(&addr, env, v, args.agents, &mut agents)? - at;
     let rounds = args.agents.div_ceil(args.max_unavailable as usize) as u32;
     let ideal = one * rounds;
     println!(
