@@ -357,24 +357,32 @@ impl Fleet {
                     || (w.position.epoch, w.position.version) > (position.epoch, position.version)
             });
         }
-        self.forget_slot(conn, env);
         let Some(agent) = self.agent(conn) else {
             return;
         };
         let policy = match Fleet::current_policy(&node.store, env).await {
             Ok(Some(p)) => p,
-            Ok(None) => return,
+            Ok(None) => {
+                self.forget_slot(conn, env);
+                return;
+            }
             Err(e) => {
                 tracing::warn!(env, error = %e, "cannot record a health report in the rollout");
                 return;
             }
         };
         let now = unix_ms();
-        match update(&node.store, env, |rec| {
+        let done = update(&node.store, env, |rec| {
             machine::report(rec, &policy, &agent, position, healthy, now)
         })
-        .await
-        {
+        .await;
+        if let Ok((_, rec)) = &done {
+            // A report of an older version than the slot's leaves it held (and renewed).
+            if !rec.slots.contains_key(&agent) {
+                self.forget_slot(conn, env);
+            }
+        }
+        match done {
             Ok((Some(reason), _)) => {
                 self.halts.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(env, %position, agent = %agent, reason = %reason, "rollout halted");

@@ -101,12 +101,14 @@ pub fn object(
         body["halted_reason"] = json!(reason);
     }
     if let Some(p) = policy {
-        let sizes = p.wave_sizes(c.agents.max(1));
+        // Sized as the rollout is: on the most agents it saw following.
+        let n = record.map_or(0, |r| r.agents).max(c.agents).max(1);
+        let sizes = p.wave_sizes(n);
         let wave = record.map_or(0, |r| r.current_wave(&sizes, p.bake_ms, now));
         body["wave"] = json!(wave + 1);
         body["waves"] = json!(sizes.len());
         body["wave_sizes"] = json!(sizes);
-        body["slots"] = json!({"held": held, "max": p.slots(c.agents.max(1))});
+        body["slots"] = json!({"held": held, "max": p.slots(n)});
         body["policy"] = json!(p);
     }
     body
