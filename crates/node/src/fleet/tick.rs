@@ -1,4 +1,5 @@
-//! The node's rollout task: retries its connections' pending slot requests (at once when a
+//! The node's rollout task: retries the reports and releases the store did not take, and
+//! its connections' pending slot requests (at once when a
 //! slot frees here, and every 250 ms for frees on other nodes, expired leases and waves
 //! that finished baking), renews the leases of slots its connections hold (every third of
 //! a lease), and reads the policies every second to tell its agents of changes made
@@ -32,6 +33,7 @@ pub fn start(node: Arc<Node>) {
                 poll_policies(&node).await;
                 polled = Some(Instant::now());
             }
+            super::pending::flush(&node).await;
             retry(&node).await;
             if renewed.elapsed() >= node.fleet.lease() / 3 {
                 renew(&node).await;
