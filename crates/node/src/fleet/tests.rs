@@ -72,3 +72,42 @@ async fn a_report_the_store_refuses_is_kept_and_retried() {
     assert!(rec.failed.contains("a") && rec.halted.is_some(), "{rec:?}");
     assert!(lock(&node.fleet.unsent).is_empty());
 }
+
+/// A request the node drops because the policy is gone (cleared through another node,
+/// perhaps set again before this node's polling saw it) is answered with `policy` null,
+/// and the policy set again is sent by the next polling.
+#[tokio::test]
+async fn a_request_dropped_with_its_policy_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path());
+    set_policy(&node, 1).await;
+    tick::poll_policies(&node).await;
+    node.fleet.join(1, "a", vec!["prod".into()]);
+    let b = node.fleet.join(2, "b", vec!["prod".into()]);
+    let answer = node.fleet.request(&node, 1, "prod", at(2)).await;
+    assert!(matches!(answer, ServerMsg::Grant { .. }), "{answer:?}");
+    let answer = node.fleet.request(&node, 2, "prod", at(2)).await;
+    assert!(matches!(answer, ServerMsg::Hold { .. }), "{answer:?}");
+    node.store.set_policy("prod", None).await.unwrap();
+    tick::retry(&node).await;
+    let told = b.take();
+    assert!(
+        told.iter()
+            .any(|m| matches!(m, ServerMsg::Policy { policy: None, .. })),
+        "{told:?}"
+    );
+    assert!(lock(&node.fleet.waiters).is_empty());
+    set_policy(&node, 1).await;
+    tick::poll_policies(&node).await;
+    let told = b.take();
+    assert!(
+        told.iter().any(|m| matches!(
+            m,
+            ServerMsg::Policy {
+                policy: Some(_),
+                ..
+            }
+        )),
+        "{told:?}"
+    );
+}
