@@ -193,6 +193,13 @@ mod tests {
         assert_eq!(o["wave_sizes"], json!([1, 2, 4]));
         assert_eq!(o["slots"], json!({"held": 1, "max": 2}));
         assert_eq!(o["policy"]["max_unavailable"], 2);
+        // Sized as the rollout is, on the most agents it saw (this node may count fewer).
+        let big = Record {
+            agents: 10,
+            ..r.clone()
+        };
+        let o = object(at(7), c, Some(&p), Some(&big), 100);
+        assert_eq!(o["wave_sizes"], json!([1, 5, 10]));
         // A newer version than the halted one: a fix, not halted.
         let o = object(at(8), c, Some(&p), Some(&r), 100);
         assert_eq!(o["state"], "rolling");
