@@ -5,4 +5,5 @@
 
 mod bots;
 mod cluster;
+mod reconnect;
 mod single;

@@ -67,6 +67,9 @@ pub struct ServeConfig {
 }
 
 /// Build the node config from flags and the optional file.
+/// The longest `slot_lease`: a slot of an agent that vanished must come back some day.
+const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+
 pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     let raw = match &args.config {
         Some(path) => {
@@ -191,6 +194,9 @@ pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     if slot_lease < Duration::from_secs(1) {
         push("slot_lease", "must be at least 1s".into());
     }
+    if slot_lease > MAX_LEASE {
+        push("slot_lease", "must be at most 1d".into());
+    }
     let defaults = super::front::Limits::default();
     let request_timeout = match args
         .request_timeout
@@ -303,6 +309,24 @@ pub(crate) mod tests {
         std::io::Write::write_all(&mut c, cert.pem().as_bytes()).unwrap();
         std::io::Write::write_all(&mut k, key.serialize_pem().as_bytes()).unwrap();
         (c, k)
+    }
+
+    #[test]
+    fn slot_lease_is_bounded() {
+        let with = |lease: &str| {
+            super::from_args(&crate::args::ServeArgs {
+                slot_lease: Some(lease.into()),
+                ..crate::args::ServeArgs::default()
+            })
+        };
+        let err = with("1000000d").expect_err("too long");
+        assert!(
+            err.0
+                .iter()
+                .any(|p| p.key == "slot_lease" && p.message.contains("at most 1d")),
+            "{err:?}"
+        );
+        assert!(with("1s").is_ok() && with("1d").is_ok());
     }
 
     #[test]

@@ -406,7 +406,8 @@ impl Hub {
 
     /// Record connection `id`'s health report of `env` at `position`: on its ack of that
     /// position, or (a report sent again after a reconnect, with no ack on this
-    /// connection) as an ack that succeeded.
+    /// connection) as an ack that succeeded. A report of an older position than the
+    /// recorded ack (re-sent after a reconnect) is ignored: status never goes backwards.
     pub fn health(
         &self,
         id: u64,
@@ -422,6 +423,11 @@ impl Hub {
         };
         let ack = match slot {
             Some(a) if a.position == position => a,
+            Some(a)
+                if (a.position.epoch, a.position.version) > (position.epoch, position.version) =>
+            {
+                return;
+            }
             _ => slot.insert(AckState::acked(position, true, None)),
         };
         ack.health = Some(state);
@@ -602,6 +608,31 @@ mod tests {
                 matches!(serde_json::from_str(frames[0].as_str()).unwrap(), ServerMsg::Change { position, .. } if position == at(version))
             );
         }
+    }
+
+    /// A health report of an older position than the recorded ack leaves the ack alone.
+    #[test]
+    fn an_older_health_report_does_not_move_the_ack_back() {
+        let hub = Hub::new(16);
+        let at = |version| Position {
+            epoch: Epoch(1),
+            version,
+        };
+        let id = hub.register(AgentInfo {
+            agent: "a".into(),
+            token: "t".into(),
+            envs: [("prod".to_string(), None)].into(),
+        });
+        hub.ack(id, "prod", AckState::acked(at(3), true, None));
+        hub.health(id, "prod", at(2), HealthState::Failed, None, true);
+        let ack = hub.agents()[0].envs["prod"].clone().expect("acked");
+        assert_eq!((ack.position, ack.health), (at(3), None));
+        hub.health(id, "prod", at(3), HealthState::Healthy, None, false);
+        let ack = hub.agents()[0].envs["prod"].clone().expect("acked");
+        assert_eq!(
+            (ack.position, ack.health),
+            (at(3), Some(HealthState::Healthy))
+        );
     }
 
     fn changes(frame: &Utf8Bytes) -> Vec<WireChange> {

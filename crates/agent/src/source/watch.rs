@@ -19,7 +19,9 @@ use super::{SourceKind, SourceSpec};
 
 /// Keeps the watches alive; drop it to stop watching.
 pub struct SourceWatcher {
-    watcher: notify::RecommendedWatcher,
+    /// None without any source to watch: an inotify instance is a per-user resource
+    /// (128 by default), so an agent fed only by nodes takes none.
+    watcher: Option<notify::RecommendedWatcher>,
     specs: Vec<SourceSpec>,
     /// Shared with the event handler (notify's thread).
     targets: Arc<Mutex<Vec<Target>>>,
@@ -129,7 +131,10 @@ pub fn watch(
             }
         }
     };
-    let watcher = notify::recommended_watcher(handler).map_err(WatchError::Start)?;
+    let watcher = match specs.is_empty() {
+        true => None,
+        false => Some(notify::recommended_watcher(handler).map_err(WatchError::Start)?),
+    };
     let mut w = SourceWatcher {
         watcher,
         specs: specs.to_vec(),
@@ -159,7 +164,9 @@ impl SourceWatcher {
     fn add(&mut self, t: Target) -> notify::Result<()> {
         let count = self.watched.get(&t.dir).copied().unwrap_or(0);
         if count == 0 {
-            self.watcher.watch(&t.dir, RecursiveMode::NonRecursive)?;
+            if let Some(w) = self.watcher.as_mut() {
+                w.watch(&t.dir, RecursiveMode::NonRecursive)?;
+            }
         }
         self.watched.insert(t.dir.clone(), count + 1);
         self.targets
@@ -184,7 +191,9 @@ impl SourceWatcher {
                 Some(1) => {
                     self.watched.remove(&t.dir);
                     // The directory may be gone already; nothing to undo then.
-                    let _ = self.watcher.unwatch(&t.dir);
+                    if let Some(w) = self.watcher.as_mut() {
+                        let _ = w.unwatch(&t.dir);
+                    }
                 }
                 Some(n) => {
                     self.watched.insert(t.dir, n - 1);
@@ -279,6 +288,22 @@ mod tests {
             .await
             .ok()
             .flatten()
+    }
+
+    #[test]
+    fn no_source_takes_no_inotify_instance() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let none = watch(&[], tx.clone()).unwrap();
+        assert!(
+            none.watcher.is_none(),
+            "an agent fed only by nodes watches nothing"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let spec = SourceSpec {
+            kind: SourceKind::Dotenv,
+            path: d.path().join("app.env"),
+        };
+        assert!(watch(&[spec], tx).unwrap().watcher.is_some());
     }
 
     #[tokio::test]

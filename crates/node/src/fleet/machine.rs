@@ -33,6 +33,14 @@ pub struct Record {
     pub halted: Option<String>,
     /// Slots held: agent → lease expiry.
     pub slots: BTreeMap<String, u64>,
+    /// The version each slot was granted for (or last asked again for): only a report of
+    /// that version or a newer one gives it back. A slot missing here (a record written
+    /// before this was kept) is given back by any report.
+    pub slot_at: BTreeMap<String, Position>,
+    /// The most agents seen following the environment during this rollout: the slots and
+    /// waves are sized on it, so a count that lags (a node just restarted) cannot shrink
+    /// them mid-rollout. 0 in a record written before this was kept.
+    pub agents: usize,
 }
 
 /// What a slot request gets.
@@ -50,22 +58,42 @@ pub fn newer(a: Position, b: Position) -> bool {
 impl Record {
     /// A request or report of `position`: a newer version than the record's starts a new
     /// rollout (which lifts a halt: a fix). Slots held stay held (their agents still act).
+    /// The agents holding a slot (they act on the newer version under it) are its first
+    /// members.
     fn follow(&mut self, position: Position) {
         if self.version.is_none_or(|v| newer(position, v)) {
             let slots = std::mem::take(&mut self.slots);
+            let slot_at = std::mem::take(&mut self.slot_at);
             *self = Record {
                 version: Some(position),
+                granted: slots.keys().cloned().collect(),
                 slots,
+                slot_at,
                 ..Record::default()
             };
         }
     }
 
+    /// Whether `agent` reported its health of this rollout's version.
+    fn reported(&self, agent: &str) -> bool {
+        self.healthy.contains(agent) || self.failed.contains(agent) || self.forgiven.contains(agent)
+    }
+
+    /// Give back `agent`'s slot; it stays a member of its wave only if it reported.
+    fn free(&mut self, agent: &str) -> bool {
+        self.slot_at.remove(agent);
+        if self.slots.remove(agent).is_none() {
+            return false;
+        }
+        if !self.reported(agent) {
+            self.granted.remove(agent);
+        }
+        true
+    }
+
     /// Whether every agent granted so far reported its health.
     fn all_reported(&self) -> bool {
-        self.granted.iter().all(|a| {
-            self.healthy.contains(a) || self.failed.contains(a) || self.forgiven.contains(a)
-        })
+        self.granted.iter().all(|a| self.reported(a))
     }
 
     /// The wave the rollout is in at `now` for `sizes`, past the stored one when it is
@@ -103,12 +131,7 @@ pub fn expire(rec: &mut Record, now: u64) -> Vec<String> {
         .map(|(a, _)| a.clone())
         .collect();
     for a in &gone {
-        rec.slots.remove(a);
-        let reported =
-            rec.healthy.contains(a) || rec.failed.contains(a) || rec.forgiven.contains(a);
-        if !reported {
-            rec.granted.remove(a);
-        }
+        rec.free(a);
     }
     gone
 }
@@ -126,8 +149,13 @@ pub fn acquire(
 ) -> Outcome {
     expire(rec, now);
     rec.follow(position);
-    if let Some(until) = rec.slots.get_mut(agent) {
-        *until = now + lease_ms;
+    let until = now.saturating_add(lease_ms);
+    if let Some(held) = rec.slots.get_mut(agent) {
+        *held = until;
+        let at = rec.slot_at.entry(agent.to_string()).or_insert(position);
+        if newer(position, *at) {
+            *at = position;
+        }
         return Outcome::Grant;
     }
     if let Some(reason) = &rec.halted {
@@ -136,7 +164,8 @@ pub fn acquire(
             halted: true,
         };
     }
-    let n = n.max(1);
+    rec.agents = rec.agents.max(n);
+    let n = rec.agents.max(1);
     let max = policy.slots(n);
     let held = rec.slots.len();
     if held >= max {
@@ -166,13 +195,17 @@ pub fn acquire(
         }
         rec.granted.insert(agent.to_string());
     }
-    rec.slots.insert(agent.to_string(), now + lease_ms);
+    rec.slots.insert(agent.to_string(), until);
+    rec.slot_at.insert(agent.to_string(), position);
     Outcome::Grant
 }
 
-/// `agent` reports its health of `position`: its slot is free; a failure of the rollout's
-/// version counts, and the rollout halts at `max_failures`. Returns the halt's reason when
-/// this report halted it (once).
+/// `agent` reports its health of `position`: its slot is free when it was granted for
+/// this version or an older one (a report of an older version, re-sent on a reconnect,
+/// leaves a newer slot held); a failure of the rollout's version counts, and the rollout
+/// halts at `max_failures`. The same word again (a reconnect re-sends it) changes nothing:
+/// a failure a resume forgave stays forgiven. Returns the halt's reason when this report
+/// halted it (once).
 pub fn report(
     rec: &mut Record,
     policy: &Policy,
@@ -181,10 +214,29 @@ pub fn report(
     healthy: bool,
     now: u64,
 ) -> Option<String> {
-    rec.slots.remove(agent);
+    let frees = rec
+        .slot_at
+        .get(agent)
+        .is_none_or(|&at| !newer(at, position));
     rec.follow(position);
     if rec.version != Some(position) {
-        // An older version: only the slot counts.
+        // An older version: only the slot counts. A holder carried over into this
+        // rollout that reports the older one did not act on this one under it.
+        if frees {
+            rec.free(agent);
+        }
+        return None;
+    }
+    if frees {
+        rec.slots.remove(agent);
+        rec.slot_at.remove(agent);
+    }
+    let again = if healthy {
+        rec.healthy.contains(agent)
+    } else {
+        rec.failed.contains(agent) || rec.forgiven.contains(agent)
+    };
+    if again {
         return None;
     }
     rec.forgiven.remove(agent);
@@ -213,14 +265,7 @@ pub fn report(
 /// `agent` gives its slot back without a report (nothing to act on, or it stops): it is
 /// no longer a member of its wave unless it reported.
 pub fn release(rec: &mut Record, agent: &str) {
-    if rec.slots.remove(agent).is_some() {
-        let reported = rec.healthy.contains(agent)
-            || rec.failed.contains(agent)
-            || rec.forgiven.contains(agent);
-        if !reported {
-            rec.granted.remove(agent);
-        }
-    }
+    rec.free(agent);
 }
 
 /// Extend the leases of `agents`' slots (those connected to the renewing node).
@@ -232,7 +277,7 @@ pub fn renew<'a>(
 ) {
     for a in agents {
         if let Some(until) = rec.slots.get_mut(a) {
-            *until = (*until).max(now + lease_ms);
+            *until = (*until).max(now.saturating_add(lease_ms));
         }
     }
 }

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod machine;
 pub mod metrics;
+mod pending;
 pub mod status;
 mod tick;
 
@@ -30,7 +31,7 @@ use tokio::time::Instant;
 
 use super::Node;
 use super::store::{Store, StoreError};
-use machine::{Outcome, Record};
+use machine::{Outcome, Record, newer};
 
 pub use tick::start;
 
@@ -102,6 +103,8 @@ pub struct Fleet {
     pub halts: AtomicU64,
     /// Something freed a slot here: retry the waiters now.
     wake: Notify,
+    /// Reports and releases the store did not take yet, in arrival order.
+    unsent: Mutex<Vec<pending::Unsent>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -126,6 +129,7 @@ impl Fleet {
             counts: Mutex::default(),
             halts: AtomicU64::new(0),
             wake: Notify::new(),
+            unsent: Mutex::default(),
         }
     }
 
@@ -339,8 +343,9 @@ impl Fleet {
         }
     }
 
-    /// Connection `conn` reported its health of `env` at `position`: its slot is free; a
-    /// failure counts against the rollout (and may halt it).
+    /// Connection `conn` reported its health of `env` at `position`: its slot is free
+    /// (when granted for that version or an older one); a failure counts against the
+    /// rollout (and may halt it). A report the store does not take is retried later.
     pub async fn report(
         &self,
         node: &Node,
@@ -352,39 +357,13 @@ impl Fleet {
         // A request for a newer version stays: the agent reports a version it acted on
         // without a slot while the next one waits for one.
         if let Some(w) = lock(&self.waiters).get_mut(env) {
-            w.retain(|_, w| {
-                w.conn != conn
-                    || (w.position.epoch, w.position.version) > (position.epoch, position.version)
-            });
+            w.retain(|_, w| w.conn != conn || newer(w.position, position));
         }
-        self.forget_slot(conn, env);
         let Some(agent) = self.agent(conn) else {
             return;
         };
-        let policy = match Fleet::current_policy(&node.store, env).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(env, error = %e, "cannot record a health report in the rollout");
-                return;
-            }
-        };
-        let now = unix_ms();
-        match update(&node.store, env, |rec| {
-            machine::report(rec, &policy, &agent, position, healthy, now)
-        })
-        .await
-        {
-            Ok((Some(reason), _)) => {
-                self.halts.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(env, %position, agent = %agent, reason = %reason, "rollout halted");
-            }
-            Ok((None, _)) => {}
-            Err(e) => {
-                tracing::warn!(env, error = %e, "cannot record a health report in the rollout")
-            }
-        }
-        self.wake.notify_one();
+        let op = pending::Op::Report { position, healthy };
+        self.send(node, env, agent, op).await;
     }
 
     /// Connection `conn` gives back its slot (or its request) for `env`.
@@ -394,11 +373,26 @@ impl Fleet {
         let Some(agent) = self.agent(conn) else {
             return;
         };
-        if !matches!(Fleet::current_policy(&node.store, env).await, Ok(Some(_))) {
-            return;
-        }
-        if let Err(e) = update(&node.store, env, |rec| machine::release(rec, &agent)).await {
-            tracing::warn!(env, error = %e, "cannot give a slot back");
+        self.send(node, env, agent, pending::Op::Release).await;
+    }
+
+    /// Apply what `agent` said to `env`'s record, or keep it for the rollout task.
+    async fn send(&self, node: &Node, env: &str, agent: String, op: pending::Op) {
+        let u = pending::Unsent {
+            env: env.to_string(),
+            agent,
+            op,
+        };
+        let pending = lock(&self.unsent).iter().any(|p| p.env == env);
+        // Behind one that waits: in order, after it.
+        let done = if pending {
+            Err(StoreError::Unavailable("earlier reports wait".into()))
+        } else {
+            self.apply(node, &u).await
+        };
+        if let Err(e) = done {
+            tracing::warn!(env, agent = %u.agent, error = %e, "cannot record a rollout report now; it will be retried");
+            self.queue(u);
         }
         self.wake.notify_one();
     }
@@ -426,7 +420,10 @@ pub async fn update<T>(
     env: &str,
     mut f: impl FnMut(&mut Record) -> T,
 ) -> Result<(T, Record), StoreError> {
-    for _ in 0..100 {
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(backoff(attempt)).await;
+        }
         let raw = store.rollout(env).await?;
         let mut rec = read_record(env, raw.as_deref());
         let before = rec.clone();
@@ -444,6 +441,23 @@ pub async fn update<T>(
         "the rollout of {env:?} changed too often to be updated"
     )))
 }
+
+/// Compare-and-swap attempts of one [`update`] before it gives up (about 1.5 s at most).
+const ATTEMPTS: u32 = 20;
+
+/// The pause before attempt `attempt` (from 1): random in the upper half of a window that
+/// doubles from 2 ms to 100 ms, so nodes that collided spread out.
+fn backoff(attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let window = (2u64 << attempt.min(16)).min(100);
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    Duration::from_millis(window / 2 + random % (window / 2 + 1))
+}
+
+#[cfg(test)]
+mod tests;
 
 /// `env`'s record from its stored JSON (a record that does not parse starts over).
 pub fn read_record(env: &str, raw: Option<&str>) -> Record {

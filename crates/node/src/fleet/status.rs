@@ -101,12 +101,14 @@ pub fn object(
         body["halted_reason"] = json!(reason);
     }
     if let Some(p) = policy {
-        let sizes = p.wave_sizes(c.agents.max(1));
+        // Sized as the rollout is: on the most agents it saw following.
+        let n = record.map_or(0, |r| r.agents).max(c.agents).max(1);
+        let sizes = p.wave_sizes(n);
         let wave = record.map_or(0, |r| r.current_wave(&sizes, p.bake_ms, now));
         body["wave"] = json!(wave + 1);
         body["waves"] = json!(sizes.len());
         body["wave_sizes"] = json!(sizes);
-        body["slots"] = json!({"held": held, "max": p.slots(c.agents.max(1))});
+        body["slots"] = json!({"held": held, "max": p.slots(n)});
         body["policy"] = json!(p);
     }
     body
@@ -191,6 +193,13 @@ mod tests {
         assert_eq!(o["wave_sizes"], json!([1, 2, 4]));
         assert_eq!(o["slots"], json!({"held": 1, "max": 2}));
         assert_eq!(o["policy"]["max_unavailable"], 2);
+        // Sized as the rollout is, on the most agents it saw (this node may count fewer).
+        let big = Record {
+            agents: 10,
+            ..r.clone()
+        };
+        let o = object(at(7), c, Some(&p), Some(&big), 100);
+        assert_eq!(o["wave_sizes"], json!([1, 5, 10]));
         // A newer version than the halted one: a fix, not halted.
         let o = object(at(8), c, Some(&p), Some(&r), 100);
         assert_eq!(o["state"], "rolling");

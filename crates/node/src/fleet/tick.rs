@@ -1,4 +1,5 @@
-//! The node's rollout task: retries its connections' pending slot requests (at once when a
+//! The node's rollout task: retries the reports and releases the store did not take, and
+//! its connections' pending slot requests (at once when a
 //! slot frees here, and every 250 ms for frees on other nodes, expired leases and waves
 //! that finished baking), renews the leases of slots its connections hold (every third of
 //! a lease), and reads the policies every second to tell its agents of changes made
@@ -32,6 +33,7 @@ pub fn start(node: Arc<Node>) {
                 poll_policies(&node).await;
                 polled = Some(Instant::now());
             }
+            super::pending::flush(&node).await;
             retry(&node).await;
             if renewed.elapsed() >= node.fleet.lease() / 3 {
                 renew(&node).await;
@@ -48,7 +50,7 @@ pub fn start(node: Arc<Node>) {
 }
 
 /// Read every policy; tell this node's agents of those that changed.
-async fn poll_policies(node: &Node) {
+pub(super) async fn poll_policies(node: &Node) {
     let fleet = &node.fleet;
     let fresh = match Fleet::read_policies(&node.store).await {
         Ok(p) => p,
@@ -72,15 +74,17 @@ async fn poll_policies(node: &Node) {
 }
 
 /// Try every pending request again, one compare-and-swap per environment.
-async fn retry(node: &Node) {
+pub(super) async fn retry(node: &Node) {
     let fleet = &node.fleet;
     let pending: HashMap<String, BTreeMap<u64, Waiter>> = lock(&fleet.waiters).clone();
     for (env, waiters) in pending {
         let policy = match Fleet::current_policy(&node.store, &env).await {
             Ok(Some(p)) => p,
-            // Cleared: its agents were told (`policy` null) and act on their own.
+            // Cleared (perhaps set again since, unseen by the policy polling): its agents
+            // are told now (`policy` null) and act on their own; a policy set again is
+            // then news to the polling, which sends it.
             Ok(None) => {
-                lock(&fleet.waiters).remove(&env);
+                fleet.policy_changed(&env, None);
                 continue;
             }
             Err(_) => continue,

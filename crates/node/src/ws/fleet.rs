@@ -89,8 +89,22 @@ where
     }
 
     pub(super) async fn slot(&mut self, env: String, position: Position) -> Result<(), End> {
+        if !self.outlet()?.follows(&env) {
+            return self.judge("slot", &env, position).await.map(drop);
+        }
         if !self.judge("slot", &env, position).await? {
-            return Ok(());
+            // The agent waits for an answer: it is told to keep waiting, and asks again
+            // for the position it is sent next (or on its next connection).
+            let reason = format!(
+                "slot request for {position}, a position this connection was not sent; ask again"
+            );
+            return self
+                .send_msg(&ServerMsg::Hold {
+                    env,
+                    reason,
+                    halted: false,
+                })
+                .await;
         }
         let node = self.node.clone();
         let answer = node.fleet.request(&node, self.id, &env, position).await;

@@ -223,7 +223,11 @@ fn a_fix_starts_over_and_resume_forgets_the_failures() {
     assert!(granted(&acquire(&mut r, &p, 10, "c", at(5), 5, LEASE)));
     assert_eq!(r.version, Some(at(5)));
     assert!(r.halted.is_none() && r.failed.is_empty());
-    assert_eq!(r.granted.len(), 1);
+    assert_eq!(
+        r.granted,
+        ["c", "slow"].map(String::from).into(),
+        "a holder carried over is a member of the new wave"
+    );
     assert!(
         r.slots.contains_key("slow"),
         "still acting on the old version"
@@ -269,4 +273,102 @@ fn one_wave_never_holds_past_the_count() {
         granted(&acquire(&mut r, &p, 1, "b", at(1), 0, LEASE)),
         "{r:?}"
     );
+}
+
+#[test]
+fn a_repeated_report_changes_nothing_and_a_resume_sticks() {
+    let p = policy(5);
+    let mut r = Record::default();
+    assert!(granted(&acquire(&mut r, &p, 10, "a", at(4), 0, LEASE)));
+    assert!(granted(&acquire(&mut r, &p, 10, "b", at(4), 0, LEASE)));
+    assert!(report(&mut r, &p, "a", at(4), false, 1).is_some());
+    assert!(resume(&mut r));
+    // The agent reconnects and sends its last report again.
+    assert_eq!(report(&mut r, &p, "a", at(4), false, 2), None);
+    assert!(r.halted.is_none(), "the resume holds: {r:?}");
+    assert!(r.forgiven.contains("a") && r.failed.is_empty());
+    assert_eq!(report(&mut r, &p, "b", at(4), true, 3), None);
+    assert_eq!(report(&mut r, &p, "b", at(4), true, 50), None);
+    assert_eq!(
+        r.last_report_ms,
+        Some(3),
+        "the bake counts from the first word"
+    );
+}
+
+#[test]
+fn a_report_of_an_older_version_leaves_a_newer_slot_held() {
+    let p = policy(1);
+    let mut r = Record::default();
+    assert!(granted(&acquire(&mut r, &p, 10, "a", at(2), 0, LEASE)));
+    // On a reconnect the agent re-sends its health of version 1 first.
+    report(&mut r, &p, "a", at(1), true, 1);
+    assert!(r.slots.contains_key("a"), "{r:?}");
+    assert!(
+        !granted(&acquire(&mut r, &p, 10, "b", at(2), 2, LEASE)),
+        "the one slot is still taken"
+    );
+    // Asked again for a newer version under the same slot: only that one frees it.
+    assert!(granted(&acquire(&mut r, &p, 10, "a", at(3), 3, LEASE)));
+    report(&mut r, &p, "a", at(2), true, 4);
+    assert!(r.slots.contains_key("a"));
+    report(&mut r, &p, "a", at(3), true, 5);
+    assert!(r.slots.is_empty());
+    assert!(granted(&acquire(&mut r, &p, 10, "b", at(3), 6, LEASE)));
+}
+
+#[test]
+fn a_slot_of_an_older_record_is_freed_by_any_report() {
+    let old = r#"{"version":{"epoch":"0000000000000001","version":2},"granted":["a"],"slots":{"a":99999}}"#;
+    let mut r: Record = serde_json::from_str(old).unwrap();
+    assert_eq!(r.agents, 0);
+    report(&mut r, &policy(1), "a", at(1), true, 1);
+    assert!(r.slots.is_empty());
+}
+
+#[test]
+fn holders_carried_into_a_new_version_fill_its_first_wave() {
+    let mut p = policy(5);
+    p.waves = vec![Amount::Count(1)];
+    let mut r = Record::default();
+    assert!(granted(&acquire(&mut r, &p, 10, "a", at(1), 0, LEASE)));
+    // Version 2 arrives while "a" holds its slot; it acts on 2 under it.
+    let hold = acquire(&mut r, &p, 10, "b", at(2), 1, LEASE);
+    assert!(
+        matches!(&hold, Outcome::Hold { reason, .. } if reason.contains("wave 1 of 2 is full")),
+        "{hold:?}"
+    );
+    // A holder that reports the older version did not act on the newer one: not a member.
+    report(&mut r, &p, "a", at(1), true, 2);
+    assert!(!r.granted.contains("a"));
+    assert!(granted(&acquire(&mut r, &p, 10, "b", at(2), 3, LEASE)));
+}
+
+#[test]
+fn the_rollout_keeps_the_largest_count_of_agents() {
+    let mut p = policy(10);
+    p.waves = vec![Amount::Count(1), Amount::Percent(50)];
+    let mut r = Record::default();
+    assert!(granted(&acquire(&mut r, &p, 10, "a", at(1), 0, LEASE)));
+    assert_eq!(r.agents, 10);
+    // A node that just restarted counts only the agents it saw so far.
+    let hold = acquire(&mut r, &p, 1, "b", at(1), 1, LEASE);
+    assert!(
+        matches!(&hold, Outcome::Hold { reason, .. } if reason.contains("wave 1 of 3")),
+        "{hold:?}"
+    );
+    // A new version counts afresh (the fleet may have shrunk).
+    report(&mut r, &p, "a", at(1), true, 2);
+    assert!(granted(&acquire(&mut r, &p, 4, "a", at(2), 3, LEASE)));
+    assert_eq!(r.agents, 4);
+}
+
+#[test]
+fn a_huge_lease_does_not_overflow() {
+    let p = policy(1);
+    let mut r = Record::default();
+    assert!(granted(&acquire(&mut r, &p, 1, "a", at(1), 5, u64::MAX)));
+    assert!(granted(&acquire(&mut r, &p, 1, "a", at(1), 6, u64::MAX)));
+    renew(&mut r, ["a"], 7, u64::MAX);
+    assert_eq!(r.slots["a"], u64::MAX);
 }
