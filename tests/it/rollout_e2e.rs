@@ -27,7 +27,7 @@ fn slots(r: &Json) -> (u64, u64) {
 /// 50 agents, `max_unavailable = 5`: one write restarts every child, never more than 5 at
 /// once, and the nodes never count more than 5 slots held.
 fn fifty_agents_five_at_a_time(nodes: usize) {
-    // One fleet of fifty at a time: each agent holds an inotify instance, 128 per user.
+    // One fleet of fifty at a time: two at once are a hundred agents on a small machine.
     static FIFTY: Mutex<()> = Mutex::new(());
     let _one = FIFTY.lock().unwrap_or_else(PoisonError::into_inner);
     let mut f = Fleet::start(nodes, &[]);
