@@ -107,6 +107,39 @@ async fn child_exit(exits: &mut Option<watch::Receiver<ChildExits>>) -> Exit {
     std::future::pending().await
 }
 
+/// A bake of a restart: first wait until the supervisor started the new child (its spawn
+/// generation moves past `generation`, its value when the restart was asked for), so the
+/// old child is never probed and "still running" is timed from the new child's start; its
+/// exits up to then (the old child's) are not counted. Then [`bake`].
+pub async fn bake_after_spawn<P, F>(
+    spec: &HealthSpec,
+    probe: Option<P>,
+    mut exits: Option<watch::Receiver<ChildExits>>,
+    new_child: Option<(watch::Receiver<u64>, u64)>,
+) -> Result<(), Failure>
+where
+    P: FnMut() -> F,
+    F: Future<Output = Result<(), String>>,
+{
+    if let Some((mut spawns, generation)) = new_child {
+        if spawns.wait_for(|g| *g > generation).await.is_err() {
+            // The supervisor is gone: the agent ends with it.
+            std::future::pending::<()>().await;
+        }
+        if let Some(rx) = exits.as_mut() {
+            rx.borrow_and_update();
+        }
+    }
+    bake(spec, probe, exits).await
+}
+
+/// `d` from now; a duration too large for the clock is as good as never.
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
+}
+
 /// Bake one version. `probe` runs one attempt of the check (`None`: no check); `exits` are
 /// the child's (run mode), already marked seen up to the moment the agent acted. Resolves
 /// when the verdict is known; dropping it abandons the bake.
@@ -136,7 +169,7 @@ where
 
     // 1. The check passes once, within health_timeout (the app starting).
     if let Some(p) = probe.as_mut() {
-        let first_by = Instant::now() + spec.timeout;
+        let first_by = after(spec.timeout);
         loop {
             let r = tokio::select! {
                 r = attempt(p) => r,
@@ -165,7 +198,7 @@ where
     }
 
     // 2. It keeps passing, and the child keeps running, for the bake time.
-    let end = Instant::now() + spec.bake;
+    let end = after(spec.bake);
     loop {
         if Instant::now() >= end {
             return Ok(());

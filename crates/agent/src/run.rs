@@ -109,6 +109,9 @@ pub(crate) struct Agent {
     pub(crate) failed: Option<Position>,
     /// The network source's rollout slot: its policy, and a slot asked for or held.
     pub(crate) gate: crate::gate::Gate,
+    /// The last restart asked of the supervisor: its spawn receiver and generation then
+    /// (a bake of it waits for the new child, `crate::bake`).
+    pub(crate) restarted: Option<(tokio::sync::watch::Receiver<u64>, u64)>,
 }
 
 /// How long the agent waits for its tasks once it is done.
@@ -244,6 +247,7 @@ async fn run_with(cfg: Config, log: LogControl, tasks: &Tasks) -> Result<i32, Ag
         healthy: None,
         failed: None,
         gate: crate::gate::Gate::default(),
+        restarted: None,
     };
     // The first version: acknowledged now, baked once the child runs (`serve`).
     let first = agent.ack(Ok(()));
@@ -394,6 +398,10 @@ impl Agent {
                     let terminating = sig == Signal::TERM || sig == Signal::INT;
                     if terminating {
                         crate::health::stopping();
+                        // Stopping is not a failure of the version: its bake ends unreported.
+                        if let Some(b) = self.baking.take() {
+                            tracing::info!(position = %b.position, "stopping: this version's bake ends unreported");
+                        }
                         if matches!(sink, Sink::Child(_)) {
                             // Given back while the child stops, so the follower can send it.
                             self.gate_reset();
@@ -531,6 +539,7 @@ impl Agent {
         force_restart: bool,
     ) -> (Result<(), String>, bool) {
         let retry = self.retry.take();
+        self.restarted = None;
         let merged = self.layers.merged();
         let changed = changed_keys(&self.applied, &merged);
         if changed.is_empty() && !self.stale && !force_restart {
@@ -585,6 +594,9 @@ impl Agent {
         match sink {
             Sink::Child(sup) if restart => {
                 tracing::info!("restarting the child");
+                let spawns = sup.spawns();
+                let generation = *spawns.borrow();
+                self.restarted = Some((spawns, generation));
                 sup.send(Control::Restart(self.env.clone()));
             }
             Sink::Child(sup) => {

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use tether_core::protocol::Position;
 use tether_core::rollout::HealthState;
 
-use super::{Failure, HealthSpec, ProbeContext, bake};
+use super::{Failure, HealthSpec, ProbeContext, bake_after_spawn};
 use crate::run::{Agent, Sink};
 use crate::state::Layers;
 
@@ -79,6 +79,8 @@ impl Agent {
             self.report(position, Ok(()), false);
             return;
         }
+        // A restart asked for by this apply: the bake starts with the new child.
+        let new_child = self.restarted.take().filter(|_| !since_start);
         let exits = match sink {
             Sink::Child(sup) => {
                 let mut rx = sup.exits();
@@ -91,7 +93,7 @@ impl Agent {
         };
         self.hold(sink, true);
         tracing::info!(%position, bake = ?spec.bake, check = spec.check.as_ref().map(|c| c.key()), "baking the change");
-        let verdict = start(spec, self.probe_context(), exits);
+        let verdict = start(spec, self.probe_context(), exits, new_child);
         self.baking = Some(Baking {
             position,
             layers: self.layers.clone(),
@@ -238,6 +240,7 @@ fn start(
     spec: HealthSpec,
     ctx: Option<ProbeContext>,
     exits: Option<tokio::sync::watch::Receiver<crate::supervisor::ChildExits>>,
+    new_child: Option<(tokio::sync::watch::Receiver<u64>, u64)>,
 ) -> Verdict {
     Box::pin(async move {
         match (spec.check.clone(), ctx) {
@@ -246,9 +249,9 @@ fn start(
                     let (check, ctx) = (check.clone(), ctx.clone());
                     async move { check.probe(&ctx).await }
                 };
-                bake(&spec, Some(probe), exits).await
+                bake_after_spawn(&spec, Some(probe), exits, new_child).await
             }
-            _ => bake(&spec, None::<NoProbe>, exits).await,
+            _ => bake_after_spawn(&spec, None::<NoProbe>, exits, new_child).await,
         }
     })
 }
