@@ -365,6 +365,9 @@ impl Agent {
                 _ = sleep_until(self.gate.alone_at().unwrap_or_else(Instant::now)), if self.gate.alone_at().is_some() => {
                     self.act_alone(&sink).await;
                 }
+                _ = sleep_until(self.gate.resend_at().unwrap_or_else(Instant::now)), if self.gate.resend_at().is_some() => {
+                    self.resend_slot();
+                }
                 Some(event) = async { self.keyshade.as_mut().expect("guarded").updates.recv().await }, if self.keyshade.is_some() => {
                     match event {
                         KeyshadeEvent::State(entries) => {
@@ -386,7 +389,8 @@ impl Agent {
                 verdict = async { self.baking.as_mut().expect("guarded").verdict().await }, if self.baking.is_some() => {
                     self.bake_done(&sink, verdict).await;
                 }
-                _ = sleep_until(self.retry.map_or_else(Instant::now, |r| r.0)), if self.retry.is_some() => {
+                // Not while a slot is waited for: the grant's apply writes them anyway.
+                _ = sleep_until(self.retry.map_or_else(Instant::now, |r| r.0)), if self.retry.is_some() && !self.gate.waiting() => {
                     tracing::info!("retrying the outputs that failed");
                     self.apply(&sink).await;
                 }

@@ -140,7 +140,9 @@ struct Health {
 pub enum FleetEvent {
     /// A connection is up (welcomed); the policy follows after `synced`.
     Connected,
-    /// The connection was lost: no node to ask for a slot until `Connected` again.
+    /// No node is reachable: every configured node's session failed in a row since one
+    /// last welcomed this agent (sent once per such run). No node to ask for a slot until
+    /// `Connected` again.
     Lost,
     /// The environment's policy (`None`: none; act at once).
     Policy(Option<Policy>),
@@ -193,6 +195,8 @@ struct Follower {
     slot: Option<Position>,
     /// When the current session got its `synced`, if it did.
     synced_at: Option<tokio::time::Instant>,
+    /// The current session was welcomed (a node was reached).
+    welcomed: bool,
     updates: mpsc::UnboundedSender<NetUpdate>,
     reports: mpsc::UnboundedReceiver<Report>,
     fleet: mpsc::UnboundedSender<FleetEvent>,
@@ -257,6 +261,7 @@ pub fn start_as(
         last_health: None,
         slot: None,
         synced_at: None,
+        welcomed: false,
         updates: utx,
         reports: arx,
         fleet: ftx,
@@ -301,17 +306,24 @@ impl Follower {
         order.shuffle(&mut rand::thread_rng());
         let mut backoff = Backoff::new();
         let mut attempt = 0usize;
+        // Sessions that failed since a node last welcomed this agent: once every node
+        // failed in a row, none is reachable (`FleetEvent::Lost`).
+        let mut failed = 0usize;
         loop {
             let url = self.urls[order[attempt % order.len()]].clone();
             attempt += 1;
             let round_done = attempt % self.urls.len() == 0;
             self.synced_at = None;
+            self.welcomed = false;
             let e = match self.session(&url).await {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
             crate::health::net_lost();
-            let _ = self.fleet.send(FleetEvent::Lost);
+            failed = if self.welcomed { 1 } else { failed + 1 };
+            if failed == self.urls.len() {
+                let _ = self.fleet.send(FleetEvent::Lost);
+            }
             self.problem.send_replace(Some(format!("{url}: {e}")));
             let outcome = Outcome::of(&e, self.synced_at, tokio::time::Instant::now());
             let delay = backoff.after(outcome, round_done);
@@ -453,6 +465,7 @@ impl Follower {
                     match msg {
                         ServerMsg::Welcome { node, heartbeat_ms } => {
                             welcomed = true;
+                            self.welcomed = true;
                             silence = Duration::from_millis(heartbeat_ms.max(10)).mul_f32(2.5);
                             tracing::info!(node = %node, url = %url, "connected to node");
                             crate::health::net_connected();
@@ -460,12 +473,17 @@ impl Follower {
                                 send(&mut ws, &ack_msg(&self.spec.env, pos, result), last_frame + silence).await?;
                                 self.acked.send_replace(Some(pos));
                             }
-                            if let Some(h) = self.last_health.clone() {
-                                send(&mut ws, &health_msg(&self.spec.env, h), last_frame + silence).await?;
-                            }
+                            // The slot first: a node that frees a slot on a health report
+                            // must know of the newer request before it sees an older report.
                             if let Some(position) = self.slot {
                                 let m = ClientMsg::Slot { env: self.spec.env.clone(), position };
                                 send(&mut ws, &m, last_frame + silence).await?;
+                            }
+                            // Only a report of the last position acknowledged is news; an
+                            // older one was superseded (and would undo a resume).
+                            let last_acked = self.last_ack.as_ref().map(|(p, _)| *p);
+                            if let Some(h) = self.last_health.clone().filter(|h| Some(h.position) == last_acked) {
+                                send(&mut ws, &health_msg(&self.spec.env, h), last_frame + silence).await?;
                             }
                             let _ = self.fleet.send(FleetEvent::Connected);
                         }
