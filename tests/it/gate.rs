@@ -434,3 +434,83 @@ fn a_reconnect_does_not_repeat_a_health_report_older_than_the_last_ack() {
     agent.wait_for("v2 healthy", || health_positions(&c1).contains(&v2));
     assert_eq!(health_positions(&c1), [v2], "{:?}", c1.received());
 }
+
+/// A version whose output could not be written is reported failed and its slot given
+/// back; the outputs' retry then asks for a slot again (no unpaced action, no spinning
+/// while it waits) and, granted, writes, restarts, acknowledges and reports it.
+#[test]
+fn a_version_that_failed_to_write_is_retried_under_a_new_slot() {
+    let w = Work::new();
+    let fake = FakeNode::start();
+    std::fs::create_dir(w.path("out")).unwrap();
+    let out = w.path("out/app.env");
+    let (url, state) = (fake.url(), w.path("state").display().to_string());
+    let mut args: Vec<String> = [
+        "run",
+        "--server",
+        &url,
+        "--env",
+        "prod",
+        "--state-dir",
+        &state,
+        "--output",
+        &out.display().to_string(),
+        "--on-change",
+        "restart",
+        "--debounce",
+        "0",
+        "--bake",
+        "0s",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push("--".into());
+    args.extend(w.child_args(&[]));
+    let agent = Tether::start(w.dir.path(), &args, &[]);
+    let (v1, v2) = (pos(E, 1), pos(E, 2));
+    let c0 = fake.wait_hello(&agent, 0);
+    c0.sync(LONG_HB, v1, &[("A", "1")]);
+    c0.send(&policy(Some(restarts_under_one_slot())));
+    agent.wait_for("v1 running", || w.starts().len() == 1 && c0.acked(v1));
+
+    // The output's directory turns into a file: the write fails.
+    std::fs::rename(w.path("out"), w.path("out.away")).unwrap();
+    std::fs::write(w.path("out"), "not a dir").unwrap();
+    c0.send(&change(v2, &[("A", "2")]));
+    agent.wait_for("a slot asked for v2", || c0.slots() == [v2]);
+    c0.send(&grant(v2));
+    agent.wait_for("v2 not applied, reported and given back", || {
+        let r = c0.received();
+        r.iter()
+            .any(|m| matches!(m, ClientMsg::Ack { position, ok: false, .. } if *position == v2))
+            && health_positions(&c0) == [v1, v2]
+            && c0.releases() == 1
+    });
+    agent.wait_for("the retry asks for a slot again", || c0.slots() == [v2, v2]);
+    c0.send(&hold("1 of 1 slots in use", false));
+    agent.wait_for("the hold logged", || {
+        count(&agent, "1 of 1 slots in use") == 1
+    });
+    assert!(
+        count(&agent, "retrying the outputs that failed") <= 2,
+        "the retry spins while waiting:\n{}",
+        logs(&agent)
+    );
+    assert_eq!(
+        w.starts().len(),
+        1,
+        "acted without a slot: {:?}",
+        w.record()
+    );
+
+    std::fs::remove_file(w.path("out")).unwrap();
+    std::fs::rename(w.path("out.away"), w.path("out")).unwrap();
+    c0.send(&grant(v2));
+    agent.wait_for("v2 written, restarted, acked and healthy", || {
+        std::fs::read_to_string(&out).unwrap_or_default() == "A=2\n"
+            && w.starts().len() == 2
+            && c0.acked(v2)
+            && health_positions(&c0) == [v1, v2, v2]
+    });
+    assert_eq!(count(&agent, "acting on my own"), 0);
+}

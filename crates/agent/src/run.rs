@@ -498,11 +498,14 @@ impl Agent {
     }
 
     /// Acknowledge the network source's latest position, once. Returns the position
-    /// acknowledged, if there was one.
+    /// acknowledged, if there was one. A position that failed to apply stays pending: the
+    /// outputs' retry goes through the gate again and acknowledges (and bakes) it anew.
     pub(crate) fn ack(&mut self, result: Result<(), String>) -> Option<Position> {
         if let (Some(net), Some(p)) = (&self.net, self.net_pending.take()) {
             if result.is_ok() {
                 crate::health::position_applied(p);
+            } else {
+                self.net_pending = Some(p);
             }
             net.ack(p, result);
             return Some(p);
