@@ -116,8 +116,9 @@ pub(crate) struct Agent {
 
 /// How long the agent waits for its tasks once it is done.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
-/// How long a stopping agent gives its follower to send a slot's release.
-const RELEASE_GRACE: Duration = Duration::from_millis(100);
+/// How long a stopping agent gives its follower to send its last reports (a health
+/// report, a slot's release) when no node is connected.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Run the agent until the child exits (run) or TERM/INT (watch). Returns the exit code.
 /// Every task it started has stopped (or the deadline passed) when it returns. `log` changes
@@ -252,10 +253,13 @@ async fn run_with(cfg: Config, log: LogControl, tasks: &Tasks) -> Result<i32, Ag
     // The first version: acknowledged now, baked once the child runs (`serve`).
     let first = agent.ack(Ok(()));
     let code = agent.serve(signal_rx, reload_asked, first).await;
-    // Best effort: a slot asked for or held goes back before the follower stops (given a
-    // moment to send it).
-    if agent.gate_reset() {
-        tokio::time::sleep(RELEASE_GRACE).await;
+    // Best effort: a slot asked for or held goes back, and every report made goes out,
+    // before the follower stops (given a moment when no node is connected).
+    agent.gate_reset();
+    if let Some(net) = &agent.net {
+        if !net.flush(FLUSH_DEADLINE).await {
+            tracing::warn!("stopping before the last reports reached a node");
+        }
     }
     if !agent.cfg.keep_outputs {
         for o in &agent.outputs {

@@ -116,6 +116,16 @@ impl NetSource {
     pub fn release(&self) {
         let _ = self.reports.send(Report::Release);
     }
+
+    /// Wait, up to `within`, until every report made so far went out on a connection (a
+    /// stopping agent's last health report or release is not lost). Whether they did.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.reports.send(Report::Flush(tx)).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(within, rx).await, Ok(Ok(())))
+    }
 }
 
 /// What the agent tells the nodes, through the follower.
@@ -125,6 +135,8 @@ enum Report {
     Health(Health),
     Slot(Position),
     Release,
+    /// Answered once the reports before it went out on a connection.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 #[derive(Clone, Debug)]
@@ -197,6 +209,8 @@ struct Follower {
     synced_at: Option<tokio::time::Instant>,
     /// The current session was welcomed (a node was reached).
     welcomed: bool,
+    /// Flushes waiting for a connection to send what they follow.
+    flushes: Vec<tokio::sync::oneshot::Sender<()>>,
     updates: mpsc::UnboundedSender<NetUpdate>,
     reports: mpsc::UnboundedReceiver<Report>,
     fleet: mpsc::UnboundedSender<FleetEvent>,
@@ -262,6 +276,7 @@ pub fn start_as(
         slot: None,
         synced_at: None,
         welcomed: false,
+        flushes: Vec::new(),
         updates: utx,
         reports: arx,
         fleet: ftx,
@@ -485,6 +500,10 @@ impl Follower {
                             if let Some(h) = self.last_health.clone().filter(|h| Some(h.position) == last_acked) {
                                 send(&mut ws, &health_msg(&self.spec.env, h), last_frame + silence).await?;
                             }
+                            // Everything reported so far went out with the above.
+                            for tx in self.flushes.drain(..) {
+                                let _ = tx.send(());
+                            }
                             let _ = self.fleet.send(FleetEvent::Connected);
                         }
                         ServerMsg::Snapshot { env, position, entries } if env == self.spec.env => {
@@ -605,6 +624,14 @@ impl Follower {
                         Report::Release => {
                             self.slot = None;
                             ClientMsg::Release { env: self.spec.env.clone() }
+                        }
+                        Report::Flush(tx) => {
+                            if welcomed {
+                                let _ = tx.send(());
+                            } else {
+                                self.flushes.push(tx);
+                            }
+                            continue;
                         }
                     };
                     if welcomed {
