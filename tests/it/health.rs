@@ -409,25 +409,38 @@ fn watch_mode_without_a_check_is_healthy_at_once() {
 }
 
 /// A child that fails the first version's bake under `restart_on_exit = never`, with
-/// nothing to roll back to, ends tether: its failure report still reaches the node.
+/// nothing to roll back to, ends tether while its node connection is down: tether waits
+/// for the next connection to send the failure before it exits.
 #[test]
 fn a_failure_reported_as_tether_exits_reaches_the_node() {
     let w = Work::new();
     let fake = FakeNode::start();
-    let mut agent = start_agent(&w, &fake, &["--bake", "30s"]);
+    let mut agent = start_agent(&w, &fake, &["--bake", "1h"]);
     let v1 = pos(E1, 1);
     let c0 = fake.wait_hello(&agent, 0);
-    c0.sync(LONG_HB, v1, &[("A", "bad")]);
+    c0.sync(LONG_HB, v1, &[("A", "good")]);
+    agent.wait_for("v1 baking", || {
+        logs(&agent).contains("baking the change") && w.starts().len() == 1
+    });
+    c0.abort();
+    let c1 = fake.wait_hello(&agent, 1);
+    // Not welcomed yet: the child dies, the bake fails, tether is about to exit.
+    let child = nix::unistd::Pid::from_raw(w.starts()[0]);
+    nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL).unwrap();
+    agent.wait_for("the bake failed", || {
+        logs(&agent).contains("the change failed its bake")
+    });
+    c1.sync(LONG_HB, v1, &[("A", "good")]);
     let status = agent.wait();
-    assert_eq!(status.code(), Some(3), "{}", logs(&agent));
+    assert_eq!(status.code(), Some(137), "{}", logs(&agent));
     crate::support::wait_for("the failure report at the node", || {
-        health_of(&c0, v1).is_some()
+        health_of(&c1, v1).is_some()
     });
     assert_eq!(
-        health_of(&c0, v1).map(|h| h.0),
+        health_of(&c1, v1).map(|h| h.0),
         Some(HealthState::Failed),
         "{:?}",
-        c0.received()
+        c1.received()
     );
 }
 
@@ -487,7 +500,9 @@ fn a_reload_that_changes_the_sources_during_a_bake_still_reports_it() {
         c0.acked(v2) && logs(&agent).matches("baking the change").count() == 2
     });
     w.write("tether.toml", "source = [\"file:local.env\"]\n");
-    agent.wait_for("the reload", || logs(&agent).contains("bake goes on"));
+    agent.wait_for("the reload", || {
+        logs(&agent).contains("configuration reloaded")
+    });
     std::fs::write(&ok, "").unwrap();
     agent.wait_for("v2 reported", || health_of(&c0, v2).is_some());
     assert_eq!(

@@ -118,7 +118,7 @@ pub(crate) struct Agent {
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
 /// How long a stopping agent gives its follower to send its last reports (a health
 /// report, a slot's release) when no node is connected.
-const FLUSH_DEADLINE: Duration = Duration::from_secs(1);
+const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Run the agent until the child exits (run) or TERM/INT (watch). Returns the exit code.
 /// Every task it started has stopped (or the deadline passed) when it returns. `log` changes
