@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use crate::supervisor::{ChildExits, Exit};
+use crate::supervisor::{ChildExits, Exit, Spawns};
 
 mod agent;
 pub mod check;
@@ -115,19 +115,29 @@ pub async fn bake_after_spawn<P, F>(
     spec: &HealthSpec,
     probe: Option<P>,
     mut exits: Option<watch::Receiver<ChildExits>>,
-    new_child: Option<(watch::Receiver<u64>, u64)>,
+    new_child: Option<(watch::Receiver<Spawns>, u64)>,
 ) -> Result<(), Failure>
 where
     P: FnMut() -> F,
     F: Future<Output = Result<(), String>>,
 {
     if let Some((mut spawns, generation)) = new_child {
-        if spawns.wait_for(|g| *g > generation).await.is_err() {
+        let spawned = spawns
+            .wait_for(|s| s.generation > generation)
+            .await
+            .map(|s| *s);
+        let Ok(spawned) = spawned else {
             // The supervisor is gone: the agent ends with it.
-            std::future::pending::<()>().await;
-        }
+            return std::future::pending().await;
+        };
         if let Some(rx) = exits.as_mut() {
-            rx.borrow_and_update();
+            // The old child's exits are not this bake's; the new child's (already) are.
+            let seen = *rx.borrow_and_update();
+            if seen.count > spawned.exits_before {
+                if let Some(e) = seen.last {
+                    return Err(exited(e));
+                }
+            }
         }
     }
     bake(spec, probe, exits).await

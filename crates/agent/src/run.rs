@@ -111,7 +111,7 @@ pub(crate) struct Agent {
     pub(crate) gate: crate::gate::Gate,
     /// The last restart asked of the supervisor: its spawn receiver and generation then
     /// (a bake of it waits for the new child, `crate::bake`).
-    pub(crate) restarted: Option<(tokio::sync::watch::Receiver<u64>, u64)>,
+    pub(crate) restarted: Option<(tokio::sync::watch::Receiver<supervisor::Spawns>, u64)>,
 }
 
 /// How long the agent waits for its tasks once it is done.
@@ -606,7 +606,7 @@ impl Agent {
             Sink::Child(sup) if restart => {
                 tracing::info!("restarting the child");
                 let spawns = sup.spawns();
-                let generation = *spawns.borrow();
+                let generation = spawns.borrow().generation;
                 self.restarted = Some((spawns, generation));
                 sup.send(Control::Restart(self.env.clone()));
             }

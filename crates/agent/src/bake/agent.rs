@@ -250,7 +250,7 @@ fn start(
     spec: HealthSpec,
     ctx: Option<ProbeContext>,
     exits: Option<tokio::sync::watch::Receiver<crate::supervisor::ChildExits>>,
-    new_child: Option<(tokio::sync::watch::Receiver<u64>, u64)>,
+    new_child: Option<(tokio::sync::watch::Receiver<crate::supervisor::Spawns>, u64)>,
 ) -> Verdict {
     Box::pin(async move {
         match (spec.check.clone(), ctx) {

@@ -118,7 +118,8 @@ impl NetSource {
     }
 
     /// Wait, up to `within`, until every report made so far went out on a connection (a
-    /// stopping agent's last health report or release is not lost). Whether they did.
+    /// stopping agent's last health report or release is not lost), which is then closed:
+    /// the follower does nothing more. Whether they did.
     pub async fn flush(&self, within: Duration) -> bool {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.reports.send(Report::Flush(tx)).is_err() {
@@ -501,8 +502,9 @@ impl Follower {
                                 send(&mut ws, &health_msg(&self.spec.env, h), last_frame + silence).await?;
                             }
                             // Everything reported so far went out with the above.
-                            for tx in self.flushes.drain(..) {
-                                let _ = tx.send(());
+                            if !self.flushes.is_empty() {
+                                let flushes = std::mem::take(&mut self.flushes);
+                                return close_and_stop(&mut ws, flushes).await;
                             }
                             let _ = self.fleet.send(FleetEvent::Connected);
                         }
@@ -627,10 +629,9 @@ impl Follower {
                         }
                         Report::Flush(tx) => {
                             if welcomed {
-                                let _ = tx.send(());
-                            } else {
-                                self.flushes.push(tx);
+                                return close_and_stop(&mut ws, vec![tx]).await;
                             }
+                            self.flushes.push(tx);
                             continue;
                         }
                     };
@@ -651,6 +652,30 @@ impl Follower {
         }
         self.save();
     }
+}
+
+/// The agent is stopping and every report went out: close the connection cleanly (what
+/// the node sent is read, so the kernel does not reset the connection and lose our last
+/// frames at the node), answer the flushes, and do nothing more.
+async fn close_and_stop<S>(
+    ws: &mut S,
+    flushes: Vec<tokio::sync::oneshot::Sender<()>>,
+) -> Result<std::convert::Infallible, SessionError>
+where
+    S: futures_util::Sink<Message, Error = tungstenite::Error>
+        + futures_util::Stream<Item = Result<Message, tungstenite::Error>>
+        + Unpin,
+{
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        if ws.send(Message::Close(None)).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+    for tx in flushes {
+        let _ = tx.send(());
+    }
+    std::future::pending().await
 }
 
 fn health_msg(env: &str, h: Health) -> ClientMsg {

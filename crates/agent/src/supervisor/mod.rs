@@ -94,7 +94,7 @@ pub struct SpawnError {
 pub struct Supervisor {
     tx: mpsc::UnboundedSender<Control>,
     exits: watch::Receiver<ChildExits>,
-    spawns: watch::Receiver<u64>,
+    spawns: watch::Receiver<Spawns>,
     /// A change is baking: see [`Supervisor::hold`]. Set by the handle at once, so that a
     /// child exiting before the task reads its messages is held already.
     hold: Arc<AtomicBool>,
@@ -106,6 +106,15 @@ pub struct Supervisor {
 pub struct ChildExits {
     pub count: u64,
     pub last: Option<Exit>,
+}
+
+/// The spawn generation: how many children were started after the first, and how many
+/// exits of its own the child had made when the last of them started (so a bake can tell
+/// an exit of the new child from the old one's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spawns {
+    pub generation: u64,
+    pub exits_before: u64,
 }
 
 impl Supervisor {
@@ -146,7 +155,7 @@ impl Supervisor {
         let (tx, rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = oneshot::channel();
         let (exits_tx, exits) = watch::channel(ChildExits::default());
-        let (spawns_tx, spawns) = watch::channel(0);
+        let (spawns_tx, spawns) = watch::channel(Spawns::default());
         let actor = Actor {
             spawner,
             env,
@@ -194,7 +203,7 @@ impl Supervisor {
     /// The spawn generation: how many children were started after the first. A bake of a
     /// restart waits for it to move past its value when the restart was asked for, so it
     /// never probes the old child.
-    pub fn spawns(&self) -> watch::Receiver<u64> {
+    pub fn spawns(&self) -> watch::Receiver<Spawns> {
         self.spawns.clone()
     }
 }
@@ -249,7 +258,7 @@ struct Actor<S> {
     rx: mpsc::UnboundedReceiver<Control>,
     exits: watch::Sender<ChildExits>,
     /// The spawn generation (see [`Supervisor::spawns`]).
-    spawns: watch::Sender<u64>,
+    spawns: watch::Sender<Spawns>,
     /// A change is baking: see [`Supervisor::hold`].
     hold: Arc<AtomicBool>,
 }
@@ -376,7 +385,11 @@ impl<S: Spawner> Actor<S> {
     /// Start a new child with the current environment; the spawn generation moves.
     fn respawn(&self) -> Result<Running, SpawnError> {
         let next = spawn(&self.spawner, &self.env)?;
-        self.spawns.send_modify(|g| *g += 1);
+        let exits_before = self.exits.borrow().count;
+        self.spawns.send_modify(|s| {
+            s.generation += 1;
+            s.exits_before = exits_before;
+        });
         Ok(next)
     }
 

@@ -26,13 +26,23 @@ async fn the_spawn_generation_moves_when_the_new_child_starts() {
     let spawner = TestSpawner::new(Behaviour::runs().dies_after(secs(3)));
     let (sup, _done) = start(&spawner, opts(RestartPolicy::Never));
     let spawns = sup.spawns();
-    assert_eq!(*spawns.borrow(), 0);
+    assert_eq!(spawns.borrow().generation, 0);
     sleep_until(spawner.at(secs(1))).await;
     sup.send(Control::Restart(EnvVars::new()));
     sleep_until(spawner.at(secs(3))).await;
-    assert_eq!(*spawns.borrow(), 0, "the old child is still stopping");
+    assert_eq!(
+        spawns.borrow().generation,
+        0,
+        "the old child is still stopping"
+    );
     respawned(&spawner, 1).await;
-    assert_eq!(*spawns.borrow(), 1);
+    assert_eq!(
+        *spawns.borrow(),
+        Spawns {
+            generation: 1,
+            exits_before: 0
+        }
+    );
     assert_eq!(
         sup.exits().borrow().count,
         0,
