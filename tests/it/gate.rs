@@ -5,7 +5,7 @@
 //! acts alone after its splay; a reconnect asks again.
 
 use nix::sys::signal::Signal::SIGTERM;
-use tether_core::protocol::{Epoch, Position};
+use tether_core::protocol::{ClientMsg, Epoch, Position};
 use tether_core::rollout::{Amount, Policy};
 
 use crate::agent_ops::{endpoint_addr, get, sample};
@@ -327,4 +327,190 @@ fn a_reconnect_asks_for_the_slot_again_and_calls_off_acting_alone() {
     });
     agent.wait_for("the slot given back", || c1.releases() == 1);
     assert_eq!(count(&agent, "acting on my own now"), 0, "{}", logs(&agent));
+}
+
+/// The positions of the `health` frames on `c`, in order.
+fn health_positions(c: &Conn<'_>) -> Vec<Position> {
+    c.received()
+        .into_iter()
+        .filter_map(|m| match m {
+            ClientMsg::Health { position, .. } => Some(position),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One node failing while another is there is a failover, not "no node reachable": the
+/// waiting agent asks the other node and never schedules acting alone (splay 0).
+#[test]
+fn a_failover_to_another_node_is_not_acting_alone() {
+    let w = Work::new();
+    let (a, b) = (FakeNode::start(), FakeNode::start());
+    let agent = start_agent(&w, &a, true, &["--server", &b.url()]);
+    agent.wait_for("a hello on either node", || {
+        a.conn(0).hello().is_some() || b.conn(0).hello().is_some()
+    });
+    let (first, second) = if a.conn(0).hello().is_some() {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let c0 = sync_under(&w, first, &agent, restarts_under_one_slot());
+    let v2 = pos(E, 2);
+    c0.send(&change(v2, &[("A", "2")]));
+    agent.wait_for("a slot asked for v2", || c0.slots() == [v2]);
+    c0.abort();
+    let n = second.attempts().saturating_sub(1);
+    let c1 = second.wait_hello(&agent, n);
+    c1.sync(LONG_HB, v2, &[("A", "2")]);
+    agent.wait_for("the slot asked of the other node", || c1.slots() == [v2]);
+    still_old(&w, c1, v2);
+    assert_eq!(count(&agent, "acting on my own"), 0, "{}", logs(&agent));
+}
+
+/// On a reconnect the request for the newer version goes before the repeated health
+/// report of the older one (a node frees a slot on a report).
+#[test]
+fn a_reconnect_asks_for_the_slot_before_it_repeats_its_health_report() {
+    let w = Work::new();
+    let fake = FakeNode::start();
+    let agent = start_agent(&w, &fake, true, &["--bake", "0s"]);
+    let c0 = sync_under(&w, &fake, &agent, restarts_under_one_slot());
+    let (v1, v2) = (pos(E, 1), pos(E, 2));
+    agent.wait_for("v1 reported", || health_positions(&c0) == [v1]);
+    c0.send(&change(v2, &[("A", "2")]));
+    agent.wait_for("a slot asked for v2", || c0.slots() == [v2]);
+    c0.abort();
+    let c1 = fake.wait_hello(&agent, 1);
+    c1.sync(LONG_HB, v2, &[("A", "2")]);
+    agent.wait_for("the slot and v1's report sent again", || {
+        c1.slots() == [v2] && health_positions(&c1) == [v1]
+    });
+    let frames = c1.received();
+    let slot = frames
+        .iter()
+        .position(|m| matches!(m, ClientMsg::Slot { .. }));
+    let health = frames
+        .iter()
+        .position(|m| matches!(m, ClientMsg::Health { .. }));
+    assert!(slot < health, "{frames:?}");
+}
+
+/// A health report older than the last acknowledged version is not sent again on a
+/// reconnect: only the newest version's report is news.
+#[test]
+fn a_reconnect_does_not_repeat_a_health_report_older_than_the_last_ack() {
+    let w = Work::new();
+    let fake = FakeNode::start();
+    let ok = w.path("ok");
+    std::fs::write(&ok, "").unwrap();
+    let check = format!("test -e {}", ok.display());
+    let agent = start_agent(
+        &w,
+        &fake,
+        false,
+        &[
+            "--health-cmd",
+            &check,
+            "--bake",
+            "0s",
+            "--health-interval",
+            "100ms",
+        ],
+    );
+    let (v1, v2) = (pos(E, 1), pos(E, 2));
+    let c0 = fake.wait_hello(&agent, 0);
+    c0.sync(LONG_HB, v1, &[("A", "1")]);
+    agent.wait_for("v1 healthy", || health_positions(&c0) == [v1]);
+    // v2 is acknowledged but its check does not pass yet.
+    std::fs::remove_file(&ok).unwrap();
+    c0.send(&change(v2, &[("A", "2")]));
+    agent.wait_for("v2 acked", || c0.acked(v2));
+    c0.abort();
+    let c1 = fake.wait_hello(&agent, 1);
+    c1.sync(LONG_HB, v2, &[("A", "2")]);
+    agent.wait_for("v2's ack sent again", || c1.acked(v2));
+    std::fs::write(&ok, "").unwrap();
+    agent.wait_for("v2 healthy", || health_positions(&c1).contains(&v2));
+    assert_eq!(health_positions(&c1), [v2], "{:?}", c1.received());
+}
+
+/// A version whose output could not be written is reported failed and its slot given
+/// back; the outputs' retry then asks for a slot again (no unpaced action, no spinning
+/// while it waits) and, granted, writes, restarts, acknowledges and reports it.
+#[test]
+fn a_version_that_failed_to_write_is_retried_under_a_new_slot() {
+    let w = Work::new();
+    let fake = FakeNode::start();
+    std::fs::create_dir(w.path("out")).unwrap();
+    let out = w.path("out/app.env");
+    let (url, state) = (fake.url(), w.path("state").display().to_string());
+    let mut args: Vec<String> = [
+        "run",
+        "--server",
+        &url,
+        "--env",
+        "prod",
+        "--state-dir",
+        &state,
+        "--output",
+        &out.display().to_string(),
+        "--on-change",
+        "restart",
+        "--debounce",
+        "0",
+        "--bake",
+        "0s",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push("--".into());
+    args.extend(w.child_args(&[]));
+    let agent = Tether::start(w.dir.path(), &args, &[]);
+    let (v1, v2) = (pos(E, 1), pos(E, 2));
+    let c0 = fake.wait_hello(&agent, 0);
+    c0.sync(LONG_HB, v1, &[("A", "1")]);
+    c0.send(&policy(Some(restarts_under_one_slot())));
+    agent.wait_for("v1 running", || w.starts().len() == 1 && c0.acked(v1));
+
+    // The output's directory turns into a file: the write fails.
+    std::fs::rename(w.path("out"), w.path("out.away")).unwrap();
+    std::fs::write(w.path("out"), "not a dir").unwrap();
+    c0.send(&change(v2, &[("A", "2")]));
+    agent.wait_for("a slot asked for v2", || c0.slots() == [v2]);
+    c0.send(&grant(v2));
+    agent.wait_for("v2 not applied, reported and given back", || {
+        let r = c0.received();
+        r.iter()
+            .any(|m| matches!(m, ClientMsg::Ack { position, ok: false, .. } if *position == v2))
+            && health_positions(&c0) == [v1, v2]
+            && c0.releases() == 1
+    });
+    agent.wait_for("the retry asks for a slot again", || c0.slots() == [v2, v2]);
+    c0.send(&hold("1 of 1 slots in use", false));
+    agent.wait_for("the hold logged", || {
+        count(&agent, "1 of 1 slots in use") == 1
+    });
+    assert!(
+        count(&agent, "retrying the outputs that failed") <= 2,
+        "the retry spins while waiting:\n{}",
+        logs(&agent)
+    );
+    assert_eq!(
+        w.starts().len(),
+        1,
+        "acted without a slot: {:?}",
+        w.record()
+    );
+
+    std::fs::remove_file(w.path("out")).unwrap();
+    std::fs::rename(w.path("out.away"), w.path("out")).unwrap();
+    c0.send(&grant(v2));
+    agent.wait_for("v2 written, restarted, acked and healthy", || {
+        std::fs::read_to_string(&out).unwrap_or_default() == "A=2\n"
+            && w.starts().len() == 2
+            && c0.acked(v2)
+            && health_positions(&c0) == [v1, v2, v2]
+    });
+    assert_eq!(count(&agent, "acting on my own"), 0);
 }

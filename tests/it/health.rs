@@ -407,3 +407,106 @@ fn watch_mode_without_a_check_is_healthy_at_once() {
         logs(&agent)
     );
 }
+
+/// A child that fails the first version's bake under `restart_on_exit = never`, with
+/// nothing to roll back to, ends tether while its node connection is down: tether waits
+/// for the next connection to send the failure before it exits.
+#[test]
+fn a_failure_reported_as_tether_exits_reaches_the_node() {
+    let w = Work::new();
+    let fake = FakeNode::start();
+    let mut agent = start_agent(&w, &fake, &["--bake", "1h"]);
+    let v1 = pos(E1, 1);
+    let c0 = fake.wait_hello(&agent, 0);
+    c0.sync(LONG_HB, v1, &[("A", "good")]);
+    agent.wait_for("v1 baking", || {
+        logs(&agent).contains("baking the change") && w.starts().len() == 1
+    });
+    c0.abort();
+    let c1 = fake.wait_hello(&agent, 1);
+    // Not welcomed yet: the child dies, the bake fails, tether is about to exit.
+    let child = nix::unistd::Pid::from_raw(w.starts()[0]);
+    nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL).unwrap();
+    agent.wait_for("the bake failed", || {
+        logs(&agent).contains("the change failed its bake")
+    });
+    c1.sync(LONG_HB, v1, &[("A", "good")]);
+    let status = agent.wait();
+    assert_eq!(status.code(), Some(137), "{}", logs(&agent));
+    crate::support::wait_for("the failure report at the node", || {
+        health_of(&c1, v1).is_some()
+    });
+    assert_eq!(
+        health_of(&c1, v1).map(|h| h.0),
+        Some(HealthState::Failed),
+        "{:?}",
+        c1.received()
+    );
+}
+
+/// Stopping tether during a bake is not a failure of the version: nothing is reported
+/// for it, and nothing is rolled back.
+#[test]
+fn stopping_tether_during_a_bake_reports_nothing() {
+    let w = Work::new();
+    let fake = FakeNode::start();
+    let mut agent = start_agent(&w, &fake, &["--bake", "1h"]);
+    let v1 = pos(E1, 1);
+    let c0 = fake.wait_hello(&agent, 0);
+    c0.sync(LONG_HB, v1, &[("A", "good")]);
+    agent.wait_for("v1 baking", || logs(&agent).contains("baking the change"));
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait();
+    assert_eq!(healths(&c0), [], "{}", logs(&agent));
+    assert!(!logs(&agent).contains("rolling back"), "{}", logs(&agent));
+}
+
+/// A reload that adds a file source during a bake does not leave the version unreported:
+/// the bake goes on and its verdict reaches the node.
+#[test]
+fn a_reload_that_changes_the_sources_during_a_bake_still_reports_it() {
+    let w = Work::new();
+    let fake = FakeNode::start();
+    let ok = w.path("ok");
+    std::fs::write(&ok, "").unwrap();
+    w.write("tether.toml", "");
+    w.write("local.env", "B=1\n");
+    let check = format!("test -e {}", ok.display());
+    let cfg = w.path("tether.toml").display().to_string();
+    let agent = start_agent(
+        &w,
+        &fake,
+        &[
+            "--config",
+            &cfg,
+            "--no-env",
+            "--on-change",
+            "signal:USR1",
+            "--health-cmd",
+            &check,
+            "--bake",
+            "0s",
+            "--health-interval",
+            "100ms",
+        ],
+    );
+    let (v1, v2) = (pos(E1, 1), pos(E1, 2));
+    let c0 = fake.wait_hello(&agent, 0);
+    c0.sync(LONG_HB, v1, &[("A", "1")]);
+    agent.wait_for("v1 healthy", || health_of(&c0, v1).is_some());
+    std::fs::remove_file(&ok).unwrap();
+    c0.send(&change(v2, &[("A", "2")]));
+    agent.wait_for("v2 acked and baking", || {
+        c0.acked(v2) && logs(&agent).matches("baking the change").count() == 2
+    });
+    w.write("tether.toml", "source = [\"file:local.env\"]\n");
+    agent.wait_for("the reload", || {
+        logs(&agent).contains("configuration reloaded")
+    });
+    std::fs::write(&ok, "").unwrap();
+    agent.wait_for("v2 reported", || health_of(&c0, v2).is_some());
+    assert_eq!(
+        health_of(&c0, v2),
+        Some((HealthState::Healthy, None, false))
+    );
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use crate::supervisor::{ChildExits, Exit};
+use crate::supervisor::{ChildExits, Exit, Spawns};
 
 mod agent;
 pub mod check;
@@ -107,6 +107,49 @@ async fn child_exit(exits: &mut Option<watch::Receiver<ChildExits>>) -> Exit {
     std::future::pending().await
 }
 
+/// A bake of a restart: first wait until the supervisor started the new child (its spawn
+/// generation moves past `generation`, its value when the restart was asked for), so the
+/// old child is never probed and "still running" is timed from the new child's start; its
+/// exits up to then (the old child's) are not counted. Then [`bake`].
+pub async fn bake_after_spawn<P, F>(
+    spec: &HealthSpec,
+    probe: Option<P>,
+    mut exits: Option<watch::Receiver<ChildExits>>,
+    new_child: Option<(watch::Receiver<Spawns>, u64)>,
+) -> Result<(), Failure>
+where
+    P: FnMut() -> F,
+    F: Future<Output = Result<(), String>>,
+{
+    if let Some((mut spawns, generation)) = new_child {
+        let spawned = spawns
+            .wait_for(|s| s.generation > generation)
+            .await
+            .map(|s| *s);
+        let Ok(spawned) = spawned else {
+            // The supervisor is gone: the agent ends with it.
+            return std::future::pending().await;
+        };
+        if let Some(rx) = exits.as_mut() {
+            // The old child's exits are not this bake's; the new child's (already) are.
+            let seen = *rx.borrow_and_update();
+            if seen.count > spawned.exits_before {
+                if let Some(e) = seen.last {
+                    return Err(exited(e));
+                }
+            }
+        }
+    }
+    bake(spec, probe, exits).await
+}
+
+/// `d` from now; a duration too large for the clock is as good as never.
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
+}
+
 /// Bake one version. `probe` runs one attempt of the check (`None`: no check); `exits` are
 /// the child's (run mode), already marked seen up to the moment the agent acted. Resolves
 /// when the verdict is known; dropping it abandons the bake.
@@ -136,7 +179,7 @@ where
 
     // 1. The check passes once, within health_timeout (the app starting).
     if let Some(p) = probe.as_mut() {
-        let first_by = Instant::now() + spec.timeout;
+        let first_by = after(spec.timeout);
         loop {
             let r = tokio::select! {
                 r = attempt(p) => r,
@@ -165,7 +208,7 @@ where
     }
 
     // 2. It keeps passing, and the child keeps running, for the bake time.
-    let end = Instant::now() + spec.bake;
+    let end = after(spec.bake);
     loop {
         if Instant::now() >= end {
             return Ok(());

@@ -29,6 +29,19 @@ use raw::load;
 pub use raw::{RawConfig, RawEnv, RawOutput, RawSource, RawSourceTable, read_file};
 pub use tether_core::settings::{ConfigError, LogFormat, Problem, parse_duration};
 
+/// The longest any of the agent's durations may be (a day): larger ones are mistakes, and
+/// would overflow the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(86_400);
+
+/// A duration of the agent's configuration: parsed, at most [`MAX_DURATION`].
+pub(crate) fn parse_bounded(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > MAX_DURATION {
+        return Err(format!("{s:?} is too long: at most 1d (24h)"));
+    }
+    Ok(d)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestartPolicy {
     Never,
@@ -257,7 +270,7 @@ pub fn validate_in(
     let env = parse_env(raw.env.as_ref(), mode, &mut p);
 
     let dur = |p: &mut Problems, key: &str, v: &Option<String>, default: Duration| match v {
-        Some(s) => p.check(key, parse_duration(s)).unwrap_or(default),
+        Some(s) => p.check(key, parse_bounded(s)).unwrap_or(default),
         None => default,
     };
     let stop_timeout = dur(

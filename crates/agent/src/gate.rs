@@ -13,9 +13,10 @@
 //!   arrive while waiting are asked for again under the same request.
 //! - `hold` keeps the agent waiting; a policy cleared (or no longer pacing the change)
 //!   applies at once.
-//! - With no node reachable (every node failed in a row while waiting, or none up before
-//!   asking) the agent acts on its own after a random splay in `[0, splay)`, unless a node
-//!   comes back first.
+//! - With no node reachable (every node's connection failed in a row while waiting, or
+//!   before asking) the agent acts on its own after [`ALONE_FLOOR`] plus a random splay in
+//!   `[0, splay)`, unless a node comes back first; never while the last hold said `halted`.
+//! - A request still waiting is sent again every [`RESEND`], so one a node dropped heals.
 
 use std::time::Duration;
 
@@ -28,6 +29,17 @@ use crate::source::net::FleetEvent;
 use tether_core::protocol::Position;
 use tether_core::rollout::Policy;
 
+/// How long a waiting agent lets its follower find a node again before it acts alone
+/// (its splay is drawn on top): a blip or a failover is not "no node reachable".
+pub(crate) const ALONE_FLOOR: Duration = Duration::from_secs(10);
+/// How often a request still waiting is asked again on the same connection.
+pub(crate) const RESEND: Duration = Duration::from_secs(30);
+
+/// When to act alone, from `now`.
+fn alone_from(now: Instant, splay: Duration) -> Instant {
+    now + ALONE_FLOOR + crate::debounce::splay_offset(splay)
+}
+
 /// Where the agent stands with the node's slots (one per network source).
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
@@ -38,6 +50,8 @@ pub(crate) struct Gate {
     phase: Phase,
     /// The hold reason last logged: each distinct one is logged once per wait.
     hold: Option<String>,
+    /// The last hold of this wait said the rollout is halted: never act alone then.
+    halted: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,6 +64,8 @@ enum Phase {
         asked: Position,
         since: Instant,
         alone: Option<Instant>,
+        /// When to ask again (see [`RESEND`]).
+        resend: Instant,
     },
     /// Acting under a slot, until it is given back.
     Holding,
@@ -107,17 +123,20 @@ impl Gate {
                     asked: p,
                     since,
                     alone,
+                    resend: now + RESEND,
                 };
                 Check::Ask(p)
             }
             (Some(p), _) => {
-                let alone = (!self.connected).then(|| now + crate::debounce::splay_offset(splay));
+                let alone = (!self.connected).then(|| alone_from(now, splay));
                 self.phase = Phase::Waiting {
                     asked: p,
                     since: now,
                     alone,
+                    resend: now + RESEND,
                 };
                 self.hold = None;
+                self.halted = false;
                 crate::health::slot_wait_started();
                 Check::Ask(p)
             }
@@ -131,6 +150,7 @@ impl Gate {
         }
         self.phase = Phase::Idle;
         self.hold = None;
+        self.halted = false;
     }
 
     /// A slot was granted: whether it is wanted (a wait ends; the agent acts under it).
@@ -170,17 +190,38 @@ impl Gate {
         self.end_wait(now);
     }
 
-    /// The node's connection was lost. While waiting, the splay drawn before acting alone.
+    /// No node is reachable (every one failed in a row). While waiting, and unless the
+    /// rollout was last said to be halted, how long until the agent acts alone.
     pub(crate) fn lost(&mut self, now: Instant, splay: Duration) -> Option<Duration> {
         self.connected = false;
+        let halted = self.halted;
         match &mut self.phase {
             Phase::Waiting {
                 alone: alone @ None,
                 ..
-            } => {
-                let offset = crate::debounce::splay_offset(splay);
-                *alone = Some(now + offset);
-                Some(offset)
+            } if !halted => {
+                let at = alone_from(now, splay);
+                *alone = Some(at);
+                Some(at - now)
+            }
+            _ => None,
+        }
+    }
+
+    /// When to ask again for the slot waited for.
+    pub(crate) fn resend_at(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Waiting { resend, .. } => Some(resend),
+            _ => None,
+        }
+    }
+
+    /// The request is asked again now: the position to ask for (the next time is set).
+    pub(crate) fn resent(&mut self, now: Instant) -> Option<Position> {
+        match &mut self.phase {
+            Phase::Waiting { asked, resend, .. } => {
+                *resend = now + RESEND;
+                Some(*asked)
             }
             _ => None,
         }
@@ -210,8 +251,10 @@ impl Gate {
         self.policy.as_ref()
     }
 
-    /// A hold: whether its reason is new for this wait (to be logged).
-    pub(crate) fn held(&mut self, reason: &str) -> bool {
+    /// A hold: whether its reason is new for this wait (to be logged). `halted`: the
+    /// rollout is halted, so this wait never turns into acting alone.
+    pub(crate) fn held(&mut self, reason: &str, halted: bool) -> bool {
+        self.halted = halted;
         if self.hold.as_deref() == Some(reason) {
             return false;
         }
@@ -312,7 +355,7 @@ impl Agent {
     fn warn_alone(&self, splay: Duration) {
         tracing::warn!(
             splay = ?splay,
-            "no node reachable to pace this change; acting on my own after a splay of {splay:?}"
+            "no node reachable to pace this change; acting on my own after a splay of {splay:?} unless one comes back"
         );
     }
 
@@ -328,6 +371,10 @@ impl Agent {
             FleetEvent::Lost => {
                 if let Some(splay) = self.gate.lost(now, self.cfg.splay) {
                     self.warn_alone(splay);
+                } else if self.gate.waiting() && self.gate.alone_at().is_none() {
+                    tracing::warn!(
+                        "no node reachable, and the rollout was halted: keeping the old values until a node says otherwise"
+                    );
                 }
             }
             FleetEvent::Policy(policy) => {
@@ -360,7 +407,7 @@ impl Agent {
                 }
             }
             FleetEvent::Hold { reason, halted } => {
-                if self.gate.waiting() && self.gate.held(&reason) {
+                if self.gate.waiting() && self.gate.held(&reason, halted) {
                     if halted {
                         tracing::warn!(%reason, "the rollout is halted; this agent keeps its old values until a fix or a resume");
                     } else {
@@ -371,6 +418,14 @@ impl Agent {
                     )));
                 }
             }
+        }
+    }
+
+    /// The slot waited for is asked again (a request a node dropped heals).
+    pub(crate) fn resend_slot(&mut self) {
+        if let (Some(position), Some(net)) = (self.gate.resent(Instant::now()), &self.net) {
+            tracing::debug!(%position, "still waiting for a rollout slot; asking again");
+            net.slot(position);
         }
     }
 

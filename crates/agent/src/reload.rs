@@ -310,7 +310,7 @@ impl Agent {
         if plan.sources || plan.net != NetChange::Same || plan.keyshade != NetChange::Same {
             // The layers are laid out anew: a bake's values and the last healthy ones no
             // longer line up with them.
-            self.layout_changed(sink);
+            self.layout_changed(sink, prepared.net.is_some());
         }
         if let Some(ks) = prepared.keyshade {
             if plan.keyshade == NetChange::Restart {

@@ -109,12 +109,16 @@ pub(crate) struct Agent {
     pub(crate) failed: Option<Position>,
     /// The network source's rollout slot: its policy, and a slot asked for or held.
     pub(crate) gate: crate::gate::Gate,
+    /// The last restart asked of the supervisor: its spawn receiver and generation then
+    /// (a bake of it waits for the new child, `crate::bake`).
+    pub(crate) restarted: Option<(tokio::sync::watch::Receiver<supervisor::Spawns>, u64)>,
 }
 
 /// How long the agent waits for its tasks once it is done.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
-/// How long a stopping agent gives its follower to send a slot's release.
-const RELEASE_GRACE: Duration = Duration::from_millis(100);
+/// How long a stopping agent gives its follower to send its last reports (a health
+/// report, a slot's release) when no node is connected.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Run the agent until the child exits (run) or TERM/INT (watch). Returns the exit code.
 /// Every task it started has stopped (or the deadline passed) when it returns. `log` changes
@@ -244,14 +248,18 @@ async fn run_with(cfg: Config, log: LogControl, tasks: &Tasks) -> Result<i32, Ag
         healthy: None,
         failed: None,
         gate: crate::gate::Gate::default(),
+        restarted: None,
     };
     // The first version: acknowledged now, baked once the child runs (`serve`).
     let first = agent.ack(Ok(()));
     let code = agent.serve(signal_rx, reload_asked, first).await;
-    // Best effort: a slot asked for or held goes back before the follower stops (given a
-    // moment to send it).
-    if agent.gate_reset() {
-        tokio::time::sleep(RELEASE_GRACE).await;
+    // Best effort: a slot asked for or held goes back, and every report made goes out,
+    // before the follower stops (given a moment when no node is connected).
+    agent.gate_reset();
+    if let Some(net) = &agent.net {
+        if !net.flush(FLUSH_DEADLINE).await {
+            tracing::warn!("stopping before the last reports reached a node");
+        }
     }
     if !agent.cfg.keep_outputs {
         for o in &agent.outputs {
@@ -361,6 +369,9 @@ impl Agent {
                 _ = sleep_until(self.gate.alone_at().unwrap_or_else(Instant::now)), if self.gate.alone_at().is_some() => {
                     self.act_alone(&sink).await;
                 }
+                _ = sleep_until(self.gate.resend_at().unwrap_or_else(Instant::now)), if self.gate.resend_at().is_some() => {
+                    self.resend_slot();
+                }
                 Some(event) = async { self.keyshade.as_mut().expect("guarded").updates.recv().await }, if self.keyshade.is_some() => {
                     match event {
                         KeyshadeEvent::State(entries) => {
@@ -382,7 +393,8 @@ impl Agent {
                 verdict = async { self.baking.as_mut().expect("guarded").verdict().await }, if self.baking.is_some() => {
                     self.bake_done(&sink, verdict).await;
                 }
-                _ = sleep_until(self.retry.map_or_else(Instant::now, |r| r.0)), if self.retry.is_some() => {
+                // Not while a slot is waited for: the grant's apply writes them anyway.
+                _ = sleep_until(self.retry.map_or_else(Instant::now, |r| r.0)), if self.retry.is_some() && !self.gate.waiting() => {
                     tracing::info!("retrying the outputs that failed");
                     self.apply(&sink).await;
                 }
@@ -394,6 +406,10 @@ impl Agent {
                     let terminating = sig == Signal::TERM || sig == Signal::INT;
                     if terminating {
                         crate::health::stopping();
+                        // Stopping is not a failure of the version: its bake ends unreported.
+                        if let Some(b) = self.baking.take() {
+                            tracing::info!(position = %b.position, "stopping: this version's bake ends unreported");
+                        }
                         if matches!(sink, Sink::Child(_)) {
                             // Given back while the child stops, so the follower can send it.
                             self.gate_reset();
@@ -486,11 +502,14 @@ impl Agent {
     }
 
     /// Acknowledge the network source's latest position, once. Returns the position
-    /// acknowledged, if there was one.
+    /// acknowledged, if there was one. A position that failed to apply stays pending: the
+    /// outputs' retry goes through the gate again and acknowledges (and bakes) it anew.
     pub(crate) fn ack(&mut self, result: Result<(), String>) -> Option<Position> {
         if let (Some(net), Some(p)) = (&self.net, self.net_pending.take()) {
             if result.is_ok() {
                 crate::health::position_applied(p);
+            } else {
+                self.net_pending = Some(p);
             }
             net.ack(p, result);
             return Some(p);
@@ -531,6 +550,7 @@ impl Agent {
         force_restart: bool,
     ) -> (Result<(), String>, bool) {
         let retry = self.retry.take();
+        self.restarted = None;
         let merged = self.layers.merged();
         let changed = changed_keys(&self.applied, &merged);
         if changed.is_empty() && !self.stale && !force_restart {
@@ -585,6 +605,9 @@ impl Agent {
         match sink {
             Sink::Child(sup) if restart => {
                 tracing::info!("restarting the child");
+                let spawns = sup.spawns();
+                let generation = spawns.borrow().generation;
+                self.restarted = Some((spawns, generation));
                 sup.send(Control::Restart(self.env.clone()));
             }
             Sink::Child(sup) => {

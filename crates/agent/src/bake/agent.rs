@@ -8,7 +8,7 @@ use std::pin::Pin;
 use tether_core::protocol::Position;
 use tether_core::rollout::HealthState;
 
-use super::{Failure, HealthSpec, ProbeContext, bake};
+use super::{Failure, HealthSpec, ProbeContext, bake_after_spawn};
 use crate::run::{Agent, Sink};
 use crate::state::Layers;
 
@@ -20,8 +20,9 @@ type NoProbe = fn() -> std::future::Ready<Result<(), String>>;
 pub struct Baking {
     /// The version from the nodes it is for.
     pub position: Position,
-    /// The layers it was applied from: the values to go back to once it is healthy.
-    layers: Layers,
+    /// The layers it was applied from: the values to go back to once it is healthy (none
+    /// once a reload laid the sources out anew).
+    layers: Option<Layers>,
     verdict: Verdict,
 }
 
@@ -79,6 +80,8 @@ impl Agent {
             self.report(position, Ok(()), false);
             return;
         }
+        // A restart asked for by this apply: the bake starts with the new child.
+        let new_child = self.restarted.take().filter(|_| !since_start);
         let exits = match sink {
             Sink::Child(sup) => {
                 let mut rx = sup.exits();
@@ -91,10 +94,10 @@ impl Agent {
         };
         self.hold(sink, true);
         tracing::info!(%position, bake = ?spec.bake, check = spec.check.as_ref().map(|c| c.key()), "baking the change");
-        let verdict = start(spec, self.probe_context(), exits);
+        let verdict = start(spec, self.probe_context(), exits, new_child);
         self.baking = Some(Baking {
             position,
-            layers: self.layers.clone(),
+            layers: Some(self.layers.clone()),
             verdict,
         });
     }
@@ -117,7 +120,9 @@ impl Agent {
             Ok(()) => {
                 self.hold(sink, false);
                 tracing::info!(%position, "the change is healthy");
-                self.healthy = Some(baking.layers);
+                if let Some(layers) = baking.layers {
+                    self.healthy = Some(layers);
+                }
                 self.report(position, Ok(()), false);
                 return;
             }
@@ -176,13 +181,20 @@ impl Agent {
         }
     }
 
-    /// A reload laid the sources out anew: a running bake ends unreported, and there are
-    /// no healthy values to go back to until the next healthy version.
-    pub(crate) fn layout_changed(&mut self, sink: &Sink) {
-        if let Some(b) = self.baking.take() {
-            tracing::warn!(position = %b.position, "the sources changed in a reload; this version's bake ends unreported");
-            self.hold(sink, false);
-            self.health_reported();
+    /// A reload laid the sources out anew: there are no healthy values to go back to
+    /// until the next healthy version. A running bake goes on and is reported as usual
+    /// (a failure then without a rollback), unless the network source it reports to is
+    /// replaced (`net_replaced`): then it ends unreported, its slot given back.
+    pub(crate) fn layout_changed(&mut self, sink: &Sink, net_replaced: bool) {
+        if net_replaced {
+            if let Some(b) = self.baking.take() {
+                tracing::warn!(position = %b.position, "the network source changed in a reload; this version's bake ends unreported");
+                self.hold(sink, false);
+                self.health_reported();
+            }
+        } else if let Some(b) = self.baking.as_mut() {
+            tracing::info!(position = %b.position, "the sources changed in a reload; this version's bake goes on, without a rollback if it fails");
+            b.layers = None;
         }
         if self.healthy.take().is_some() {
             tracing::info!(
@@ -238,6 +250,7 @@ fn start(
     spec: HealthSpec,
     ctx: Option<ProbeContext>,
     exits: Option<tokio::sync::watch::Receiver<crate::supervisor::ChildExits>>,
+    new_child: Option<(tokio::sync::watch::Receiver<crate::supervisor::Spawns>, u64)>,
 ) -> Verdict {
     Box::pin(async move {
         match (spec.check.clone(), ctx) {
@@ -246,9 +259,9 @@ fn start(
                     let (check, ctx) = (check.clone(), ctx.clone());
                     async move { check.probe(&ctx).await }
                 };
-                bake(&spec, Some(probe), exits).await
+                bake_after_spawn(&spec, Some(probe), exits, new_child).await
             }
-            _ => bake(&spec, None::<NoProbe>, exits).await,
+            _ => bake_after_spawn(&spec, None::<NoProbe>, exits, new_child).await,
         }
     })
 }

@@ -295,3 +295,79 @@ fn checks_parse_and_refuse_what_they_cannot_use() {
     assert!(Check::parse_tcp(":80").is_err());
     assert!(Check::parse_cmd("  ").is_err());
 }
+
+/// A restart's bake starts with the new child: no probe before the supervisor started it,
+/// the bake time counts from then, and the old child's exit meanwhile is not a failure.
+#[tokio::test(start_paused = true)]
+async fn a_restarts_bake_waits_for_the_new_child_before_its_first_probe() {
+    let calls = Arc::new(Mutex::new(0));
+    let start = Instant::now();
+    let probe = scripted(start, Duration::ZERO, None, calls.clone());
+    let (spawns_tx, spawns) = watch::channel(Spawns {
+        generation: 7,
+        exits_before: 0,
+    });
+    let (exits_tx, mut exits) = watch::channel(ChildExits::default());
+    exits.borrow_and_update();
+    let seen = calls.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(secs(4)).await;
+        // The old child goes (its own exit, just before the stop), then the new one starts.
+        exits_tx.send_modify(|e| {
+            e.count += 1;
+            e.last = Some(Exit::Code(0));
+        });
+        assert_eq!(*seen.lock().unwrap(), 0, "the old child was probed");
+        spawns_tx.send_modify(|s| {
+            s.generation += 1;
+            s.exits_before = 1;
+        });
+        tokio::time::sleep(secs(3600)).await;
+        drop(exits_tx);
+    });
+    let r = bake_after_spawn(&spec(true, 10), Some(probe), Some(exits), Some((spawns, 7))).await;
+    assert_eq!(r, Ok(()));
+    assert_eq!(
+        start.elapsed(),
+        secs(14),
+        "baked 10s from the new child's start"
+    );
+    assert_eq!(*calls.lock().unwrap(), 11);
+}
+
+/// A bake time too large for the clock is never over, not a panic.
+#[tokio::test(start_paused = true)]
+async fn a_huge_bake_time_does_not_overflow_the_clock() {
+    let mut s = spec(false, 0);
+    s.bake = Duration::MAX;
+    s.timeout = Duration::MAX;
+    let r = timeout(secs(3600), bake(&s, None::<NoProbe>, None)).await;
+    assert!(r.is_err(), "still baking after an hour");
+    let probe = || std::future::ready(Err::<(), String>("HTTP 503".into()));
+    let r = timeout(secs(3600), bake(&s, Some(probe), None)).await;
+    assert!(r.is_err(), "still waiting for the first pass after an hour");
+}
+
+/// The new child exiting before the bake saw it start is still this bake's failure.
+#[tokio::test(start_paused = true)]
+async fn a_new_child_that_exits_at_once_fails_the_bake_even_before_it_is_watched() {
+    let (_spawns_tx, spawns) = watch::channel(Spawns {
+        generation: 3,
+        exits_before: 5,
+    });
+    let (_exits_tx, exits) = watch::channel(ChildExits {
+        count: 6,
+        last: Some(Exit::Code(3)),
+    });
+    let r = bake_after_spawn(
+        &spec(false, 10),
+        None::<NoProbe>,
+        Some(exits),
+        Some((spawns, 2)),
+    )
+    .await;
+    assert_eq!(
+        r.map_err(|f| f.reason),
+        Err("the child exited with status 3 within the bake time".into())
+    );
+}

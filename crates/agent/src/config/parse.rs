@@ -302,7 +302,7 @@ pub(super) fn parse_health(
     }
     let mut dur = |key: &str, v: &Option<String>, slot: &mut std::time::Duration| {
         if let Some(s) = v {
-            if let Some(d) = p.check(key, super::parse_duration(s)) {
+            if let Some(d) = p.check(key, super::parse_bounded(s)) {
                 *slot = d;
             }
         }

@@ -298,6 +298,8 @@ fn health_settings_default_per_mode_and_refuse_two_checks() {
             health_tcp = "127.0.0.1:80"
             health_interval = "0s"
             bake = "soon"
+            health_timeout = "400d"
+            splay = "1000000000000d"
         "#),
         Mode::Run,
     )
@@ -322,6 +324,14 @@ fn health_settings_default_per_mode_and_refuse_two_checks() {
         problems.iter().any(|p| p.starts_with("bake")),
         "{problems:?}"
     );
+    for key in ["health_timeout", "splay"] {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with(key) && p.contains("at most 1d")),
+            "{key}: {problems:?}"
+        );
+    }
 }
 
 #[test]

@@ -136,7 +136,10 @@ fn without_a_node_the_agent_acts_alone_after_its_splay_unless_one_comes_back() {
 
     assert_eq!(g.check(Some(at(2)), yes, now, SPLAY), Check::Ask(at(2)));
     let splay = g.lost(now, SPLAY).expect("a splay drawn while waiting");
-    assert!(splay < SPLAY, "{splay:?}");
+    assert!(
+        splay >= ALONE_FLOOR && splay < ALONE_FLOOR + SPLAY,
+        "{splay:?}"
+    );
     assert_eq!(g.alone_at(), Some(now + splay));
     assert_eq!(g.lost(now, SPLAY), None, "drawn once per wait");
     assert_eq!(g.alone_at(), Some(now + splay));
@@ -147,14 +150,14 @@ fn without_a_node_the_agent_acts_alone_after_its_splay_unless_one_comes_back() {
     assert!(!g.connected(), "nothing left to call off");
 
     // A change asked for while no node is reachable schedules the fallback at once; with
-    // no splay configured it is due now.
+    // no splay configured it is due after the floor.
     let mut g = gate(Some(policy(false)));
     g.lost(now, SPLAY);
     assert_eq!(
         g.check(Some(at(2)), yes, now, Duration::ZERO),
         Check::Ask(at(2))
     );
-    assert_eq!(g.alone_at(), Some(now));
+    assert_eq!(g.alone_at(), Some(now + ALONE_FLOOR));
     g.returned(now);
     assert_eq!(g.alone_at(), None);
 }
@@ -164,12 +167,74 @@ fn each_hold_reason_is_told_once_per_wait() {
     let now = Instant::now();
     let mut g = gate(Some(policy(false)));
     assert_eq!(g.check(Some(at(2)), yes, now, SPLAY), Check::Ask(at(2)));
-    assert!(g.held("5 of 5 slots in use"));
-    assert!(!g.held("5 of 5 slots in use"));
-    assert!(g.held("halted: 2 agents failed version 2"));
-    assert!(g.held("5 of 5 slots in use"), "a reason back again is news");
+    assert!(g.held("5 of 5 slots in use", false));
+    assert!(!g.held("5 of 5 slots in use", false));
+    assert!(g.held("halted: 2 agents failed version 2", true));
+    assert!(
+        g.held("5 of 5 slots in use", false),
+        "a reason back again is news"
+    );
     assert!(g.granted(now));
     g.returned(now);
     assert_eq!(g.check(Some(at(3)), yes, now, SPLAY), Check::Ask(at(3)));
-    assert!(g.held("5 of 5 slots in use"), "a new wait tells it again");
+    assert!(
+        g.held("5 of 5 slots in use", false),
+        "a new wait tells it again"
+    );
+}
+
+/// With the default splay of 0 a lost node still leaves the floor for a failover.
+#[test]
+fn acting_alone_waits_at_least_the_floor_even_without_a_splay() {
+    let now = Instant::now();
+    let mut g = gate(Some(policy(false)));
+    assert_eq!(
+        g.check(Some(at(2)), yes, now, Duration::ZERO),
+        Check::Ask(at(2))
+    );
+    assert_eq!(g.lost(now, Duration::ZERO), Some(ALONE_FLOOR));
+    assert_eq!(g.alone_at(), Some(now + ALONE_FLOOR));
+}
+
+/// A rollout last said to be halted is never acted on alone, whatever the nodes do.
+#[test]
+fn a_halted_rollout_is_never_acted_on_alone() {
+    let now = Instant::now();
+    let mut g = gate(Some(policy(false)));
+    assert_eq!(g.check(Some(at(2)), yes, now, SPLAY), Check::Ask(at(2)));
+    g.held("halted: 1 agent failed version 2", true);
+    assert_eq!(g.lost(now, SPLAY), None);
+    assert_eq!(g.alone_at(), None);
+    // A newer version asked for under the same wait stays halted.
+    assert_eq!(g.check(Some(at(3)), yes, now, SPLAY), Check::Ask(at(3)));
+    assert_eq!(g.lost(now, SPLAY), None);
+    // A node back that no longer says halted: a later loss falls back again.
+    g.connected();
+    g.held("1 of 1 slots in use", false);
+    assert!(g.lost(now, SPLAY).is_some());
+    // A new wait starts unhalted.
+    let mut g = gate(Some(policy(false)));
+    assert_eq!(g.check(Some(at(2)), yes, now, SPLAY), Check::Ask(at(2)));
+    g.held("halted", true);
+    g.returned(now);
+    assert_eq!(g.check(Some(at(3)), yes, now, SPLAY), Check::Ask(at(3)));
+    assert!(g.lost(now, SPLAY).is_some());
+}
+
+/// A request still waiting is asked again every RESEND (a node may have dropped it).
+#[test]
+fn a_waiting_request_is_asked_again_periodically() {
+    let now = Instant::now();
+    let mut g = gate(Some(policy(false)));
+    assert_eq!(g.resend_at(), None);
+    assert_eq!(g.check(Some(at(2)), yes, now, SPLAY), Check::Ask(at(2)));
+    assert_eq!(g.resend_at(), Some(now + RESEND));
+    let later = now + RESEND;
+    assert_eq!(g.resent(later), Some(at(2)));
+    assert_eq!(g.resend_at(), Some(later + RESEND));
+    assert_eq!(g.check(Some(at(3)), yes, later, SPLAY), Check::Ask(at(3)));
+    assert_eq!(g.resent(later + RESEND), Some(at(3)), "the newest position");
+    assert!(g.granted(later));
+    assert_eq!(g.resend_at(), None, "not while holding");
+    assert_eq!(g.resent(later), None);
 }

@@ -116,6 +116,17 @@ impl NetSource {
     pub fn release(&self) {
         let _ = self.reports.send(Report::Release);
     }
+
+    /// Wait, up to `within`, until every report made so far went out on a connection (a
+    /// stopping agent's last health report or release is not lost), which is then closed:
+    /// the follower does nothing more. Whether they did.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.reports.send(Report::Flush(tx)).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(within, rx).await, Ok(Ok(())))
+    }
 }
 
 /// What the agent tells the nodes, through the follower.
@@ -125,6 +136,8 @@ enum Report {
     Health(Health),
     Slot(Position),
     Release,
+    /// Answered once the reports before it went out on a connection.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 #[derive(Clone, Debug)]
@@ -140,7 +153,9 @@ struct Health {
 pub enum FleetEvent {
     /// A connection is up (welcomed); the policy follows after `synced`.
     Connected,
-    /// The connection was lost: no node to ask for a slot until `Connected` again.
+    /// No node is reachable: every configured node's session failed in a row since one
+    /// last welcomed this agent (sent once per such run). No node to ask for a slot until
+    /// `Connected` again.
     Lost,
     /// The environment's policy (`None`: none; act at once).
     Policy(Option<Policy>),
@@ -193,6 +208,10 @@ struct Follower {
     slot: Option<Position>,
     /// When the current session got its `synced`, if it did.
     synced_at: Option<tokio::time::Instant>,
+    /// The current session was welcomed (a node was reached).
+    welcomed: bool,
+    /// Flushes waiting for a connection to send what they follow.
+    flushes: Vec<tokio::sync::oneshot::Sender<()>>,
     updates: mpsc::UnboundedSender<NetUpdate>,
     reports: mpsc::UnboundedReceiver<Report>,
     fleet: mpsc::UnboundedSender<FleetEvent>,
@@ -257,6 +276,8 @@ pub fn start_as(
         last_health: None,
         slot: None,
         synced_at: None,
+        welcomed: false,
+        flushes: Vec::new(),
         updates: utx,
         reports: arx,
         fleet: ftx,
@@ -301,25 +322,22 @@ impl Follower {
         order.shuffle(&mut rand::thread_rng());
         let mut backoff = Backoff::new();
         let mut attempt = 0usize;
-        // Sessions that ended in a row (the lost one counted), to tell a node lost from
-        // no node reachable: only once every node failed does the slot gate act alone.
-        let mut failed_in_a_row = 0usize;
+        // Sessions that failed since a node last welcomed this agent: once every node
+        // failed in a row, none is reachable (`FleetEvent::Lost`).
+        let mut failed = 0usize;
         loop {
             let url = self.urls[order[attempt % order.len()]].clone();
             attempt += 1;
             let round_done = attempt % self.urls.len() == 0;
             self.synced_at = None;
+            self.welcomed = false;
             let e = match self.session(&url).await {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
             crate::health::net_lost();
-            failed_in_a_row = if self.synced_at.is_some() {
-                1
-            } else {
-                failed_in_a_row + 1
-            };
-            if failed_in_a_row >= self.urls.len() {
+            failed = if self.welcomed { 1 } else { failed + 1 };
+            if failed == self.urls.len() {
                 let _ = self.fleet.send(FleetEvent::Lost);
             }
             self.problem.send_replace(Some(format!("{url}: {e}")));
@@ -463,6 +481,7 @@ impl Follower {
                     match msg {
                         ServerMsg::Welcome { node, heartbeat_ms } => {
                             welcomed = true;
+                            self.welcomed = true;
                             silence = Duration::from_millis(heartbeat_ms.max(10)).mul_f32(2.5);
                             tracing::info!(node = %node, url = %url, "connected to node");
                             crate::health::net_connected();
@@ -470,12 +489,22 @@ impl Follower {
                                 send(&mut ws, &ack_msg(&self.spec.env, pos, result), last_frame + silence).await?;
                                 self.acked.send_replace(Some(pos));
                             }
-                            if let Some(h) = self.last_health.clone() {
-                                send(&mut ws, &health_msg(&self.spec.env, h), last_frame + silence).await?;
-                            }
+                            // The slot first: a node that frees a slot on a health report
+                            // must know of the newer request before it sees an older report.
                             if let Some(position) = self.slot {
                                 let m = ClientMsg::Slot { env: self.spec.env.clone(), position };
                                 send(&mut ws, &m, last_frame + silence).await?;
+                            }
+                            // Only a report of the last position acknowledged is news; an
+                            // older one was superseded (and would undo a resume).
+                            let last_acked = self.last_ack.as_ref().map(|(p, _)| *p);
+                            if let Some(h) = self.last_health.clone().filter(|h| Some(h.position) == last_acked) {
+                                send(&mut ws, &health_msg(&self.spec.env, h), last_frame + silence).await?;
+                            }
+                            // Everything reported so far went out with the above.
+                            if !self.flushes.is_empty() {
+                                let flushes = std::mem::take(&mut self.flushes);
+                                return close_and_stop(&mut ws, flushes).await;
                             }
                             let _ = self.fleet.send(FleetEvent::Connected);
                         }
@@ -604,6 +633,13 @@ impl Follower {
                             self.slot = None;
                             ClientMsg::Release { env: self.spec.env.clone() }
                         }
+                        Report::Flush(tx) => {
+                            if welcomed {
+                                return close_and_stop(&mut ws, vec![tx]).await;
+                            }
+                            self.flushes.push(tx);
+                            continue;
+                        }
                     };
                     if welcomed {
                         send(&mut ws, &msg, last_frame + silence).await?;
@@ -622,6 +658,30 @@ impl Follower {
         }
         self.save();
     }
+}
+
+/// The agent is stopping and every report went out: close the connection cleanly (what
+/// the node sent is read, so the kernel does not reset the connection and lose our last
+/// frames at the node), answer the flushes, and do nothing more.
+async fn close_and_stop<S>(
+    ws: &mut S,
+    flushes: Vec<tokio::sync::oneshot::Sender<()>>,
+) -> Result<std::convert::Infallible, SessionError>
+where
+    S: futures_util::Sink<Message, Error = tungstenite::Error>
+        + futures_util::Stream<Item = Result<Message, tungstenite::Error>>
+        + Unpin,
+{
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        if ws.send(Message::Close(None)).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+    for tx in flushes {
+        let _ = tx.send(());
+    }
+    std::future::pending().await
 }
 
 fn health_msg(env: &str, h: Health) -> ClientMsg {

@@ -8,7 +8,9 @@
 //! under a policy that would not start it again is not the end: the task waits for the
 //! agent to roll back (a `Restart`) or to give up (`hold(false)`, then it ends as it would
 //! have).
-//! Every exit the child makes on its own is counted on [`Supervisor::exits`].
+//! Every exit the child makes on its own is counted on [`Supervisor::exits`] (not those the
+//! supervisor caused: a restart's stop, or a termination); every child it starts after the
+//! first moves [`Supervisor::spawns`].
 
 pub mod child;
 pub mod reaper;
@@ -17,6 +19,8 @@ pub mod spawner;
 mod testchild;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bake;
 pub mod tty;
 
 use std::sync::Arc;
@@ -90,6 +94,7 @@ pub struct SpawnError {
 pub struct Supervisor {
     tx: mpsc::UnboundedSender<Control>,
     exits: watch::Receiver<ChildExits>,
+    spawns: watch::Receiver<Spawns>,
     /// A change is baking: see [`Supervisor::hold`]. Set by the handle at once, so that a
     /// child exiting before the task reads its messages is held already.
     hold: Arc<AtomicBool>,
@@ -101,6 +106,15 @@ pub struct Supervisor {
 pub struct ChildExits {
     pub count: u64,
     pub last: Option<Exit>,
+}
+
+/// The spawn generation: how many children were started after the first, and how many
+/// exits of its own the child had made when the last of them started (so a bake can tell
+/// an exit of the new child from the old one's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spawns {
+    pub generation: u64,
+    pub exits_before: u64,
 }
 
 impl Supervisor {
@@ -141,12 +155,14 @@ impl Supervisor {
         let (tx, rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = oneshot::channel();
         let (exits_tx, exits) = watch::channel(ChildExits::default());
+        let (spawns_tx, spawns) = watch::channel(Spawns::default());
         let actor = Actor {
             spawner,
             env,
             opts,
             rx,
             exits: exits_tx,
+            spawns: spawns_tx,
             hold: hold.clone(),
         };
         // Not cancelled by the shutdown: it ends when the child is gone for good, which is
@@ -156,7 +172,15 @@ impl Supervisor {
             let exit = actor.run(running).await;
             let _ = done_tx.send(exit);
         });
-        Ok((Supervisor { tx, exits, hold }, done_rx))
+        Ok((
+            Supervisor {
+                tx,
+                exits,
+                spawns,
+                hold,
+            },
+            done_rx,
+        ))
     }
 
     pub fn send(&self, c: Control) {
@@ -174,6 +198,13 @@ impl Supervisor {
     /// The child's own exits (see [`ChildExits`]); `changed()` wakes at each new one.
     pub fn exits(&self) -> watch::Receiver<ChildExits> {
         self.exits.clone()
+    }
+
+    /// The spawn generation: how many children were started after the first. A bake of a
+    /// restart waits for it to move past its value when the restart was asked for, so it
+    /// never probes the old child.
+    pub fn spawns(&self) -> watch::Receiver<Spawns> {
+        self.spawns.clone()
     }
 }
 
@@ -226,6 +257,8 @@ struct Actor<S> {
     opts: Options,
     rx: mpsc::UnboundedReceiver<Control>,
     exits: watch::Sender<ChildExits>,
+    /// The spawn generation (see [`Supervisor::spawns`]).
+    spawns: watch::Sender<Spawns>,
     /// A change is baking: see [`Supervisor::hold`].
     hold: Arc<AtomicBool>,
 }
@@ -244,10 +277,13 @@ impl<S: Spawner> Actor<S> {
                     let exit = exit.unwrap_or(Exit::Code(1));
                     tracing::info!(pid = child.pid.as_raw(), %exit, "child exited");
                     crate::health::child_exited(exit);
-                    self.exits.send_modify(|e| {
-                        e.count += 1;
-                        e.last = Some(exit);
-                    });
+                    if !terminating {
+                        // An exit the termination caused is not the child's own.
+                        self.exits.send_modify(|e| {
+                            e.count += 1;
+                            e.last = Some(exit);
+                        });
+                    }
                     // Ctrl-C or Ctrl-\ at the terminal reach the child's group, not tether:
                     // a child they ended is the user stopping the program, not a crash.
                     let interrupted = self.spawner.holds_terminal(child.pid)
@@ -312,7 +348,7 @@ impl<S: Spawner> Actor<S> {
                             return exit;
                         }
                         crate::health::child_restarted(crate::health::Restart::Change);
-                        match spawn(&self.spawner, &self.env) {
+                        match self.respawn() {
                             Ok(next) => child = next,
                             Err(e) => {
                                 tracing::error!(error = %e, "restart failed");
@@ -344,6 +380,17 @@ impl<S: Spawner> Actor<S> {
                 }
             }
         }
+    }
+
+    /// Start a new child with the current environment; the spawn generation moves.
+    fn respawn(&self) -> Result<Running, SpawnError> {
+        let next = spawn(&self.spawner, &self.env)?;
+        let exits_before = self.exits.borrow().count;
+        self.spawns.send_modify(|s| {
+            s.generation += 1;
+            s.exits_before = exits_before;
+        });
+        Ok(next)
     }
 
     /// Take queued commands after a stop: the newest environment wins; a termination
@@ -378,7 +425,7 @@ impl<S: Spawner> Actor<S> {
                 Some(Control::Restart(env)) => {
                     self.env = env;
                     crate::health::child_restarted(crate::health::Restart::Change);
-                    return match spawn(&self.spawner, &self.env) {
+                    return match self.respawn() {
                         Ok(next) => Some(next),
                         Err(e) => {
                             tracing::error!(error = %e, "restart failed");
@@ -409,7 +456,7 @@ impl<S: Spawner> Actor<S> {
                     }
                 }
             }
-            match spawn(&self.spawner, &self.env) {
+            match self.respawn() {
                 Ok(r) => return Some(r),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start child; retrying");

@@ -8,15 +8,15 @@ use tokio::time::sleep_until;
 use super::testchild::{Behaviour, Event, TestSpawner, What};
 use super::*;
 
-fn ms(n: u64) -> Duration {
+pub(super) fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn secs(n: u64) -> Duration {
+pub(super) fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-fn opts(restart_on_exit: RestartPolicy) -> Options {
+pub(super) fn opts(restart_on_exit: RestartPolicy) -> Options {
     Options {
         stop_signal: Signal::TERM,
         stop_timeout: secs(5),
@@ -25,7 +25,7 @@ fn opts(restart_on_exit: RestartPolicy) -> Options {
     }
 }
 
-fn start(spawner: &TestSpawner, opts: Options) -> (Supervisor, oneshot::Receiver<Exit>) {
+pub(super) fn start(spawner: &TestSpawner, opts: Options) -> (Supervisor, oneshot::Receiver<Exit>) {
     Supervisor::start_with(spawner.clone(), EnvVars::new(), opts, &Tasks::new())
         .expect("scripted spawn")
 }
@@ -34,12 +34,12 @@ fn ev(at: Duration, pid: i32, what: What) -> Event {
     Event { at, pid, what }
 }
 
-fn spawns(events: &[Event]) -> Vec<&Event> {
+pub(super) fn spawns(events: &[Event]) -> Vec<&Event> {
     events.iter().filter(|e| e.what == What::Spawned).collect()
 }
 
 /// Wait (on the paused clock) until `times` children were spawned after the first.
-async fn respawned(spawner: &TestSpawner, times: usize) {
+pub(super) async fn respawned(spawner: &TestSpawner, times: usize) {
     let what = format!("respawned {times} time(s)");
     spawner
         .wait_until(&what, |e| spawns(e).len() == times + 1)
@@ -47,7 +47,7 @@ async fn respawned(spawner: &TestSpawner, times: usize) {
 }
 
 /// `done` with a deadline on the paused clock.
-async fn finished(done: oneshot::Receiver<Exit>) -> Exit {
+pub(super) async fn finished(done: oneshot::Receiver<Exit>) -> Exit {
     timeout(secs(24 * 3600), done)
         .await
         .expect("the supervisor never finished")
