@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use tether_core::protocol::{ClientMsg, Epoch, ServerMsg};
 
-use crate::fake_node::{Conn, FakeNode, change, heartbeat, pos, snapshot, synced, welcome};
-use crate::support::{Tether, Work, alive, strip_ansi};
+use crate::fake_node::{
+    Conn, FakeNode, agent_args, change, heartbeat, pos, snapshot, synced, welcome,
+};
+use crate::support::{Tether, Work, alive};
 
 const E1: Epoch = Epoch(0x0190_0000_0000_0001);
 const E2: Epoch = Epoch(0x0190_0000_0001_0001);
@@ -18,25 +20,7 @@ const LONG_HB: u64 = 60_000;
 /// `out.env`. `restart`: values go to the child's environment and a change restarts it;
 /// otherwise they go to the file only and a change sends SIGUSR1.
 fn start_agent(w: &Work, servers: &[String], restart: bool, envs: &[(&str, &str)]) -> Tether {
-    let mut args: Vec<String> = vec!["run".into()];
-    for s in servers {
-        args.extend(["--server".into(), s.clone()]);
-    }
-    let out = w.path("out.env").display().to_string();
-    let state = w.path("state").display().to_string();
-    args.extend(
-        [
-            "--env",
-            "prod",
-            "--state-dir",
-            &state,
-            "--output",
-            &out,
-            "--debounce",
-            "0",
-        ]
-        .map(String::from),
-    );
+    let mut args = agent_args(w, servers);
     if restart {
         args.extend(["--on-change", "restart"].map(String::from));
     } else {
@@ -45,10 +29,6 @@ fn start_agent(w: &Work, servers: &[String], restart: bool, envs: &[(&str, &str)
     args.push("--".into());
     args.extend(w.child_args(&[]));
     Tether::start(w.dir.path(), &args, envs)
-}
-
-fn logs(agent: &Tether) -> String {
-    strip_ansi(&agent.stderr())
 }
 
 fn no_bad_frames(conns: &[Conn<'_>]) {
@@ -98,7 +78,7 @@ fn a_silent_node_is_dropped_and_the_agent_reconnects_from_its_position() {
         "the new hello says where the agent is"
     );
     agent.wait_for("the silence reported", || {
-        logs(&agent).contains("presumed dead")
+        agent.logs().contains("presumed dead")
     });
     agent.wait_for("the silent connection closed by the agent", || {
         c0.ended().is_some()
@@ -263,7 +243,7 @@ fn a_node_that_refuses_the_hello_is_passed_over_for_the_next() {
     agent.wait_for("v1 rendered, child started, v1 acked", || {
         w.read("out.env").contains("A=1") && w.starts().len() == 1 && s0.acked(v1)
     });
-    let logs = logs(&agent);
+    let logs = agent.logs();
     assert!(
         logs.contains("refused this agent's token") && logs.contains("forbidden"),
         "the refusal is logged:\n{logs}"
@@ -317,7 +297,7 @@ fn refused_then_retried(refusal: Refusal) {
         }
     }
     agent.wait_for("the refused token reported", || {
-        logs(&agent).contains("refused this agent's token")
+        agent.logs().contains("refused this agent's token")
     });
 
     // The agent tries again; meanwhile the child runs on, on the last good values.
@@ -337,7 +317,7 @@ fn refused_then_retried(refusal: Refusal) {
         w.read("out.env").contains("A=2") && w.signals().len() == 1 && c2.acked(v2)
     });
     assert_eq!(w.starts(), [child]);
-    let logs = logs(&agent);
+    let logs = agent.logs();
     assert!(
         logs.contains("TETHER_TOKEN"),
         "names the token's source:\n{logs}"

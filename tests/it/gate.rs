@@ -9,40 +9,21 @@ use tether_core::protocol::{ClientMsg, Epoch, Position};
 use tether_core::rollout::{Amount, Policy};
 
 use crate::agent_ops::{endpoint_addr, get, sample};
-use crate::fake_node::{Conn, FakeNode, change, grant, hold, policy, pos};
-use crate::support::{Tether, Work, strip_ansi};
+use crate::fake_node::{Conn, FakeNode, agent_args, change, grant, hold, policy, pos};
+use crate::support::{Tether, Work};
 
 const E: Epoch = Epoch(0x0190_0000_0000_0001);
 /// A heartbeat long enough that no test meets it by accident.
 const LONG_HB: u64 = 60_000;
 
-fn logs(agent: &Tether) -> String {
-    strip_ansi(&agent.stderr())
-}
-
 fn count(agent: &Tether, needle: &str) -> usize {
-    logs(agent).lines().filter(|l| l.contains(needle)).count()
+    agent.logs().lines().filter(|l| l.contains(needle)).count()
 }
 
 /// `tether run` following the fake node into `out.env`, plus `extra`. `restart`: values go
 /// to the child's environment too and a change restarts it; otherwise a change sends USR1.
 fn start_agent(w: &Work, fake: &FakeNode, restart: bool, extra: &[&str]) -> Tether {
-    let mut args: Vec<String> = vec!["run".into(), "--server".into(), fake.url()];
-    let out = w.path("out.env").display().to_string();
-    let state = w.path("state").display().to_string();
-    args.extend(
-        [
-            "--env",
-            "prod",
-            "--state-dir",
-            &state,
-            "--output",
-            &out,
-            "--debounce",
-            "0",
-        ]
-        .map(String::from),
-    );
+    let mut args = agent_args(w, &[fake.url()]);
     if restart {
         args.extend(["--on-change", "restart"].map(String::from));
     } else {
@@ -114,7 +95,7 @@ fn a_restart_waits_for_its_slot_through_holds_and_acts_on_the_newest_state_once_
     agent.wait_for("the halt told", || {
         count(&agent, "the rollout is halted") == 1
     });
-    assert_eq!(count(&agent, "1 of 1 slots in use"), 1, "{}", logs(&agent));
+    assert_eq!(count(&agent, "1 of 1 slots in use"), 1, "{}", agent.logs());
     still_old(&w, c0, v3);
 
     // The grant (for the version asked first) covers the newest state.
@@ -256,7 +237,7 @@ fn without_a_node_the_agent_acts_on_its_own_after_its_splay() {
         ),
         1,
         "{}",
-        logs(&agent)
+        agent.logs()
     );
     let metrics = get(&addr, "/metrics").1;
     assert_eq!(
@@ -299,7 +280,8 @@ fn a_reconnect_asks_for_the_slot_again_and_calls_off_acting_alone() {
     // change itself was not delayed by it).
     w.write("tether.toml", &cfg("24h"));
     agent.wait_for("the splay reloaded", || {
-        logs(&agent)
+        agent
+            .logs()
             .lines()
             .any(|l| l.contains("configuration reloaded") && l.contains("splay"))
     });
@@ -326,7 +308,7 @@ fn a_reconnect_asks_for_the_slot_again_and_calls_off_acting_alone() {
         w.read("out.env") == "A=2\n" && w.starts().len() == 2 && c1.acked(v2)
     });
     agent.wait_for("the slot given back", || c1.releases() == 1);
-    assert_eq!(count(&agent, "acting on my own now"), 0, "{}", logs(&agent));
+    assert_eq!(count(&agent, "acting on my own now"), 0, "{}", agent.logs());
 }
 
 /// The positions of the `health` frames on `c`, in order.
@@ -365,7 +347,7 @@ fn a_failover_to_another_node_is_not_acting_alone() {
     c1.sync(LONG_HB, v2, &[("A", "2")]);
     agent.wait_for("the slot asked of the other node", || c1.slots() == [v2]);
     still_old(&w, c1, v2);
-    assert_eq!(count(&agent, "acting on my own"), 0, "{}", logs(&agent));
+    assert_eq!(count(&agent, "acting on my own"), 0, "{}", agent.logs());
 }
 
 /// On a reconnect the request for the newer version is asked again, and the older
@@ -496,7 +478,7 @@ fn a_version_that_failed_to_write_is_retried_under_a_new_slot() {
     assert!(
         count(&agent, "retrying the outputs that failed") <= 2,
         "the retry spins while waiting:\n{}",
-        logs(&agent)
+        agent.logs()
     );
     assert_eq!(
         w.starts().len(),

@@ -7,8 +7,8 @@ use tether_core::protocol::{ClientMsg, Epoch, Position};
 use tether_core::rollout::HealthState;
 
 use crate::agent_ops::{endpoint_addr, get, sample};
-use crate::fake_node::{Conn, FakeNode, change, pos};
-use crate::support::{Tether, Work, strip_ansi};
+use crate::fake_node::{Conn, FakeNode, agent_args, change, pos};
+use crate::support::{Tether, Work};
 
 const E1: Epoch = Epoch(0x0190_0000_0000_0001);
 /// A heartbeat long enough that no test meets it by accident.
@@ -17,25 +17,8 @@ const LONG_HB: u64 = 60_000;
 /// `tether run` following the fake node into `out.env` and the child's environment, a
 /// change restarting the child (which exits 3 when `A=bad`), with `extra` flags.
 fn start_agent(w: &Work, fake: &FakeNode, extra: &[&str]) -> Tether {
-    let out = w.path("out.env").display().to_string();
-    let state = w.path("state").display().to_string();
-    let mut args: Vec<String> = [
-        "run",
-        "--server",
-        &fake.url(),
-        "--env",
-        "prod",
-        "--state-dir",
-        &state,
-        "--output",
-        &out,
-        "--debounce",
-        "0",
-        "--listen-metrics",
-        "127.0.0.1:0",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args = agent_args(w, &[fake.url()]);
+    args.extend(["--listen-metrics", "127.0.0.1:0"].map(String::from));
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push("--".into());
     args.extend(w.child_args(&["--exit-if", "A=bad"]));
@@ -69,10 +52,6 @@ fn health_of(c: &Conn<'_>, p: Position) -> Option<(HealthState, Option<String>, 
 /// Index of the first frame matching `f`.
 fn index_of(c: &Conn<'_>, f: impl Fn(&ClientMsg) -> bool) -> Option<usize> {
     c.received().iter().position(f)
-}
-
-fn logs(agent: &Tether) -> String {
-    strip_ansi(&agent.stderr())
 }
 
 #[test]
@@ -135,7 +114,7 @@ fn a_version_that_kills_the_child_is_rolled_back_and_a_later_fix_is_healthy() {
         w.read("out.env")
     );
     assert!(!w.read("out.env").contains("bad"));
-    let l = logs(&agent);
+    let l = agent.logs();
     assert!(l.contains("rolling back"), "{l}");
     assert!(
         !l.contains("=bad") && !l.contains("\"bad\""),
@@ -158,7 +137,7 @@ fn a_version_that_kills_the_child_is_rolled_back_and_a_later_fix_is_healthy() {
     let c2 = fake.wait_hello(&agent, 2);
     c2.sync(LONG_HB, v2, &[("A", "bad"), ("B", "1")]);
     agent.wait_for("the failed version skipped", || {
-        logs(&agent).contains("not applied again")
+        agent.logs().contains("not applied again")
     });
     assert!(
         w.read("out.env").contains("A=good"),
@@ -217,9 +196,9 @@ fn the_first_version_has_nothing_to_go_back_to() {
     // ends with its status.
     assert_eq!(agent.wait().code(), Some(3));
     assert!(
-        logs(&agent).contains("nothing to roll back to"),
+        agent.logs().contains("nothing to roll back to"),
         "{}",
-        logs(&agent)
+        agent.logs()
     );
 }
 
@@ -305,7 +284,7 @@ fn without_rollback_a_failed_version_keeps_its_values() {
     let (state, _, rolled_back) = health_of(&c0, v2).unwrap_or_else(|| unreachable!());
     assert_eq!((state, rolled_back), (HealthState::Failed, false));
     assert!(w.read("out.env").contains("A=bad"), "{}", w.read("out.env"));
-    assert!(logs(&agent).contains("rollback is off"), "{}", logs(&agent));
+    assert!(agent.logs().contains("rollback is off"), "{}", agent.logs());
 }
 
 /// A newer version applied while one bakes ends that bake: only the newer is reported.
@@ -340,7 +319,7 @@ fn a_newer_version_ends_the_bake_of_the_one_before() {
     std::fs::remove_file(w.path("ok")).expect("remove ok");
     c0.send(&change(v2, &[("A", "2")]));
     agent.wait_for("v2 applied and baking", || {
-        c0.acked(v2) && logs(&agent).matches("baking the change").count() == 2
+        c0.acked(v2) && agent.logs().matches("baking the change").count() == 2
     });
     // ...when v3 arrives: v2's bake ends unreported, v3 is baked and healthy.
     c0.send(&change(v3, &[("A", "3")]));
@@ -353,9 +332,9 @@ fn a_newer_version_ends_the_bake_of_the_one_before() {
     );
     assert_eq!(health_of(&c0, v2), None, "{:?}", healths(&c0));
     assert!(
-        logs(&agent).contains("bake ends unreported"),
+        agent.logs().contains("bake ends unreported"),
         "{}",
-        logs(&agent)
+        agent.logs()
     );
 }
 
@@ -402,9 +381,9 @@ fn watch_mode_without_a_check_is_healthy_at_once() {
     );
     agent.wait_for("the hook ran for v2", || w.path("hooked").exists());
     assert!(
-        !logs(&agent).contains("baking the change"),
+        !agent.logs().contains("baking the change"),
         "{}",
-        logs(&agent)
+        agent.logs()
     );
 }
 
@@ -420,7 +399,7 @@ fn a_failure_reported_as_tether_exits_reaches_the_node() {
     let c0 = fake.wait_hello(&agent, 0);
     c0.sync(LONG_HB, v1, &[("A", "good")]);
     agent.wait_for("v1 baking", || {
-        logs(&agent).contains("baking the change") && w.starts().len() == 1
+        agent.logs().contains("baking the change") && w.starts().len() == 1
     });
     c0.abort();
     let c1 = fake.wait_hello(&agent, 1);
@@ -428,11 +407,11 @@ fn a_failure_reported_as_tether_exits_reaches_the_node() {
     let child = nix::unistd::Pid::from_raw(w.starts()[0]);
     nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL).unwrap();
     agent.wait_for("the bake failed", || {
-        logs(&agent).contains("the change failed its bake")
+        agent.logs().contains("the change failed its bake")
     });
     c1.sync(LONG_HB, v1, &[("A", "good")]);
     let status = agent.wait();
-    assert_eq!(status.code(), Some(137), "{}", logs(&agent));
+    assert_eq!(status.code(), Some(137), "{}", agent.logs());
     crate::support::wait_for("the failure report at the node", || {
         health_of(&c1, v1).is_some()
     });
@@ -454,11 +433,11 @@ fn stopping_tether_during_a_bake_reports_nothing() {
     let v1 = pos(E1, 1);
     let c0 = fake.wait_hello(&agent, 0);
     c0.sync(LONG_HB, v1, &[("A", "good")]);
-    agent.wait_for("v1 baking", || logs(&agent).contains("baking the change"));
+    agent.wait_for("v1 baking", || agent.logs().contains("baking the change"));
     agent.signal(nix::sys::signal::Signal::SIGTERM);
     agent.wait();
-    assert_eq!(healths(&c0), [], "{}", logs(&agent));
-    assert!(!logs(&agent).contains("rolling back"), "{}", logs(&agent));
+    assert_eq!(healths(&c0), [], "{}", agent.logs());
+    assert!(!agent.logs().contains("rolling back"), "{}", agent.logs());
 }
 
 /// A reload that adds a file source during a bake does not leave the version unreported:
@@ -497,11 +476,11 @@ fn a_reload_that_changes_the_sources_during_a_bake_still_reports_it() {
     std::fs::remove_file(&ok).unwrap();
     c0.send(&change(v2, &[("A", "2")]));
     agent.wait_for("v2 acked and baking", || {
-        c0.acked(v2) && logs(&agent).matches("baking the change").count() == 2
+        c0.acked(v2) && agent.logs().matches("baking the change").count() == 2
     });
     w.write("tether.toml", "source = [\"file:local.env\"]\n");
     agent.wait_for("the reload", || {
-        logs(&agent).contains("configuration reloaded")
+        agent.logs().contains("configuration reloaded")
     });
     std::fs::write(&ok, "").unwrap();
     agent.wait_for("v2 reported", || health_of(&c0, v2).is_some());

@@ -161,6 +161,11 @@ impl Tether {
         fs::read_to_string(&self.err).unwrap_or_default()
     }
 
+    /// Its log so far, colours stripped.
+    pub fn logs(&self) -> String {
+        strip_ansi(&self.stderr())
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal tether");
     }

@@ -28,7 +28,33 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::support::Tether;
+use crate::support::{Tether, Work};
+
+/// The flags every agent of the fake-node tests starts with: `tether run` following
+/// `servers` (in this order), environment `prod`, its state in `state/`, the file
+/// `out.env`, no debounce. The caller adds the action, its own flags, `--` and the child.
+pub fn agent_args(w: &Work, servers: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = vec!["run".into()];
+    for s in servers {
+        args.extend(["--server".into(), s.clone()]);
+    }
+    let out = w.path("out.env").display().to_string();
+    let state = w.path("state").display().to_string();
+    args.extend(
+        [
+            "--env",
+            "prod",
+            "--state-dir",
+            &state,
+            "--output",
+            &out,
+            "--debounce",
+            "0",
+        ]
+        .map(String::from),
+    );
+    args
+}
 
 mod msg;
 pub use msg::*;
